@@ -1,0 +1,44 @@
+"""Where local data lives. Code reads data from a directory given by the user, never from the repo.
+
+Resolution order: explicit argument, ``$STATERANK_DATA``, ``../shared/data`` next to the current
+directory or next to the source checkout. Users outside this workplace pass ``--data-dir`` or use the
+HF ``datasets`` download paths that each loader keeps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir(path: str | os.PathLike | None = None, required: bool = True) -> Path | None:
+    """Return the data directory, or raise a one-line UserError if none exists and ``required``."""
+    candidates = []
+    if path:
+        candidates.append(Path(path))
+    elif os.environ.get("STATERANK_DATA"):
+        candidates.append(Path(os.environ["STATERANK_DATA"]))
+    else:
+        candidates += [Path.cwd().parent / "shared" / "data", _REPO_ROOT.parent / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    if required:
+        raise UserError(
+            f"data directory not found (looked in {', '.join(str(c) for c in candidates)}); "
+            "pass --data-dir or set STATERANK_DATA"
+        )
+    return None
+
+
+def prose_files(path: str | os.PathLike | None = None) -> list[Path]:
+    """Public-domain prose files (Austen novels, KJV), sorted for determinism."""
+    root = data_dir(path) / "prose"
+    files = sorted(root.rglob("*.txt"))
+    if not files:
+        raise UserError(f"no prose .txt files under {root}")
+    return files
