@@ -1,0 +1,82 @@
+"""What an adapter declares about one architecture family.
+
+An adapter is a small frozen dataclass of *facts*: which modeling module holds the delta-rule
+functions the layers call (transformers 5 looks them up as module globals at call time, so wrapping
+them there sees exactly what the model computes), which module class is the linear-attention
+layer, how to read its head layout, and the names of the tensors pruning must slice.
+
+Shapes: B batch, T tokens, L layers, H heads (H_k key heads, H_v value heads), K key dim, V value dim.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Head layout of one linear-attention layer. Value head j reads key head j // (H_v // H_k)."""
+
+    h_k: int
+    h_v: int
+    k: int
+    v: int
+
+    @property
+    def group(self) -> int:
+        return self.h_v // self.h_k
+
+    def key_head(self, v_head: int) -> int:
+        return v_head // self.group
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """Per-sequence recurrent state shape [H_v, K, V]."""
+        return (self.h_v, self.k, self.v)
+
+    def state_bytes(self, dtype_bytes: int = 4) -> int:
+        return self.h_v * self.k * self.v * dtype_bytes
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    index: int  # the model's own layer index (into config.layer_types)
+    module: nn.Module
+    layout: HeadLayout
+
+
+@dataclass(frozen=True)
+class Adapter:
+    model_type: str
+    modeling_module: str  # dotted path of the transformers modeling module
+    layer_class: str  # class name of the linear-attention module
+    chunk_rule: str  # name of the prefill (chunked) rule function in modeling_module
+    recurrent_rule: str  # name of the one-token decode rule function
+    decay: str = "head"  # "head": g [B, T, H_v]; "channel": g [B, T, H_v, K] (Kimi)
+    # attribute names on the layer module: (H_k, H_v, K, V)
+    layout_attrs: tuple[str, str, str, str] = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.modeling_module)
+
+    @property
+    def rule_names(self) -> tuple[str, str]:
+        return (self.chunk_rule, self.recurrent_rule)
+
+    def layout_of(self, layer: nn.Module) -> HeadLayout:
+        hk, hv, k, v = (int(getattr(layer, a)) for a in self.layout_attrs)
+        return HeadLayout(h_k=hk, h_v=hv, k=k, v=v)
+
+    def linear_layers(self, model: nn.Module) -> list[LinearLayer]:
+        """All linear-attention layers of ``model`` in depth order."""
+        out = []
+        for mod in model.modules():
+            if type(mod).__name__ == self.layer_class:
+                out.append(LinearLayer(index=int(mod.layer_idx), module=mod, layout=self.layout_of(mod)))
+        out.sort(key=lambda l: l.index)
+        return out

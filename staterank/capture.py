@@ -1,0 +1,225 @@
+"""Per-token, per-head recurrent states of every linear-attention layer, exactly as computed.
+
+    with capture(model) as trace:
+        model(input_ids)                      # prefill, and/or model.generate(...) for cached decode
+    dyn = trace.dynamics()                    # {stat: [B, L, H, P]}, positions [P], layers [L]
+
+Each delta-rule call is intercepted (``hooks.intercept``); the recurrence is replayed from the
+q, k, v, g, beta and initial state the layer actually passed (``recurrence.replay``), and every
+replay is checked against the rule's own outputs and final state (``verify``), so a capture that
+drifts from the model fails loudly instead of reporting wrong ranks. Statistics are computed as
+states stream (``spectra.spectrum_stats``), a chunk of tokens at a time; full states are kept
+only when asked, under a memory limit.
+
+Shapes: B batch, T tokens, L linear-attention layers, H value heads, K key dim, V value dim,
+P scheduled positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import spectra
+from .adapters import Adapter, LinearLayer, get_adapter
+from .errors import UserError
+from .hooks import intercept
+from .recurrence import RuleCall, replay
+
+
+class CaptureMismatch(RuntimeError):
+    """The replayed recurrence disagrees with what the model computed."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which token counts t (1-based) get statistics: every ``stride``-th token, or powers of two
+    (``log``), or explicit ``positions``; the last token of a sequence is not added implicitly."""
+
+    stride: int = 1
+    log: bool = False
+    positions: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.stride < 1:
+            raise UserError(f"stride must be >= 1, got {self.stride}")
+
+    def mask(self, t: torch.Tensor) -> torch.Tensor:
+        """t: [n] 1-based token counts -> bool [n]."""
+        if self.positions is not None:
+            return torch.isin(t, torch.tensor(self.positions, dtype=t.dtype))
+        if self.log:
+            return (t & (t - 1)) == 0
+        return (t % self.stride) == 0 if self.stride > 1 else torch.ones_like(t, dtype=torch.bool)
+
+    def to_dict(self) -> dict:
+        return {"stride": self.stride, "log": self.log, "positions": list(self.positions) if self.positions else None}
+
+
+@dataclass
+class _LayerTrace:
+    layer: LinearLayer
+    t: int = 0  # tokens seen in the current sequence
+    positions: list[torch.Tensor] = field(default_factory=list)
+    stats: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    states: list[torch.Tensor] = field(default_factory=list)
+    log_decay_sum: torch.Tensor | None = None  # [B, H]
+    tokens: int = 0
+
+
+class Trace:
+    """What a capture collected. Populated while the ``with`` block runs."""
+
+    def __init__(self, layers: list[LinearLayer], adapter: Adapter, eps: float, schedule: Schedule):
+        self.adapter = adapter
+        self.eps = eps
+        self.schedule = schedule
+        self.layers = [_LayerTrace(l) for l in layers]
+        self.max_output_err = 0.0
+        self.max_state_err = 0.0
+        self.calls = 0
+
+    @property
+    def layer_indices(self) -> list[int]:
+        return [lt.layer.index for lt in self.layers]
+
+    def positions(self) -> np.ndarray:
+        """[P] 1-based token counts at which statistics were taken (same for every layer)."""
+        lt = self.layers[0]
+        return torch.cat(lt.positions).numpy() if lt.positions else np.zeros(0, dtype=np.int64)
+
+    def dynamics(self) -> dict[str, np.ndarray]:
+        """{stat: [B, L, H, P]} for every stat in ``spectra.STAT_NAMES``, plus ``positions`` [P],
+        ``layers`` [L] (model layer indices), ``bound`` [P] (min(t, K, V); per layer if K, V vary,
+        then [L, P]) and ``log_decay`` [B, L, H] (mean log decay per token; mean over channels
+        for per-channel decay)."""
+        out: dict[str, np.ndarray] = {}
+        for name in spectra.STAT_NAMES:
+            per_layer = [torch.cat(lt.stats[name], dim=-1) if lt.stats.get(name) else None for lt in self.layers]
+            if any(p is None for p in per_layer):
+                raise UserError("the capture saw no tokens at the scheduled positions")
+            out[name] = torch.stack(per_layer, dim=1).numpy()
+        pos = self.positions()
+        out["positions"] = pos
+        out["layers"] = np.array(self.layer_indices, dtype=np.int64)
+        bounds = np.stack([np.minimum(pos, min(lt.layer.layout.k, lt.layer.layout.v)) for lt in self.layers])
+        out["bound"] = bounds[0] if (bounds == bounds[0]).all() else bounds
+        out["log_decay"] = torch.stack(
+            [lt.log_decay_sum / max(lt.tokens, 1) for lt in self.layers], dim=1
+        ).numpy()
+        return out
+
+    def states(self, layer: int) -> torch.Tensor:
+        """Kept states of model layer ``layer``: [B, H, P, K, V] (only with ``keep_states``)."""
+        for lt in self.layers:
+            if lt.layer.index == layer:
+                if not lt.states:
+                    raise UserError("states were not kept; capture with keep_states=True")
+                return torch.cat(lt.states, dim=2)
+        raise UserError(f"layer {layer} is not a linear-attention layer; those are {self.layer_indices}")
+
+
+class _Capturer:
+    def __init__(self, trace: Trace, stats: bool, keep_states: bool, max_state_bytes: int,
+                 on_states: Callable | None, verify: bool, chunk: int):
+        self.trace = trace
+        self.by_module = {id(lt.layer.module): lt for lt in trace.layers}
+        self.stats = stats
+        self.keep_states = keep_states
+        self.max_state_bytes = max_state_bytes
+        self.kept_bytes = 0
+        self.on_states = on_states
+        self.verify = verify
+        self.chunk = chunk
+
+    def observe(self, layer: LinearLayer, call: RuleCall, out: torch.Tensor, state: torch.Tensor | None):
+        lt = self.by_module[id(layer.module)]
+        tr = self.trace
+        if call.initial_state is None:
+            lt.t = 0  # a new sequence starts: positions count from 1 again
+        T = call.num_tokens
+        t = torch.arange(lt.t + 1, lt.t + T + 1)
+        keep = tr.schedule.mask(t)
+
+        def consume(idx: torch.Tensor, S: torch.Tensor) -> None:
+            pos = t[idx]
+            lt.positions.append(pos)
+            if self.stats:
+                for name, val in spectra.spectrum_stats(S, eps=tr.eps).items():
+                    lt.stats.setdefault(name, []).append(val.detach().to(torch.float64).cpu())
+            if self.keep_states:
+                self.kept_bytes += S.numel() * S.element_size()
+                if self.kept_bytes > self.max_state_bytes:
+                    raise UserError(
+                        f"kept states exceed the memory limit of {self.max_state_bytes / 2**20:.0f} MiB; "
+                        "raise it, use a stride, or do not keep states"
+                    )
+                lt.states.append(S.detach().cpu().clone())
+            if self.on_states is not None:
+                self.on_states(layer, pos, S)
+
+        with torch.no_grad():
+            rep_out, rep_state = replay(call, keep=keep, on_states=consume, chunk=self.chunk)
+            g = call.g.to(torch.float64)
+            g = g.mean(-1) if g.dim() == 4 else g  # per-channel decay: mean over K
+            s = g.sum(dim=1)  # [B, H]
+            lt.log_decay_sum = s if lt.log_decay_sum is None or call.initial_state is None else lt.log_decay_sum + s
+            lt.tokens = T if call.initial_state is None else lt.tokens + T
+            if self.verify:
+                self._check(out, rep_out, state, rep_state)
+        lt.t += T
+        tr.calls += 1
+
+    def _check(self, out, rep_out, state, rep_state):
+        tr = self.trace
+        # The model casts outputs back to its dtype: compare at that precision.
+        ref = rep_out.to(out.dtype)
+        err = (out.float() - ref.float()).abs().max().item() if out.numel() else 0.0
+        tr.max_output_err = max(tr.max_output_err, err)
+        try:
+            torch.testing.assert_close(out, ref, atol=1e-4 if out.dtype == torch.float32 else 2e-2, rtol=1e-3 if out.dtype == torch.float32 else 2e-2)
+        except AssertionError as e:
+            raise CaptureMismatch(f"replayed outputs differ from the model's (max abs diff {err:.3g})") from e
+        if state is not None:
+            serr = (state.float() - rep_state).abs().max().item()
+            tr.max_state_err = max(tr.max_state_err, serr)
+            try:
+                torch.testing.assert_close(state.float(), rep_state, atol=1e-4, rtol=1e-3)
+            except AssertionError as e:
+                raise CaptureMismatch(f"replayed state differs from the model's (max abs diff {serr:.3g})") from e
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    adapter: Adapter | None = None,
+    *,
+    eps: float = 1e-4,
+    schedule: Schedule | None = None,
+    stats: bool = True,
+    keep_states: bool = False,
+    max_state_bytes: int = 2**30,
+    on_states: Callable[[LinearLayer, torch.Tensor, torch.Tensor], None] | None = None,
+    verify: bool = True,
+    chunk: int = 64,
+) -> Iterator[Trace]:
+    """Capture per-token states of every linear-attention layer of ``model`` inside the block.
+
+    on_states(layer, positions [n], states [B, H, n, K, V]) streams raw states to a consumer.
+    Inputs must not be padded (the recurrence would run over pad tokens): give one text per
+    forward or equal-length texts.
+    """
+    adapter = adapter or get_adapter(model)
+    schedule = schedule or Schedule()
+    layers = adapter.linear_layers(model)
+    if not layers:
+        raise UserError(f"{type(model).__name__} has no {adapter.layer_class} layers")
+    trace = Trace(layers, adapter, eps, schedule)
+    handler = _Capturer(trace, stats, keep_states, max_state_bytes, on_states, verify, chunk)
+    with intercept(model, adapter, handler):
+        yield trace

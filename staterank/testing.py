@@ -1,0 +1,74 @@
+"""Tiny random-config models built in-process, for tests and examples (no weights, no hub).
+
+Every family gets a hybrid layout (linear, linear, full, linear) so that layer indices of linear
+layers are not simply 0..L-1, and GVA ratios > 1 where the family allows it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+FAMILIES = ("qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid")
+
+
+def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int = 12, vocab: int = 97,
+                hidden: int = 32, layers: tuple[str, ...] = ("linear_attention", "linear_attention", "full_attention", "linear_attention")):
+    n = len(layers)
+    if family == "qwen3_next":
+        from transformers import Qwen3NextConfig
+
+        return Qwen3NextConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
+            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
+            num_experts=0, max_position_embeddings=4096, tie_word_embeddings=True,
+        )
+    if family == "qwen3_5":
+        from transformers import Qwen3_5TextConfig
+
+        return Qwen3_5TextConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
+            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
+            max_position_embeddings=4096, tie_word_embeddings=True,
+        )
+    if family == "kimi_linear":
+        from transformers import KimiLinearConfig
+
+        # Kimi Delta Attention has H_k = H_v and K = V.
+        return KimiLinearConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
+            num_attention_heads=2, num_key_value_heads=2, linear_num_heads=h_v, linear_head_dim=k,
+            layer_types=list(layers), max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    if family == "olmo_hybrid":
+        from transformers import OlmoHybridConfig
+
+        return OlmoHybridConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
+            num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=h_k,
+            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
+            max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    raise ValueError(f"unknown family {family!r}")
+
+
+def tiny_model(family: str, seed: int = 0, *, memory_gates: bool = True, **kw):
+    """A random tiny model in eval mode. ``memory_gates`` applies the FLA/Mamba-style gate
+    initialisation (decay ≈ 0.9–0.999) so states carry memory; transformers' default init forgets
+    almost everything every token."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **kw), dtype=torch.float32)
+    if memory_gates:
+        from .adapters import get_adapter
+
+        g = torch.Generator().manual_seed(seed)
+        for layer in get_adapter(model).linear_layers(model):
+            m = layer.module
+            fg = getattr(m, "forget_gate", m)  # Kimi keeps A_log/dt_bias in its forget gate
+            with torch.no_grad():
+                fg.A_log.copy_(torch.empty_like(fg.A_log).uniform_(1, 16, generator=g).log())
+                dt = torch.exp(torch.empty_like(fg.dt_bias).uniform_(-7, -2.3, generator=g))
+                fg.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    return model.eval()
