@@ -1,0 +1,312 @@
+"""Train the built-in Gated-DeltaNet LM (a small 3:1 hybrid Qwen3-Next) on CPU.
+
+    python -m staterank.builtin.train --out DIR --seed 0 [--steps N] [--minutes M] [--threads N]
+
+Everything is deterministic from ``--seed`` given ``--steps`` (the data of step s depends only on
+seed and s); ``--minutes`` is a safety cap that stops early and still saves. A checkpoint (a
+complete HF folder) is written to ``DIR/ckpt`` every few minutes and the final model to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..tasks import TASKS, TRAIN_SEED_LIMIT, train_text
+from ..tasks.prose import prose_texts
+from ..data import data_dir
+
+SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def gsm8k_texts(split: str = "train") -> list[str]:
+    rows = [json.loads(l) for l in (data_dir() / "gsm8k" / f"{split}.jsonl").read_text().splitlines() if l]
+    return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
+
+
+def train_tokenizer(vocab_size: int, seed: int):
+    """Byte-level BPE, one token per digit, wrapped so stock AutoTokenizer loads it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # digits one per token: makes arithmetic and needle numbers learnable
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = list(SPECIALS.values())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    task_docs = [train_text(it) for name, t in TASKS.items() if name != "niah"
+                 for it in t.generate(500, seed=TRAIN_SEED_LIMIT - 1 - seed)]
+    corpus = list(prose_texts("train")) + gsm8k_texts("train") + task_docs
+    tok.train_from_iterator(corpus, trainer=trainer)
+    bos = tok.token_to_id(SPECIALS["bos_token"])
+    # BOS is prepended by the tokenizer itself so training and stock-transformers use agree
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=4096, **SPECIALS)
+
+
+# ---------------------------------------------------------------- model
+
+def build_config(vocab_size: int, layers: int, hidden: int, tokenizer):
+    from transformers import Qwen3NextConfig
+
+    return Qwen3NextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        # 3:1 hybrid: every 4th layer is softmax attention, the rest Gated DeltaNet
+        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+        linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=32, linear_value_head_dim=32,
+        linear_conv_kernel_dim=4,
+        num_experts=0,  # dense MLP in every layer (verified: Qwen3NextMLP)
+        tie_word_embeddings=True, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+@torch.no_grad()
+def fla_gate_init(model, generator: torch.Generator) -> int:
+    """FLA/Mamba-style forget-gate init for every Gated DeltaNet layer; returns the layer count.
+
+    transformers' default (A ~ U(0.01, 16), dt_bias = 1) makes most heads forget everything every
+    token, and then nothing is learned. Here A ~ U(1, 16), dt ~ logU(1e-3, 1e-1) and
+    dt_bias = softplus^-1(dt) = dt + log(-expm1(-dt)).
+    """
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "A_log") and hasattr(mod, "dt_bias"):
+            h = mod.A_log.numel()
+            A = torch.empty(h).uniform_(1.0, 16.0, generator=generator)
+            mod.A_log.copy_(torch.log(A))
+            dt = torch.exp(torch.empty(h).uniform_(math.log(1e-3), math.log(1e-1), generator=generator))
+            mod.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------- data
+
+# Curriculum: (fraction of steps where the phase ends, sequence length); tokens per step fixed.
+PHASES = [(0.15, 128), (0.40, 256), (0.75, 512), (1.0, 1024)]
+MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.20, "gsm8k": 0.10}
+
+
+def seq_len_at(step: int, total: int) -> int:
+    for end, T in PHASES:
+        if step < end * total:
+            return T
+    return PHASES[-1][1]
+
+
+class DataStream:
+    def __init__(self, tokenizer, seed: int):
+        self.tok = tokenizer
+        self.seed = seed
+        self.prose = prose_texts("train")
+        self.gsm = gsm8k_texts("train")
+        self.kinds = list(MIX)
+        self.weights = [MIX[k] for k in self.kinds]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _doc(self, rng: random.Random, room: int, T: int, tseed: int) -> list[int]:
+        kind = rng.choices(self.kinds, self.weights)[0]
+        if kind == "niah" and room >= 96:
+            L = rng.randint(min(64, room - 40), room - 24)
+            it = TASKS["niah"].generate(1, tseed, context_tokens=L, depth=rng.random(), tokenizer=self.tok)[0]
+            text = train_text(it)
+        elif kind == "mqar":
+            p = rng.randint(2, 8 if T <= 128 else 16)
+            it = TASKS["mqar"].generate(1, tseed, n_pairs=p, n_queries=rng.randint(1, p))[0]
+            text = train_text(it)
+        elif kind == "multihop":
+            it = TASKS["multihop"].generate(1, tseed, hops=rng.randint(1, 3), n_distractors=rng.randint(0, 3))[0]
+            text = train_text(it)
+        elif kind == "arith":
+            text = train_text(TASKS["arith"].generate(1, tseed, digits=rng.choice([1, 2, 2, 2]))[0])
+        elif kind == "gsm8k":
+            text = rng.choice(self.gsm)
+        else:  # prose span starting at a paragraph
+            t = rng.choice(self.prose)
+            s = rng.randrange(len(t) - 8 * T)
+            nl = t.find("\n", s)
+            s = nl + 1 if nl >= 0 else s
+            ids = self._ids(t[s:s + 6 * min(room, T)])[:room]
+            return [self.tok.bos_token_id] + ids
+        return [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
+
+    def batch(self, step: int, T: int, B: int) -> torch.Tensor:
+        rng = random.Random(f"train:{self.seed}:{step}")
+        rows = []
+        for b in range(B):
+            row: list[int] = []
+            j = 0
+            while len(row) < T:
+                # task seeds stay below TRAIN_SEED_LIMIT; evaluation uses seeds >= 10**9
+                tseed = (self.seed * 7919 + step * 256 + b * 16 + j) % TRAIN_SEED_LIMIT
+                row += self._doc(rng, T - len(row), T, tseed)
+                j += 1
+            rows.append(row[:T])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- monitoring
+
+@torch.no_grad()
+def teacher_forced_acc(model, tok, n: int = 16, seed: int = 10**9 + 777) -> dict:
+    """Cheap progress signal: all answer tokens argmax-correct under teacher forcing (eval seeds)."""
+    model.eval()
+    out = {}
+    specs = {"niah": {"context_tokens": 256, "tokenizer": tok}, "mqar": {}, "multihop": {}, "arith": {}}
+    for name, params in specs.items():
+        ok = 0
+        for it in TASKS[name].generate(n, seed, **params):
+            p = tok(it.prompt)["input_ids"]
+            full = tok(train_text(it))["input_ids"]
+            x = torch.tensor([full])
+            pred = model(input_ids=x, use_cache=False).logits[0, len(p) - 1:-1].argmax(-1)
+            ok += bool((pred == x[0, len(p):]).all())
+        out[name] = ok / n
+    model.train()
+    return out
+
+
+def save_folder(model, tok, folder: Path, extra: dict) -> None:
+    """Write a complete HF folder atomically (tmp dir + rename) so a kill never leaves half a model."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "training_state.json").write_text(json.dumps(extra, indent=1))
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder (HF model folder + logs)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and tokenizer corpus")
+    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps (sets the curriculum and LR schedule)")
+    ap.add_argument("--tokens-per-step", type=int, default=4096, help="batch size x sequence length")
+    ap.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no cap)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
+    ap.add_argument("--hidden", type=int, default=256, help="hidden size")
+    ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train_log.jsonl", "a")
+
+    def log(rec: dict) -> None:
+        rec = {"time": time.strftime("%H:%M:%S"), **rec}
+        print(json.dumps(rec), flush=True)
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+
+    t0 = time.time()
+    tok = train_tokenizer(args.vocab, args.seed)
+    log({"event": "tokenizer", "vocab": len(tok), "seconds": round(time.time() - t0, 1)})
+
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    cfg = build_config(len(tok), args.layers, args.hidden, tok)
+    model = AutoModelForCausalLM.from_config(cfg)
+    g = torch.Generator().manual_seed(args.seed)
+    n_gdn = fla_gate_init(model, g)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id, do_sample=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    log({"event": "model", "params": n_params, "gdn_layers": n_gdn, "layer_types": cfg.layer_types})
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    warm = max(1, args.steps // 30)
+
+    def lr_at(s: int) -> float:
+        if s < warm:
+            return args.lr * (s + 1) / warm
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
+
+    data = DataStream(tok, args.seed)
+    model.train()
+    t_train = time.time()
+    last_ckpt = t_train
+    tokens = 0
+    step = 0
+    stopped_early = False
+    ema = None
+    for step in range(args.steps):
+        if args.minutes and time.time() - t_train > args.minutes * 60:
+            stopped_early = True
+            break
+        T = seq_len_at(step, args.steps)
+        x = data.batch(step, T, max(1, args.tokens_per_step // T))
+        for gr in opt.param_groups:
+            gr["lr"] = lr_at(step)
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += x.numel()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 10 == 0:
+            el = time.time() - t_train
+            log({"step": step, "T": T, "loss": round(loss.item(), 4), "ema": round(ema, 4),
+                 "lr": round(lr_at(step), 6), "tokens": tokens, "tok_s": round(tokens / el, 1),
+                 "min": round(el / 60, 2)})
+        if step > 0 and step % args.eval_every == 0:
+            log({"step": step, "tf_acc": teacher_forced_acc(model, tok)})
+        state = {"seed": args.seed, "step": step + 1, "steps_planned": args.steps, "tokens": tokens,
+                 "params": n_params, "train_seconds": round(time.time() - t_train, 1), "args": vars(args)}
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            save_folder(model, tok, out / "ckpt", state)
+            last_ckpt = time.time()
+            log({"event": "checkpoint", **state})
+    else:
+        step = args.steps
+    state = {"seed": args.seed, "step": step if stopped_early else args.steps, "steps_planned": args.steps,
+             "stopped_early": stopped_early, "tokens": tokens, "params": n_params,
+             "train_seconds": round(time.time() - t_train, 1), "args": vars(args)}
+    log({"step": state["step"], "tf_acc": teacher_forced_acc(model, tok, n=32)})
+    model.eval()
+    save_folder(model, tok, out / "final", state)
+    log({"event": "done", **state})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Built-in in-context tasks: generators of prompts with short exact answers, and their registry.
+
+Every task is ``generate(n, seed, **params) -> list[Item]``, deterministic in ``seed``. A prediction
+is the greedy continuation cut at the first newline (or end of sequence), stripped; it is correct iff
+it equals ``item.answer`` exactly (:func:`score`).
+
+Seeds: the built-in model's training used seeds < 10**6 (``TRAIN_SEED_LIMIT``); evaluation uses seeds
+>= 10**9 (``EVAL_SEED_BASE``). Seeds >= 10**9 also switch generators to held-out material: the held-out
+10 % of every prose file for haystacks and the held-out tenth of addition problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import UserError
+
+TRAIN_SEED_LIMIT = 10**6
+EVAL_SEED_BASE = 10**9
+
+
+@dataclass
+class Item:
+    id: str
+    prompt: str
+    answer: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    generate: Callable[..., list[Item]]
+    chance: float  # accuracy of uniform guessing over the answer space, for "beats chance" checks
+    default_params: dict = field(default_factory=dict)
+
+
+def is_eval_seed(seed: int) -> bool:
+    return seed >= EVAL_SEED_BASE
+
+
+def extract_answer(continuation: str) -> str:
+    """The prediction: the continuation up to the first newline, stripped."""
+    return continuation.split("\n", 1)[0].strip()
+
+
+def score(pred: str, answer: str) -> bool:
+    """Exact match after stripping both sides."""
+    return pred.strip() == answer.strip()
+
+
+from .synthetic import arith, mqar, multihop  # noqa: E402
+from .niah import niah, niah_grid  # noqa: E402
+
+TASKS: dict[str, Task] = {
+    "niah": Task("niah", "single needle (4-digit magic number) in public-domain prose", niah, 1 / 9000,
+                 {"context_tokens": 256, "depth": 0.5}),
+    "mqar": Task("mqar", "multi-query associative recall over key=value pairs", mqar, 1 / 100,
+                 {"n_pairs": 8, "n_queries": 4}),
+    "multihop": Task("multihop", "variable binding chains a=5; b=a; c=b; c=?", multihop, 1 / 10,
+                     {"hops": 2, "n_distractors": 2}),
+    "arith": Task("arith", "addition of two 2-digit numbers", arith, 1 / 199, {"digits": 2}),
+}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
+
+
+__all__ = ["Item", "Task", "TASKS", "get_task", "score", "extract_answer", "niah_grid",
+           "TRAIN_SEED_LIMIT", "EVAL_SEED_BASE", "is_eval_seed"]
+
+
+def train_text(item: Item) -> str:
+    """Prompt followed by its answer, as seen in training (NIAH joins them with a space)."""
+    return item.prompt + item.meta.get("join", "") + item.answer
