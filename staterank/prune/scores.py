@@ -1,0 +1,260 @@
+"""Which value heads to remove: one small dataclass per scoring method (kvpress ``ScorerPress`` style).
+
+A method implements only ``score(stats) -> [L, H]`` (higher = removed first); the base turns scores
+plus a :class:`Budget` and a ranking into the removed heads (:meth:`Scorer.select`).
+
+Methods (``METHODS``):
+  jrnp     Joint Rank-Norm Pruning, Eq. 14: S_h = α·r̄_h/d + (1−α)·n̄_h / max_j n̄_j
+           (α unpublished; default 0.5). max_j runs over all heads of all linear layers.
+  rank     r̄_h/d (α = 1)           norm     n̄_h / max_j n̄_j (α = 0)
+  random   uniform random scores from ``seed``: the count-matched control
+  inverse  −JRNP: the lowest JRNP scores go first (the paper's "wrong direction" control)
+
+Rankings:
+  global     one top-k over all L·H heads (the paper's); per-layer counts come out uneven, so the
+             pruned model cannot be stored as a stock checkpoint (see ``export``).
+  per_layer  the top round(fraction·H) heads of every layer (a count budget must split evenly over
+             the L layers): every layer keeps the same number of heads, so the result exports.
+
+Selection never removes the last value head of a layer (global ranking skips it and takes the
+next head); a per-layer budget that would is an error.
+
+Shapes: L linear-attention layers, H value heads per layer.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+RANKINGS = ("global", "per_layer")
+BUDGET_KINDS = ("fraction", "count", "bytes", "layer_counts")
+
+
+@dataclass(frozen=True)
+class HeadStats:
+    """Calibration statistics per value head.
+
+    rank: [L, H] mean threshold rank r̄ (Eq. 6) over calibration contexts; norm: [L, H] mean nuclear
+    norm n̄; bound: [L] the rank bound d = min(T, K, V) at the positions averaged; layers: the
+    model's layer indices of the L rows; head_bytes: [L] bytes of one head's recurrent state
+    (K·V·4, fp32) per sequence.
+    """
+
+    rank: np.ndarray
+    norm: np.ndarray
+    bound: np.ndarray
+    layers: tuple[int, ...]
+    head_bytes: np.ndarray
+
+    def __post_init__(self):
+        if self.rank.shape != self.norm.shape or self.rank.ndim != 2:
+            raise UserError(f"rank {self.rank.shape} and norm {self.norm.shape} must both be [L, H]")
+        if len(self.layers) != self.rank.shape[0]:
+            raise UserError(f"{len(self.layers)} layer indices for {self.rank.shape[0]} rows of stats")
+
+
+def head_stats(dynamics: Mapping | Sequence[Mapping], head_bytes: Sequence[int], at: str = "last") -> HeadStats:
+    """HeadStats from one or more ``trace.dynamics()`` dicts (one per calibration context).
+
+    Each context contributes its per-head mean over the batch of either its last scheduled position
+    (``at="last"``: the state after reading the whole context) or all scheduled positions
+    (``at="all"``); contexts are then averaged with equal weight. d is the largest bound used.
+    """
+    dyns = [dynamics] if isinstance(dynamics, Mapping) else list(dynamics)
+    if not dyns:
+        raise UserError("no calibration contexts")
+    if at not in ("last", "all"):
+        raise UserError(f"at must be 'last' or 'all', got {at!r}")
+    ranks, norms, bounds = [], [], []
+    for d in dyns:
+        r, n = np.asarray(d["threshold_rank"], float), np.asarray(d["nuclear_norm"], float)  # [B, L, H, P]
+        b = np.asarray(d["bound"], float)  # [P] or [L, P]
+        b = np.broadcast_to(b, (r.shape[1], r.shape[-1]))
+        sl = slice(-1, None) if at == "last" else slice(None)
+        ranks.append(r[..., sl].mean(axis=(0, 3)))
+        norms.append(n[..., sl].mean(axis=(0, 3)))
+        bounds.append(b[:, sl].max(axis=1))
+    layers = tuple(int(i) for i in np.asarray(dyns[0]["layers"]))
+    return HeadStats(rank=np.mean(ranks, axis=0), norm=np.mean(norms, axis=0), bound=np.max(bounds, axis=0),
+                     layers=layers, head_bytes=np.asarray(head_bytes, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to remove. kind "fraction": share of all value heads in [0, 1); "count": number of
+    heads; "bytes": recurrent-state bytes per sequence to free (heads are taken in score order until
+    at least that much is freed); "layer_counts": exact heads per layer (``value`` a tuple, one per
+    layer; ranking is then ignored — the layer-matched control)."""
+
+    kind: str
+    value: float | tuple[int, ...]
+
+    def __post_init__(self):
+        if self.kind not in BUDGET_KINDS:
+            raise UserError(f"unknown budget kind {self.kind!r}; choose one of {', '.join(BUDGET_KINDS)}")
+        if self.kind == "fraction" and not 0 <= float(self.value) < 1:
+            raise UserError(f"fraction must be in [0, 1), got {self.value}")
+        if self.kind in ("count", "bytes") and (float(self.value) < 0 or float(self.value) != int(self.value)):
+            raise UserError(f"{self.kind} budget must be a non-negative integer, got {self.value}")
+        if self.kind == "layer_counts" and any(int(c) < 0 for c in self.value):
+            raise UserError(f"layer counts must be non-negative, got {list(self.value)}")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "value": list(self.value) if self.kind == "layer_counts" else self.value}
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Base of all scoring methods. Subclasses implement :meth:`score` only."""
+
+    name: ClassVar[str] = ""
+
+    def score(self, stats: HeadStats) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        return asdict(self)
+
+    def select(self, stats: HeadStats, budget: Budget, ranking: str = "global") -> list[tuple[int, int]]:
+        """Removed heads as (model layer index, head), highest score first."""
+        scores = np.asarray(self.score(stats), dtype=float)
+        return select(scores, budget, ranking, stats.layers, stats.head_bytes)
+
+
+def _order(scores: np.ndarray) -> np.ndarray:
+    """Flat indices of ``scores`` [L, H] by descending score; ties broken by (layer, head)."""
+    flat = scores.ravel()
+    return np.lexsort((np.arange(flat.size), -flat))
+
+
+def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[int],
+           head_bytes: Sequence[int]) -> list[tuple[int, int]]:
+    """Top-k of ``scores`` [L, H] under ``budget``; see the module docstring for the rules."""
+    if ranking not in RANKINGS:
+        raise UserError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
+    if not np.all(np.isfinite(scores)):
+        raise UserError("scores contain NaN or inf (a head with no calibration statistics?)")
+    L, H = scores.shape
+    hb = np.asarray(head_bytes, dtype=np.int64)
+    total = L * H
+    if budget.kind == "count" and int(budget.value) > total - L:
+        raise UserError(f"cannot remove {int(budget.value)} heads: the model has {total} value heads in {L} "
+                        f"layers and every layer keeps at least one")
+    if budget.kind == "bytes" and int(budget.value) > int(hb.sum() * (H - 1)):
+        raise UserError(f"cannot free {int(budget.value)} bytes: at most {int(hb.sum() * (H - 1))} can go "
+                        "while every layer keeps one head")
+
+    if budget.kind == "layer_counts" or ranking == "per_layer":
+        if budget.kind == "layer_counts":
+            counts = [int(c) for c in budget.value]
+            if len(counts) != L:
+                raise UserError(f"{len(counts)} layer counts for {L} layers")
+        elif budget.kind == "fraction":
+            counts = [int(round(float(budget.value) * H))] * L
+        elif budget.kind == "count":
+            if int(budget.value) % L:
+                raise UserError(f"per_layer ranking needs a count divisible by the {L} layers, got {int(budget.value)}")
+            counts = [int(budget.value) // L] * L
+        else:  # bytes: the smallest per-layer count that frees at least the budget
+            counts = [int(math.ceil(int(budget.value) / hb.sum()))] * L
+        for li, c in zip(layers, counts):
+            if c >= H:
+                raise UserError(f"layer {li} would lose {c} of its {H} value heads; every layer keeps at least one")
+        out = []
+        for l, c in enumerate(counts):
+            row = _order(scores[l : l + 1])[:c]
+            out += [(int(layers[l]), int(h)) for h in row]
+        return out
+
+    # global
+    kept = np.full(L, H)
+    out: list[tuple[int, int]] = []
+    n_target = int(round(float(budget.value) * total)) if budget.kind == "fraction" else int(budget.value)
+    freed = 0
+    for idx in _order(scores):
+        done = freed >= int(budget.value) if budget.kind == "bytes" else len(out) >= n_target
+        if done:
+            break
+        l, h = divmod(int(idx), H)
+        if kept[l] == 1:  # never empty a layer
+            continue
+        kept[l] -= 1
+        freed += int(hb[l])
+        out.append((int(layers[l]), int(h)))
+    return out
+
+
+@dataclass(frozen=True)
+class Rank(Scorer):
+    name: ClassVar[str] = "rank"
+
+    def score(self, stats: HeadStats) -> np.ndarray:
+        return stats.rank / np.asarray(stats.bound, float)[:, None]
+
+
+@dataclass(frozen=True)
+class Norm(Scorer):
+    name: ClassVar[str] = "norm"
+
+    def score(self, stats: HeadStats) -> np.ndarray:
+        m = float(np.max(stats.norm))
+        if m <= 0:
+            raise UserError("every head has zero nuclear norm: calibration saw no signal")
+        return stats.norm / m
+
+
+@dataclass(frozen=True)
+class JRNP(Scorer):
+    """Joint Rank-Norm Pruning (Eq. 14)."""
+
+    name: ClassVar[str] = "jrnp"
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise UserError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    def score(self, stats: HeadStats) -> np.ndarray:
+        return self.alpha * Rank().score(stats) + (1 - self.alpha) * Norm().score(stats)
+
+
+@dataclass(frozen=True)
+class Inverse(JRNP):
+    """The lowest JRNP scores are removed first."""
+
+    name: ClassVar[str] = "inverse"
+
+    def score(self, stats: HeadStats) -> np.ndarray:
+        return -super().score(stats)
+
+
+@dataclass(frozen=True)
+class Random(Scorer):
+    """Uniform random scores: with the same budget and ranking, the count-matched control."""
+
+    name: ClassVar[str] = "random"
+    seed: int = 0
+
+    def score(self, stats: HeadStats) -> np.ndarray:
+        return np.random.default_rng(self.seed).random(stats.rank.shape)
+
+
+METHODS: dict[str, type[Scorer]] = {c.name: c for c in (JRNP, Rank, Norm, Random, Inverse)}
+
+
+def get_method(name: str, **params) -> Scorer:
+    """A scorer by name; params it does not take (e.g. alpha for rank) are ignored."""
+    if name not in METHODS:
+        hint = difflib.get_close_matches(name, METHODS, n=1)
+        extra = f" (did you mean {hint[0]}?)" if hint else ""
+        raise UserError(f"unknown pruning method {name!r}{extra}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[name]
+    fields = set(cls.__dataclass_fields__)
+    return cls(**{k: v for k, v in params.items() if k in fields and v is not None})
