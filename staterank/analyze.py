@@ -1,0 +1,285 @@
+"""The analyze stage: per-head state-rank dynamics of one model over a few texts.
+
+    dyn = analyze(load_model("builtin"), {"fox": "The quick brown fox ..."}, out="runs/a1")
+    dyn.stats["threshold_rank"]        # [N, L, H, P]
+
+One forward per text (never padded), fed through the model's own cache in segments of
+``prefill_chunk`` tokens so that activations stay O(chunk) whatever T is; every delta-rule call
+is captured and verified (``capture``), and statistics stream (nothing O(T·K·V) is kept unless
+``keep_states``).
+
+Texts of different lengths: P is the sorted union of the positions taken in any text; a text
+shorter than a position (or not scheduled there) has NaN at that entry.
+
+Run folder (``out``), written by ``runio.new_run_dir`` and never overwritten:
+  config.json        every setting, the model, text hashes, schedule, versions, git hash, seed
+  dynamics.npz       threshold_rank, entropy_rank, stable_rank, nuclear_norm, frobenius_norm,
+                     spectral_norm [N, L, H, P] (float64, NaN = not measured); positions [P];
+                     layers [L]; bound [P] (or [L, P] if K, V vary by layer); log_decay [N, L, H];
+                     texts [N]
+  heads.csv          one row per (layer, head)
+  texts.csv          per text: tokens, sha256, capture verification errors
+  texts/NNNN.npz     per-text partial results: a rerun of the same command skips finished texts
+  states/NNNN.safetensors   (keep_states) layer_<i>: [H, P_i, K, V] fp32, positions: [P_i]
+
+Shapes: N texts, L linear-attention layers, H value heads, P positions, K key dim, V value dim.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import io
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import runio, spectra
+from .capture import Schedule, capture
+from .errors import UserError
+from .models import Loaded, tokenize_texts
+
+STAT_NAMES = spectra.STAT_NAMES
+DEFAULT_MAX_STATE_BYTES = 2**30
+
+
+@dataclass
+class TextInfo:
+    name: str
+    n_tokens: int
+    sha256: str
+    n_positions: int  # positions measured in this text
+    max_output_err: float  # capture verification: replayed vs model rule outputs (max abs)
+    max_state_err: float  # replayed vs model final states (max abs)
+    rule_calls: int
+
+
+@dataclass
+class Dynamics:
+    """Statistics of one analyze run. stats: {name: [N, L, H, P]} float64, NaN where a text has
+    no measurement at that position."""
+
+    stats: dict[str, np.ndarray]
+    positions: np.ndarray  # [P] 1-based token counts
+    layers: np.ndarray  # [L] model layer indices
+    bound: np.ndarray  # [P] or [L, P]: min(t, K, V)
+    log_decay: np.ndarray  # [N, L, H] mean per-token log decay
+    texts: list[TextInfo]
+    run_dir: Path | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.texts]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Exactly the arrays of dynamics.npz."""
+        return {**self.stats, "positions": self.positions, "layers": self.layers, "bound": self.bound,
+                "log_decay": self.log_decay, "texts": np.array(self.names, dtype=np.str_)}
+
+    def layer_bound(self) -> np.ndarray:
+        """[L, P] bound, whatever was stored."""
+        b = self.bound
+        return np.broadcast_to(b, (len(self.layers), len(self.positions))) if b.ndim == 1 else b
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _named(texts: dict[str, str] | list[str]) -> tuple[list[str], list[str]]:
+    if isinstance(texts, dict):
+        names, bodies = [str(k) for k in texts], list(texts.values())
+    else:
+        bodies = list(texts)
+        names = [f"text{i}" for i in range(len(bodies))]
+    if not bodies:
+        raise UserError("no texts to analyze")
+    if len(set(names)) != len(names):
+        raise UserError("text names must be unique")
+    for n, b in zip(names, bodies):
+        if not isinstance(b, str) or not b.strip():
+            raise UserError(f"text {n!r} is empty")
+    return names, bodies
+
+
+def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: float, keep_states: bool,
+              max_state_bytes: int, prefill_chunk: int, bar) -> tuple[dict[str, np.ndarray], dict, dict]:
+    """One text [1, T] -> (arrays {stat: [L, H, P_i], positions [P_i], log_decay [L, H]},
+    verification {max_output_err, max_state_err, rule_calls}, kept states {layer_i: [H, P_i, K, V]})."""
+    model = loaded.model
+    ids = ids.to(loaded.device)
+    T = ids.shape[1]
+    # transformers 5.24 renamed past_key_values to cache (the old name warns); older 5.x lack it
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.no_grad(), capture(model, loaded.adapter, eps=eps, schedule=schedule, keep_states=keep_states,
+                                  max_state_bytes=max_state_bytes) as trace:
+        cache = None
+        for s in range(0, T, prefill_chunk):
+            # logits of the last token only: the full [T, vocab] logits would dominate memory
+            out = model(ids[:, s : s + prefill_chunk], **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            bar.update(min(prefill_chunk, T - s))
+        del cache, out
+    if len(trace.positions()) == 0:
+        raise UserError(f"no scheduled positions within the text's {T} tokens; check --stride/--positions")
+    d = trace.dynamics()
+    arrays = {n: d[n][0].astype(np.float64) for n in STAT_NAMES}
+    arrays["positions"] = d["positions"].astype(np.int64)
+    arrays["log_decay"] = d["log_decay"][0]
+    check = {"max_output_err": trace.max_output_err, "max_state_err": trace.max_state_err, "rule_calls": trace.calls}
+    states = {}
+    if keep_states:
+        states = {f"layer_{i}": trace.states(i)[0].contiguous() for i in trace.layer_indices}
+        states["positions"] = torch.from_numpy(arrays["positions"])
+    return arrays, check, states
+
+
+def _merge(parts: list[dict[str, np.ndarray]], layouts: list[tuple[int, int]]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per-text arrays -> ({stat: [N, L, H, P]} on the union of positions, positions [P], bound)."""
+    pos = np.unique(np.concatenate([p["positions"] for p in parts]))
+    N = len(parts)
+    L, H = parts[0]["threshold_rank"].shape[:2]
+    stats = {n: np.full((N, L, H, len(pos)), np.nan) for n in STAT_NAMES}
+    for i, p in enumerate(parts):
+        idx = np.searchsorted(pos, p["positions"])
+        for n in STAT_NAMES:
+            stats[n][i][..., idx] = p[n]
+    bounds = np.stack([spectra.rank_bound(pos, k, v) for k, v in layouts]).astype(np.int64)
+    bound = bounds[0] if (bounds == bounds[0]).all() else bounds
+    return stats, pos, bound
+
+
+def _final(x: np.ndarray) -> np.ndarray:
+    """[N, L, H, P] -> [N, L, H]: each text's value at its last measured position."""
+    ok = ~np.isnan(x)
+    last = x.shape[-1] - 1 - np.argmax(ok[..., ::-1], axis=-1)
+    return np.take_along_axis(x, last[..., None], axis=-1)[..., 0]
+
+
+def head_table(dyn: Dynamics) -> list[dict]:
+    """One row per (layer, head). Means are over texts and measured positions (NaN ignored);
+    final = each text's last measured position, averaged over texts; bound = min(t_max, K, V)
+    at the last position."""
+    r, nuc = dyn.stats["threshold_rank"], dyn.stats["nuclear_norm"]
+    mean_r = np.nanmean(r, axis=(0, 3))
+    fin_r = _final(r).mean(axis=0)
+    mean_n = np.nanmean(nuc, axis=(0, 3))
+    decay = dyn.log_decay.mean(axis=0)
+    bound = dyn.layer_bound()[:, -1]
+    rows = []
+    for li, layer in enumerate(dyn.layers):
+        for h in range(r.shape[2]):
+            rows.append({"layer": int(layer), "head": h, "mean_threshold_rank": float(mean_r[li, h]),
+                         "final_threshold_rank": float(fin_r[li, h]), "mean_nuclear_norm": float(mean_n[li, h]),
+                         "bound": int(bound[li]), "mean_log_decay": float(decay[li, h])})
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_states(path: Path, states: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    runio.atomic_write_bytes(path, save({k: v.cpu() for k, v in states.items()}))
+
+
+def analyze(
+    loaded: Loaded,
+    texts: dict[str, str] | list[str],
+    *,
+    max_tokens: int | None = None,
+    schedule: Schedule = Schedule(),
+    eps: float = 1e-4,
+    keep_states: bool = False,
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+    prefill_chunk: int = 512,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> Dynamics:
+    """Rank dynamics of every linear-attention value head over ``texts`` (list: named text0, ...).
+
+    max_tokens truncates each text; prefill_chunk is the segment fed per forward (states are the
+    same as one prefill, up to fp32 round-off); max_state_bytes caps kept states per text.
+    With ``out``, writes (or resumes) one run folder; a finished folder is read back, not redone.
+    """
+    from tqdm.auto import tqdm
+
+    if eps <= 0:
+        raise UserError(f"--eps must be > 0, got {eps}")
+    if prefill_chunk < 1:
+        raise UserError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+    names, bodies = _named(texts)
+    ids = tokenize_texts(loaded.tokenizer, bodies, max_tokens)
+    torch.manual_seed(seed)
+    config = {
+        "stage": "analyze",
+        "model": {"spec": loaded.spec, "source": loaded.source, **loaded.config},
+        "texts": [{"name": n, "sha256": _sha(b), "chars": len(b)} for n, b in zip(names, bodies)],
+        "max_tokens": max_tokens, "schedule": schedule.to_dict(), "eps": eps, "keep_states": keep_states,
+        "max_state_bytes": max_state_bytes, "prefill_chunk": prefill_chunk, "seed": seed,
+    }
+    run_dir = None
+    if out is not None:
+        run_dir = runio.new_run_dir(out, config)
+        if (run_dir / "dynamics.npz").exists():
+            return load_dynamics(run_dir)
+
+    layers = loaded.adapter.linear_layers(loaded.model)
+    layouts = [(l.layout.k, l.layout.v) for l in layers]
+    parts, infos = [], []
+    text_bar = tqdm(list(zip(names, ids)), desc="texts", unit="text", disable=not progress, file=sys.stderr)
+    for i, (name, x) in enumerate(text_bar):
+        part_path = run_dir / "texts" / f"{i:04d}.npz" if run_dir else None
+        if part_path is not None and part_path.exists():
+            arrays = runio.read_npz(part_path)
+            check = {k: arrays.pop(k).item() for k in ("max_output_err", "max_state_err", "rule_calls")}
+        else:
+            with tqdm(total=x.shape[1], desc=name, unit="tok", leave=False, disable=not progress,
+                      file=sys.stderr) as bar:
+                arrays, check, states = _one_text(loaded, x, schedule=schedule, eps=eps, keep_states=keep_states,
+                                                  max_state_bytes=max_state_bytes, prefill_chunk=prefill_chunk,
+                                                  bar=bar)
+            if run_dir is not None:
+                if keep_states:  # states first: a partial file means this text is complete
+                    _write_states(run_dir / "states" / f"{i:04d}.safetensors", states)
+                runio.write_npz(part_path, **arrays, **{k: np.asarray(v) for k, v in check.items()})
+            del states
+        parts.append(arrays)
+        infos.append(TextInfo(name=name, n_tokens=int(x.shape[1]), sha256=_sha(bodies[i]),
+                              n_positions=len(arrays["positions"]), max_output_err=float(check["max_output_err"]),
+                              max_state_err=float(check["max_state_err"]), rule_calls=int(check["rule_calls"])))
+    stats, pos, bound = _merge(parts, layouts)
+    dyn = Dynamics(stats=stats, positions=pos, layers=np.array([l.index for l in layers], dtype=np.int64),
+                   bound=bound, log_decay=np.stack([p["log_decay"] for p in parts]), texts=infos, run_dir=run_dir)
+    if run_dir is not None:
+        runio.atomic_write_text(run_dir / "heads.csv", _csv(head_table(dyn)))
+        runio.atomic_write_text(run_dir / "texts.csv", _csv([asdict(t) for t in infos]))
+        runio.write_npz(run_dir / "dynamics.npz", **dyn.arrays())  # last: its presence marks the run done
+    return dyn
+
+
+def load_dynamics(run_dir: str | Path) -> Dynamics:
+    """Read an analyze run folder back (dynamics.npz + texts.csv)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "dynamics.npz"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no finished analyze run (no dynamics.npz)")
+    z = runio.read_npz(path)
+    with open(run_dir / "texts.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {f.name: f.type for f in TextInfo.__dataclass_fields__.values()}
+    conv = {"int": int, "float": float, "str": str}
+    infos = [TextInfo(**{k: conv[kinds[k]](v) for k, v in r.items()}) for r in rows]
+    return Dynamics(stats={n: z[n] for n in STAT_NAMES}, positions=z["positions"], layers=z["layers"],
+                    bound=z["bound"], log_decay=z["log_decay"], texts=infos, run_dir=run_dir)

@@ -1,0 +1,217 @@
+"""Load a model for analysis: 'builtin', a local folder, or a Hugging Face id.
+
+    loaded = load_model("Qwen/Qwen3-Next-80B-A3B-Instruct")   # or "builtin", or "./my_model"
+    ids = tokenize_texts(loaded.tokenizer, ["some text"], max_tokens=2048)   # [[1, T]]
+
+The config is read first, so an unsupported architecture fails in one line before any weight is
+loaded. Weights load through stock ``AutoModelForCausalLM`` from safetensors only. A Qwen3.5
+vision-language checkpoint (``model_type == "qwen3_5"`` with a ``text_config``) loads its text part
+as ``Qwen3_5ForCausalLM``: transformers maps ``qwen3_5`` to that class and renames
+``model.language_model.*`` weights itself (verified on a saved tiny checkpoint).
+
+fla on CPU: when ``fla`` (or ``causal_conv1d``) is importable, transformers binds its kernels into
+the modeling module at import time with no device check, and a CPU forward crashes. We *re-bind*
+(not refuse): loading on CPU puts transformers' own PyTorch reference functions back into the
+modeling module's globals; loading on another device restores the bound kernels. The binding is
+per modeling module and per process, so the last ``load_model`` of a family decides it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .adapters import Adapter, get_adapter
+from .errors import UserError
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+# Packages whose kernels transformers binds at import time and which cannot run on CPU.
+_GPU_ONLY_PACKAGES = ("fla", "causal_conv1d")
+
+
+@dataclass
+class Loaded:
+    """A model ready for analysis (eval mode, no grad) with its tokenizer and adapter."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    spec: str  # what the user asked for: 'builtin', a folder, or an HF id
+    source: str  # resolved folder or HF id the weights came from
+    config: dict = field(default_factory=dict)  # JSON-able summary (see ``_summary``)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"bad --device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA, but torch sees no CUDA device")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise UserError(f"bad --dtype {dtype!r}; choose one of float32, bfloat16, float16")
+    return _DTYPES[dtype]
+
+
+def builtin_dir() -> Path:
+    """The shipped model folder (``staterank.builtin.BUILTIN_DIR``)."""
+    mod = importlib.import_module("staterank.builtin")
+    d = getattr(mod, "BUILTIN_DIR", None)
+    return Path(d) if d is not None else Path(mod.__file__).parent / "model"
+
+
+def _resolve_source(spec: str) -> tuple[str, bool]:
+    """-> (folder or HF id, is_local)."""
+    if spec == "builtin":
+        d = builtin_dir()
+        if not (d / "config.json").is_file():
+            raise UserError(f"the builtin model is not installed ({d} has no config.json); "
+                            "train it with `python -m staterank.builtin.train` or pass --model <hf-id|folder>")
+        return str(d), True
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"--model {spec}: is a file; give the model folder (with config.json)")
+        if not (p / "config.json").is_file():
+            raise UserError(f"--model {spec}: folder has no config.json")
+        return str(p), True
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep + os.sep in spec or spec.count("/") > 1
+    if looks_like_path or not _HF_ID.match(spec):
+        raise UserError(f"--model {spec}: no such folder")
+    return spec, False
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+def _reference_of(fn: Any):
+    """The PyTorch function behind a transformers ``use_kernel_func_from_hub_with_fallback`` wrapper
+    that bound another package's kernel; None for anything else."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not fn.__closure__:
+        return None
+    names = code.co_freevars
+    if "torch_function" not in names or "is_new_implementation" not in names:
+        return None
+    cells = dict(zip(names, fn.__closure__))
+    return cells["torch_function"].cell_contents if cells["is_new_implementation"].cell_contents else None
+
+
+_BOUND_KERNELS: dict[tuple[str, str], Any] = {}  # (module, name) -> the kernel wrapper we replaced
+
+
+def bind_reference_kernels(module: ModuleType, cpu: bool) -> list[str]:
+    """On CPU, replace kernel-bound functions in ``module``'s globals by their PyTorch references;
+    otherwise put the kernels back. Returns the names changed."""
+    changed = []
+    for name, fn in list(vars(module).items()):
+        key = (module.__name__, name)
+        if cpu:
+            ref = _reference_of(fn)
+            if ref is not None:
+                _BOUND_KERNELS[key] = fn
+                setattr(module, name, ref)
+                changed.append(name)
+        elif key in _BOUND_KERNELS:
+            setattr(module, name, _BOUND_KERNELS.pop(key))
+            changed.append(name)
+    return changed
+
+
+def _gpu_kernels_importable() -> bool:
+    return any(importlib.util.find_spec(p) is not None for p in _GPU_ONLY_PACKAGES)
+
+
+def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, device: torch.device) -> dict:
+    layers = adapter.linear_layers(model)
+    layouts = sorted({(l.layout.h_k, l.layout.h_v, l.layout.k, l.layout.v) for l in layers})
+    return {
+        "model_type": cfg.model_type,
+        "architecture": type(model).__name__,
+        "num_hidden_layers": int(getattr(model.config, "num_hidden_layers", 0)),
+        "linear_layers": [l.index for l in layers],
+        "layouts": [dict(zip(("h_k", "h_v", "k", "v"), lo)) for lo in layouts],
+        "state_bytes_per_token": sum(l.layout.state_bytes() for l in layers),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+    }
+
+
+def load_model(spec: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+               trust_remote_code: bool = False) -> Loaded:
+    """Load ``spec`` ('builtin' | folder | HF id) with its tokenizer; one-line UserError on failure."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source, local = _resolve_source(str(spec))
+    where = source if local else f"{source} (Hugging Face Hub)"
+    try:
+        cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        hint = "" if local else " (no network, not in the local HF cache, or not a model id?)"
+        raise UserError(f"cannot read the config of {where}: {_one_line(e)}{hint}") from None
+    adapter = get_adapter(cfg.model_type)  # unsupported type: one line, before any weight loads
+    if dev.type == "cpu" and _gpu_kernels_importable():
+        bind_reference_kernels(adapter.module, cpu=True)
+    elif dev.type != "cpu":
+        bind_reference_kernels(adapter.module, cpu=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the weights of {where} (safetensors only): {_one_line(e)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
+    model.to(dev).eval().requires_grad_(False)
+    return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
+                  config=_summary(model, adapter, cfg, dt, dev))
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Each text -> input ids [1, T] (T ≤ max_tokens, special tokens as the tokenizer adds them).
+    Texts are tokenized one by one: no padding ever reaches the recurrence."""
+    if max_tokens is not None and max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+    out = []
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise UserError(f"text {i} is empty")
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        if max_tokens is not None:
+            ids = ids[:, :max_tokens]
+        if ids.shape[1] == 0:
+            raise UserError(f"text {i} has no tokens")
+        out.append(ids.long())
+    return out
