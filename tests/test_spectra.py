@@ -1,0 +1,275 @@
+"""staterank.spectra against an fp64 SVD reference. Shapes: K key dim, V value dim, N = min(K, V)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from staterank import spectra as sp
+
+torch.set_num_threads(1)
+
+METHODS = ("auto", "gram", "svd")
+
+
+def ref_sigma(S):
+    return torch.linalg.svdvals(S.to(torch.float64))
+
+
+def ref_rank(S, eps=1e-4):
+    s = ref_sigma(S)
+    return (s > eps * s[..., :1]).sum(-1)
+
+
+def with_spectrum(sigma, K, V, seed=0, dtype=torch.float64):
+    """[K, V] matrix with singular values ``sigma`` (len <= min(K, V)) and random singular vectors."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    r = sigma.numel()
+    U = torch.linalg.qr(torch.randn(K, r, generator=g, dtype=torch.float64))[0]
+    W = torch.linalg.qr(torch.randn(V, r, generator=g, dtype=torch.float64))[0]
+    return ((U * sigma) @ W.T).to(dtype)
+
+
+def gdn_states(T, H=2, K=16, V=12, seed=0):
+    """[T, H, K, V] fp32 states of the gated delta rule from a zero state."""
+    g = torch.Generator().manual_seed(seed)
+    S = torch.zeros(H, K, V)
+    out = []
+    for _ in range(T):
+        k = torch.randn(H, K, generator=g)
+        k = k / k.norm(dim=-1, keepdim=True)
+        v = torch.randn(H, V, generator=g)
+        beta = torch.rand(H, 1, generator=g)
+        S = S * torch.exp(-torch.rand(H, 1, 1, generator=g))
+        S = S + k[:, :, None] * (beta * (v - torch.einsum("hkv,hk->hv", S, k)))[:, None, :]
+        out.append(S)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("c", [0.07, 0.15, 0.3, 0.45])  # 4/c not an integer: no σ on ε
+def test_decaying_spectra_match_svd(method, c):
+    K = V = 32
+    sigma = 10.0 ** (-c * torch.arange(K, dtype=torch.float64))
+    S = with_spectrum(sigma, K, V, seed=int(c * 100))
+    expect = int((sigma > 1e-4).sum())
+    for X in (S, S.float()):
+        got = sp.singular_values(X, method=method)
+        assert got.dtype == torch.float64 and got.shape == (K,)
+        assert torch.all(got[:-1] >= got[1:])
+        # the gram engine resolves σ to ~1e-7·σ_1 absolute
+        torch.testing.assert_close(got, ref_sigma(X), rtol=1e-6, atol=1e-6)
+        # 10^{-c·i} never lands within fp32 noise of ε = 1e-4 for these c, so the count is known
+        assert sp.threshold_rank(X, method=method).item() == expect == ref_rank(X).item()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("side", [1 - 1e-2, 1 + 1e-2])
+def test_straddling_threshold_safe_margin(method, side):
+    # 5 values clearly above, one just across ε·σ_1 (1% margin, far beyond fp32 noise), rest below
+    eps = 1e-4
+    sigma = torch.tensor([1.0, 0.3, 0.1, 1e-2, 1e-3, eps * side, 1e-6, 1e-7])
+    S = with_spectrum(sigma, 16, 24, seed=3).float()
+    expect = 6 if side > 1 else 5
+    assert sp.threshold_rank(S, eps, method=method).item() == expect == ref_rank(S, eps).item()
+    assert sp.spectrum_stats(S, eps, method=method)["threshold_rank"].item() == expect
+
+
+@pytest.mark.parametrize("delta", [1e-12, -1e-12, 1e-9, -1e-9, 1e-6, -1e-6, 0.0])
+def test_on_threshold_agrees_with_fp64_svd(delta, monkeypatch):
+    # σ right on ε·σ_1: only an SVD can decide; the engine must hand these to it and agree exactly
+    eps = 1e-4
+    sigma = torch.tensor([2.0, 1.0, 0.5, 2 * eps * (1 + delta), 2 * eps * (1 + delta) * (1 - 1e-10), 1e-9])
+    S = with_spectrum(sigma, 12, 12, seed=7)
+    calls = []
+    real = sp._svd_sigma
+    monkeypatch.setattr(sp, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
+    assert sp.threshold_rank(S, eps, method="gram").item() == ref_rank(S, eps).item()
+    if abs(delta) <= 1e-9:
+        assert calls, "an on-threshold σ must go to the SVD fallback"
+
+
+def test_fallback_only_for_ambiguous(monkeypatch):
+    S = gdn_states(40, H=4, K=16, V=16).float()
+    calls = []
+    real = sp._svd_sigma
+    monkeypatch.setattr(sp, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
+    r = sp.threshold_rank(S, method="gram")
+    assert torch.equal(r, ref_rank(S))
+    assert sum(calls) <= 2  # random states essentially never sit in the band
+
+
+def test_gdn_states_exact_and_bounded():
+    T, K, V = 24, 16, 12
+    S = gdn_states(T, H=3, K=K, V=V)
+    r = sp.threshold_rank(S)
+    assert r.shape == (T, 3)
+    assert torch.equal(r, ref_rank(S))
+    t = torch.arange(1, T + 1)[:, None]
+    assert torch.all(r <= sp.rank_bound(t, K, V))
+    # the bound settles t <= 1 without an eigensolve, and agrees with the full computation
+    assert torch.equal(sp.threshold_rank(S, tokens=t), r)
+    assert torch.equal(sp.threshold_rank(S[:1], tokens=1), torch.ones(1, 3, dtype=torch.long))
+    assert torch.equal(sp.threshold_rank(torch.zeros(2, K, V), tokens=torch.tensor([0, 1])), torch.zeros(2, dtype=torch.long))
+
+
+def test_rank_bound():
+    assert sp.rank_bound(5, 128, 64) == 5
+    assert sp.rank_bound(500, 128, 64) == 64
+    assert sp.rank_bound(0, 4, 4) == 0
+    assert torch.equal(sp.rank_bound(torch.tensor([1, 10, 100]), 16, 32), torch.tensor([1, 10, 16]))
+    assert np.array_equal(sp.rank_bound(np.array([3, 30]), 8, 8), np.array([3, 8]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_matrix(method):
+    S = torch.zeros(3, 8, 5)
+    stats = sp.spectrum_stats(S, method=method)
+    assert set(stats) == set(sp.STAT_NAMES) and tuple(stats) == sp.STAT_NAMES
+    for name, val in stats.items():
+        assert val.shape == (3,)
+        assert not torch.isnan(val).any(), name
+        assert torch.all(val == 0), name
+    assert stats["threshold_rank"].dtype == torch.long
+    assert torch.all(sp.singular_values(S, method=method) == 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_one(method):
+    k = torch.randn(10)
+    S = torch.outer(k / k.norm(), 3 * torch.randn(7))
+    stats = sp.spectrum_stats(S, method=method)
+    fro = S.double().norm()
+    assert stats["threshold_rank"].item() == 1
+    assert stats["entropy_rank"].item() == pytest.approx(1.0, abs=1e-6)
+    assert stats["stable_rank"].item() == pytest.approx(1.0, rel=1e-6)
+    for name in ("nuclear_norm", "spectral_norm", "frobenius_norm"):
+        assert stats[name].item() == pytest.approx(fro.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identity(method):
+    S = torch.eye(9)
+    stats = sp.spectrum_stats(S, method=method)
+    assert stats["threshold_rank"].item() == 9
+    for name, want in [("entropy_rank", 9), ("stable_rank", 9), ("nuclear_norm", 9), ("frobenius_norm", 3), ("spectral_norm", 1)]:
+        assert stats[name].item() == pytest.approx(want, rel=1e-12), name
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("K,V", [(8, 20), (20, 8), (1, 5), (5, 1), (16, 17)])
+def test_rectangular(method, K, V):
+    S = torch.randn(4, K, V) * torch.logspace(0, -6, V)
+    s = sp.singular_values(S, method=method)
+    assert s.shape == (4, min(K, V))
+    torch.testing.assert_close(s, ref_sigma(S), rtol=1e-6, atol=1e-6 * s[..., :1].max().item())
+    assert torch.equal(sp.threshold_rank(S, method=method), ref_rank(S))
+
+
+def test_batched_shapes_preserved():
+    S = torch.randn(2, 3, 4, 6, 5)
+    stats = sp.spectrum_stats(S)
+    for val in stats.values():
+        assert val.shape == (2, 3, 4)
+    assert sp.singular_values(S).shape == (2, 3, 4, 5)
+    flat = sp.spectrum_stats(S.reshape(-1, 6, 5))
+    for name in sp.STAT_NAMES:
+        torch.testing.assert_close(stats[name].reshape(-1), flat[name])
+    empty = sp.spectrum_stats(torch.zeros(0, 6, 5))
+    assert all(v.shape == (0,) for v in empty.values())
+
+
+def test_threads_and_chunks_give_same_result(monkeypatch):
+    S = gdn_states(20, H=4, K=12, V=12)
+    one = sp.spectrum_stats(S, threads=1)
+    monkeypatch.setattr(sp, "_CHUNK", 7)
+    for threads in (1, 3):
+        got = sp.spectrum_stats(S, threads=threads)
+        for name in sp.STAT_NAMES:
+            torch.testing.assert_close(got[name], one[name], rtol=1e-12, atol=0)
+
+
+def test_formulas_vs_numpy():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        S = rng.standard_normal((7, 11)) * rng.uniform(0.01, 10)
+        s = np.linalg.svd(S, compute_uv=False)
+        p = s / s.sum()
+        stats = sp.spectrum_stats(torch.from_numpy(S))
+        assert stats["entropy_rank"].item() == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+        assert stats["stable_rank"].item() == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-9)
+        assert stats["nuclear_norm"].item() == pytest.approx(s.sum(), rel=1e-9)
+        assert stats["frobenius_norm"].item() == pytest.approx(np.linalg.norm(S), rel=1e-12)
+        assert stats["spectral_norm"].item() == pytest.approx(s[0], rel=1e-12)
+        sig = torch.from_numpy(s)
+        assert sp.entropy_rank(sig).item() == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-12)
+        assert sp.stable_rank(sig).item() == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-12)
+        assert sp.threshold_rank(sigma=sig, eps=0.1).item() == int((s > 0.1 * s[0]).sum())
+    # zero entries of σ contribute 0·log 0 = 0
+    assert sp.entropy_rank(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == pytest.approx(2.0)
+    assert sp.stable_rank(torch.zeros(3)).item() == 0 and sp.entropy_rank(torch.zeros(3)).item() == 0
+
+
+def test_eps_is_configurable():
+    S = with_spectrum(torch.tensor([1.0, 1e-1, 1e-2, 1e-3, 1e-5, 1e-7]), 8, 8, seed=1)
+    assert [sp.threshold_rank(S, e).item() for e in (0.5, 0.05, 5e-3, 5e-4, 5e-6, 5e-8)] == [1, 2, 3, 4, 5, 6]
+    # below the gram route's resolution, auto switches to the SVD
+    assert sp.threshold_rank(S, 5e-8).item() == sp.threshold_rank(S, 5e-8, method="svd").item() == 6
+
+
+def test_bad_arguments():
+    S = torch.randn(4, 4)
+    with pytest.raises(ValueError):
+        sp.threshold_rank(S, method="nope")
+    with pytest.raises(ValueError):
+        sp.threshold_rank(S, -1.0)
+    with pytest.raises(ValueError):
+        sp.threshold_rank()
+    with pytest.raises(ValueError):
+        sp.threshold_rank(S, sigma=torch.ones(4))
+    with pytest.raises(ValueError):
+        sp.spectrum_stats(torch.randn(5))
+
+
+matrices = st.tuples(
+    st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**31 - 1), st.floats(0.0, 1.5), st.integers(-20, 20)
+)
+
+
+def _random(K, V, seed, decay):
+    g = torch.Generator().manual_seed(seed)
+    cols = 10.0 ** (-decay * torch.arange(V, dtype=torch.float64))
+    return (torch.randn(K, V, generator=g, dtype=torch.float64) * cols).float()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(matrices)
+def test_properties(m):
+    K, V, seed, decay, p = m
+    S = _random(K, V, seed, decay)
+    stats = sp.spectrum_stats(S)
+    r = stats["threshold_rank"].item()
+    assert 0 <= r <= min(K, V)
+    assert r == ref_rank(S).item()
+    assert stats["nuclear_norm"].item() >= stats["spectral_norm"].item() * (1 - 1e-12)
+    assert stats["frobenius_norm"].item() >= stats["spectral_norm"].item() * (1 - 1e-12)
+    assert 1 - 1e-9 <= stats["entropy_rank"].item() <= min(K, V) + 1e-9
+    assert 1 - 1e-9 <= stats["stable_rank"].item() <= min(K, V) + 1e-9
+    # power-of-two scaling is exact in floating point, so ranks must not move at all
+    scaled = sp.spectrum_stats(S * 2.0**p)
+    assert scaled["threshold_rank"].item() == r
+    assert scaled["entropy_rank"].item() == pytest.approx(stats["entropy_rank"].item(), rel=1e-9)
+    assert scaled["stable_rank"].item() == pytest.approx(stats["stable_rank"].item(), rel=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    S = gdn_states(30, H=4, K=16, V=16)
+    cpu = sp.spectrum_stats(S)
+    gpu = sp.spectrum_stats(S.cuda())
+    assert torch.equal(gpu["threshold_rank"].cpu(), cpu["threshold_rank"])
+    torch.testing.assert_close(gpu["nuclear_norm"].cpu(), cpu["nuclear_norm"], rtol=1e-6, atol=0)
