@@ -1,0 +1,160 @@
+"""load_model: folders, builtin, Qwen3.5 VLM checkpoints, one-line errors, CPU kernel re-binding."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from staterank import models
+from staterank.errors import UserError
+from staterank.models import load_model, tokenize_texts
+from staterank.testing import tiny_config, tiny_model
+
+
+def char_tokenizer():
+    """97 tokens: <pad>, <unk> and the 95 printable ASCII characters, one token per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{chr(c): c - 30 for c in range(32, 127)}}
+    tok = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def save_tiny(path, family="qwen3_next", seed=0, **kw):
+    """A tiny random model + char tokenizer saved as an HF folder; returns the in-memory model."""
+    model = tiny_model(family, seed, **kw)
+    model.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return model
+
+
+def test_load_folder(tmp_path):
+    ref = save_tiny(tmp_path, "qwen3_next", h_k=1, h_v=4, k=8, v=12)
+    loaded = load_model(str(tmp_path), device="cpu")
+    m = loaded.model
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+    assert loaded.adapter.model_type == "qwen3_next"
+    assert loaded.config["linear_layers"] == [0, 1, 3]
+    assert loaded.config["layouts"] == [{"h_k": 1, "h_v": 4, "k": 8, "v": 12}]
+    assert loaded.config["state_bytes_per_token"] == 3 * 4 * 8 * 12 * 4
+    ids = torch.randint(3, 97, (1, 9))
+    torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=0, rtol=0)
+
+
+def test_tokenize_texts(tmp_path):
+    tok = char_tokenizer()
+    a, b = tokenize_texts(tok, ["hello world", "ab"], max_tokens=5)
+    assert a.shape == (1, 5) and b.shape == (1, 2) and a.dtype == torch.long
+    assert tok.decode(a[0]) == "hello"
+    with pytest.raises(UserError, match="empty"):
+        tokenize_texts(tok, ["ok", "  \n"], None)
+    with pytest.raises(UserError, match="max-tokens"):
+        tokenize_texts(tok, ["ok"], 0)
+
+
+def test_qwen3_5_vlm_checkpoint_loads_text_part(tmp_path):
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    text = tiny_config("qwen3_5", h_k=2, h_v=8, k=12, v=8).to_dict()
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=2,
+                  temporal_patch_size=1, spatial_merge_size=1)
+    torch.manual_seed(0)
+    vlm = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision)).eval()
+    vlm.save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert type(loaded.model).__name__ == "Qwen3_5ForCausalLM"
+    assert loaded.config["model_type"] == "qwen3_5"
+    assert loaded.config["layouts"] == [{"h_k": 2, "h_v": 8, "k": 12, "v": 8}]
+    ids = torch.randint(3, 97, (1, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, vlm(input_ids=ids).logits, atol=1e-6, rtol=0)
+
+
+def test_unsupported_type_fails_before_weights(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=97, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32).save_pretrained(tmp_path)  # config only: no weights to load
+    with pytest.raises(UserError, match="unsupported model_type 'llama'") as e:
+        load_model(str(tmp_path), device="cpu")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("spec,msg", [("/no/such/dir", "no such folder"), ("./nope", "no such folder"),
+                                       ("a b c", "no such folder")])
+def test_missing_path(spec, msg):
+    with pytest.raises(UserError, match=msg):
+        load_model(spec, device="cpu")
+
+
+def test_folder_without_config_or_weights(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path), device="cpu")
+    tiny_config("qwen3_next").save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="cannot load the weights") as e:
+        load_model(str(tmp_path), device="cpu")
+    assert "\n" not in str(e.value)
+
+
+def test_hub_id_offline_is_one_line(monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="cannot read the config of some-org/no-such-model") as e:
+        load_model("some-org/no-such-model", device="cpu")
+    assert "\n" not in str(e.value)
+
+
+def test_builtin(tmp_path, monkeypatch):
+    import staterank.builtin as b
+
+    monkeypatch.setattr(b, "BUILTIN_DIR", tmp_path / "absent", raising=False)
+    with pytest.raises(UserError, match="builtin model is not installed"):
+        load_model("builtin", device="cpu")
+    save_tiny(tmp_path / "model", "qwen3_5")
+    monkeypatch.setattr(b, "BUILTIN_DIR", tmp_path / "model", raising=False)
+    loaded = load_model("builtin", device="cpu")
+    assert loaded.spec == "builtin" and loaded.source == str(tmp_path / "model")
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(UserError, match="dtype"):
+        models.resolve_dtype("float8", torch.device("cpu"))
+    with pytest.raises(UserError, match="device"):
+        models.resolve_device("nonsense")
+
+
+def test_cpu_rebinds_reference_of_kernel_bound_functions(monkeypatch):
+    """With a GPU-only package importable, transformers binds its kernel; on CPU we put the torch
+    reference back, and on another device the kernel returns."""
+    from transformers.integrations.hub_kernels import use_kernel_func_from_hub_with_fallback
+
+    fake = types.ModuleType("fake_gpu_pkg")
+
+    def kernel_rule(x):
+        raise RuntimeError("0 active drivers")
+
+    fake.kernel_rule = kernel_rule
+    monkeypatch.setitem(sys.modules, "fake_gpu_pkg", fake)
+
+    @use_kernel_func_from_hub_with_fallback("kernel_rule", "fake_gpu_pkg")
+    def torch_rule(x):
+        return x + 1
+
+    @use_kernel_func_from_hub_with_fallback("absent_rule", "fake_gpu_pkg")
+    def torch_only(x):  # no kernel in the package: transformers already falls back, nothing to do
+        return x * 2
+
+    mod = types.ModuleType("fake_modeling")
+    mod.torch_rule, mod.torch_only, mod.other = torch_rule, torch_only, len
+    with pytest.raises(RuntimeError, match="active drivers"):
+        mod.torch_rule(1)
+    assert models.bind_reference_kernels(mod, cpu=True) == ["torch_rule"]
+    assert mod.torch_rule(1) == 2 and mod.torch_only(3) == 6 and mod.other is len
+    assert models.bind_reference_kernels(mod, cpu=False) == ["torch_rule"]
+    assert mod.torch_rule is torch_rule
