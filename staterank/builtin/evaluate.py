@@ -1,0 +1,104 @@
+"""Measure a model on the built-in tasks: accuracy with Wilson 95 % CIs, NIAH grid, held-out perplexity.
+
+    python -m staterank.builtin.evaluate --model DIR --n 64 [--out results.json]
+
+All items come from evaluation seeds (>= 10**9) and held-out material, disjoint from training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from ..tasks import EVAL_SEED_BASE, TASKS, niah_grid
+from ..tasks.evaluate import accuracy_ci, evaluate, perplexity
+from ..tasks.prose import prose_texts
+from ..data import prose_files
+from . import BUILTIN_DIR, load_builtin
+
+
+def _cell(rows: list[dict]) -> dict:
+    acc, lo, hi = accuracy_ci([r["correct"] for r in rows])
+    return {"n": len(rows), "acc": acc, "lo": lo, "hi": hi}
+
+
+def run(model_dir, n: int = 64, seed: int = EVAL_SEED_BASE, niah_lengths=(256, 512, 1024),
+        niah_depths=(0.0, 0.25, 0.5, 0.75, 1.0), niah_n: int | None = None, ppl_tokens: int = 4096,
+        batch_size: int = 16) -> dict:
+    model, tok = load_builtin(model_dir)
+    t0 = time.time()
+    res: dict = {"model": str(model_dir), "seed": seed, "tasks": {}, "niah_grid": [], "perplexity": {}}
+    for name, task in TASKS.items():
+        params = dict(task.default_params)
+        if name == "niah":
+            params["tokenizer"] = tok
+        items = task.generate(n, seed, **params)
+        rows = evaluate(model, tok, items, batch_size=batch_size)
+        shown = {k: v for k, v in params.items() if k != "tokenizer"}
+        res["tasks"][name] = {**_cell(rows), "params": shown, "chance": task.chance,
+                              "examples": rows[:3]}
+    items = niah_grid(niah_lengths, niah_depths, niah_n or max(8, n // 4), seed + 1, tokenizer=tok)
+    rows = evaluate(model, tok, items, batch_size=batch_size)
+    for L in niah_lengths:
+        for d in niah_depths:
+            sel = [r for r, it in zip(rows, items) if it.meta["context_tokens"] == L and it.meta["depth"] == d]
+            res["niah_grid"].append({"context_tokens": L, "depth": d, **_cell(sel)})
+        res["niah_by_length"] = res.get("niah_by_length", {})
+        res["niah_by_length"][str(L)] = _cell([r for r, it in zip(rows, items) if it.meta["context_tokens"] == L])
+    logs = []
+    for f, text in zip(prose_files(), prose_texts("heldout")):
+        p = perplexity(model, tok, text, max_tokens=ppl_tokens, window=512)
+        res["perplexity"][f.name] = p
+        logs.append(math.log(p))
+    res["perplexity"]["geomean"] = math.exp(sum(logs) / len(logs))
+    res["perplexity_setup"] = {"split": "held-out last 10 % of each file", "max_tokens_per_file": ppl_tokens,
+                               "window": 512}
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def to_markdown(res: dict) -> str:
+    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
+    out = ["| task | params | n | accuracy [Wilson 95 % CI] | chance |", "|---|---|---|---|---|"]
+    for name, c in res["tasks"].items():
+        out.append(f"| {name} | {c['params']} | {c['n']} | {f(c)} | {c['chance']:.4f} |")
+    lengths = sorted({c["context_tokens"] for c in res["niah_grid"]})
+    depths = sorted({c["depth"] for c in res["niah_grid"]})
+    out += ["", "NIAH accuracy by context length (rows, tokens) x needle depth (columns); n per cell = "
+            f"{res['niah_grid'][0]['n']}", "",
+            "| tokens | " + " | ".join(f"depth {d:g}" for d in depths) + " | all depths [95 % CI] |",
+            "|---" * (len(depths) + 2) + "|"]
+    for L in lengths:
+        cells = {c["depth"]: c for c in res["niah_grid"] if c["context_tokens"] == L}
+        out.append(f"| {L} | " + " | ".join(f"{cells[d]['acc']:.2f}" for d in depths)
+                   + f" | {f(res['niah_by_length'][str(L)])} (n={res['niah_by_length'][str(L)]['n']}) |")
+    out += ["", "Held-out prose perplexity (" + ", ".join(f"{k} {v:.1f}" for k, v in res["perplexity"].items()) + ")"]
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(BUILTIN_DIR), help="HF model folder (default: the shipped one)")
+    ap.add_argument("--n", type=int, default=64, help="items per task")
+    ap.add_argument("--niah-n", type=int, default=None, help="items per NIAH grid cell (default n/4, >= 8)")
+    ap.add_argument("--niah-lengths", type=int, nargs="+", default=[256, 512, 1024], help="NIAH context tokens")
+    ap.add_argument("--niah-depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="depths")
+    ap.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help="evaluation seed (>= 10**9: held out)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = run(args.model, args.n, args.seed, tuple(args.niah_lengths), tuple(args.niah_depths), args.niah_n)
+    res["args"] = vars(args)
+    print(to_markdown(res))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

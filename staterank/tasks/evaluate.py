@@ -1,0 +1,85 @@
+"""Greedy exact-match evaluation, Wilson confidence intervals and windowed perplexity.
+
+Batching never pads: prompts are grouped by exact token length and each group is decoded as one
+batch, so every sequence sees exactly what it would see alone (padding tokens would otherwise pass
+through the recurrent state of the Gated DeltaNet layers and shift rotary positions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from . import Item, extract_answer, score
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8,
+                         batch_size: int = 16) -> list[str]:
+    """Greedy continuation of every prompt (decoded text, special tokens dropped)."""
+    model.eval()
+    enc = [tokenizer(p)["input_ids"] for p in prompts]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(enc):
+        groups[len(ids)].append(i)
+    outs: list[str] = [""] * len(prompts)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    for _, idx in sorted(groups.items()):
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            x = torch.tensor([enc[i] for i in chunk], dtype=torch.long)
+            y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                               do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            for r, i in enumerate(chunk):
+                outs[i] = tokenizer.decode(y[r, x.shape[1]:], skip_special_tokens=True)
+    return outs
+
+
+def evaluate(model, tokenizer, items: list[Item], max_new_tokens: int = 8, batch_size: int = 16) -> list[dict]:
+    """Per item: id, pred (continuation up to the first newline, stripped), answer, correct."""
+    conts = greedy_continuations(model, tokenizer, [it.prompt for it in items], max_new_tokens, batch_size)
+    rows = []
+    for it, c in zip(items, conts):
+        pred = extract_answer(c)
+        rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": score(pred, it.answer)})
+    return rows
+
+
+def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """Accuracy and its Wilson score 95 % interval (acc, lo, hi)."""
+    n = len(correct)
+    if n == 0:
+        return float("nan"), 0.0, 1.0
+    k = sum(bool(c) for c in correct)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, max_tokens: int = 16384, window: int = 512) -> float:
+    """Perplexity of the first ``max_tokens`` tokens of ``text`` over non-overlapping windows.
+
+    Each window starts fresh with BOS (no carried state), so it measures in-window modelling at
+    context <= ``window``; every token after the window's first is scored once.
+    """
+    model.eval()
+    # tokenise only a prefix long enough for max_tokens (>= 1 char per token)
+    ids = tokenizer(text[: 16 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens]
+    bos = tokenizer.bos_token_id
+    nll, count = 0.0, 0
+    for s in range(0, len(ids), window - 1):
+        chunk = ids[s:s + window - 1]
+        if not chunk:
+            break
+        x = torch.tensor([[bos] + chunk] if bos is not None else [chunk])
+        logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])
+        nll -= lp.sum().item()
+        count += lp.numel()
+    return math.exp(nll / max(1, count))
