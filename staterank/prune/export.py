@@ -1,0 +1,159 @@
+"""Export a pruned model as a stock Hugging Face checkpoint, and the measurements that check it.
+
+Stock transformers 5.24 reads one H_k/H_v for all linear layers (no per-layer head counts), so a
+plan exports only when every linear layer keeps the same number of value heads; other plans are
+refused with one line (use ``ranking="per_layer"``). The GVA ratio written is the largest G' valid
+in every layer (``surgery.common_group``), see ``surgery`` for the regrouping rule. We do not ship
+a custom loader: a checkpoint that needs one is not one users can serve with stock tools.
+
+Measurements (all on real forwards):
+  ``state_bytes``   bytes the cache holds after a forward of [B, T] tokens: linear recurrent states
+                    (``recurrent_states[0]``), conv states (``conv_states[0]``), attention KV.
+  ``decode_speed``  greedy decode tokens/s (a number for the report, not a test).
+  ``max_logit_diff`` between two models on the same ids.
+
+Shapes: B batch, T tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from ..adapters import get_adapter
+from ..errors import UserError
+from ..probes.ablate import ablate
+from .plan import Plan
+from .surgery import common_group, prune_heads
+
+# config attribute names of (H_k, H_v) per family; Kimi has one head count for both.
+CONFIG_KEYS = {
+    "qwen3_next": ("linear_num_key_heads", "linear_num_value_heads"),
+    "qwen3_5": ("linear_num_key_heads", "linear_num_value_heads"),
+    "kimi_linear": ("linear_num_heads", "linear_num_heads"),
+}
+
+
+def export_shape(plan: Plan) -> tuple[int, int, int]:
+    """(H_k', H_v', G') a stock config can describe for ``plan``; UserError if there is none."""
+    kept = plan.kept_h_v()
+    if len(set(kept)) != 1:
+        raise UserError(f"plan keeps {kept} value heads per layer; stock transformers needs the same count in "
+                        "every layer to load it: use --ranking per_layer (or --no-export to evaluate it in memory)")
+    # same arithmetic as surgery.common_group, on the plan alone
+    removed = plan.by_layer()
+    counts = []
+    for li, (h_k, h_v, _, _) in zip(plan.layers, plan.facts["layouts"]):
+        G = h_v // h_k
+        counts += [c for g in range(h_k) if (c := sum(j not in removed[li] for j in range(g * G, (g + 1) * G)))]
+    gp = math.gcd(*counts)
+    return kept[0] // gp, kept[0], gp
+
+
+def _configs(model: nn.Module) -> list:
+    cfg = model.config
+    return [c for c in (cfg, getattr(cfg, "text_config", None)) if c is not None and hasattr(c, "layer_types")]
+
+
+def update_config(model: nn.Module, h_k: int, h_v: int) -> None:
+    keys = CONFIG_KEYS[get_adapter(model).model_type]
+    for c in _configs(model):
+        setattr(c, keys[0], h_k)
+        setattr(c, keys[1], h_v)
+        lac = getattr(c, "linear_attn_config", None)  # Kimi checkpoints keep a sub-dict that wins on load
+        if isinstance(lac, dict) and "num_heads" in lac:
+            lac["num_heads"] = h_v
+
+
+@contextlib.contextmanager
+def masked(model: nn.Module, plan: Plan) -> Iterator[None]:
+    """The model with the plan's heads zero-ablated (the reference the pruned model must match)."""
+    with ablate(model, {li: hs for li, hs in plan.by_layer().items() if hs}, mode="zero"):
+        yield
+
+
+def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None) -> dict:
+    """Prune ``model`` IN PLACE by ``plan`` and save it with an updated config to ``out_dir``.
+
+    Returns {"path", "h_k", "h_v", "group", "key_heads_duplicated"}. The folder also gets the plan
+    (``prune_plan.json``) for provenance.
+    """
+    plan.check_model(model)
+    h_k, h_v, gp = export_shape(plan)
+    removed = plan.by_layer()
+    assert common_group(model, removed) == gp
+    layouts = prune_heads(model, removed, group=gp)
+    assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
+    update_config(model, h_k, h_v)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose another folder")
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    plan.save(out / "prune_plan.json")
+    orig_keys = sum(lo[0] for lo in plan.facts["layouts"])
+    kept_groups = sum(len({j // (lo[1] // lo[0]) for j in range(lo[1]) if j not in removed[li]})
+                      for li, lo in zip(plan.layers, plan.facts["layouts"]))
+    return {"path": str(out), "h_k": h_k, "h_v": h_v, "group": gp, "key_heads_before": orig_keys,
+            "key_heads_after": h_k * len(layouts), "key_heads_duplicated": h_k * len(layouts) - kept_groups}
+
+
+def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> nn.Module:
+    """Load an exported folder with stock ``AutoModelForCausalLM`` (safetensors, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True)
+    return m.to(device or "cpu").eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    return model(ids.to(dev), use_cache=False).logits.float().cpu()
+
+
+@torch.no_grad()
+def state_bytes(model: nn.Module, batch: int = 1, context: int = 256, seed: int = 0) -> dict:
+    """Bytes held in the cache after one forward of [batch, context] random tokens (the count does
+    not depend on the tokens): linear recurrent state, conv state, attention KV, total."""
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, context), generator=g)
+    dev = next(model.parameters()).device
+    cache = model(ids.to(dev), use_cache=True).past_key_values
+    out = {"linear_state": 0, "conv_state": 0, "attention_kv": 0}
+
+    def nbytes(t):
+        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+    for layer in cache.layers:
+        if hasattr(layer, "recurrent_states"):
+            out["linear_state"] += sum(nbytes(t) for t in layer.recurrent_states.values())
+            out["conv_state"] += sum(nbytes(t) for t in layer.conv_states.values())
+        else:
+            out["attention_kv"] += nbytes(getattr(layer, "keys", None)) + nbytes(getattr(layer, "values", None))
+    out["total"] = sum(out.values())
+    return {**out, "batch": batch, "context": context}
+
+
+@torch.no_grad()
+def decode_speed(model: nn.Module, prompt: int = 32, new_tokens: int = 32, batch: int = 1, seed: int = 0) -> dict:
+    """Greedy decode throughput: ``new_tokens`` tokens after a ``prompt``-token random prompt, timed
+    after one warm-up token. Returns {"tokens_per_s", "seconds", "new_tokens", "batch", "prompt"}."""
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(next(model.parameters()).device)
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # warm-up
+    t0 = time.perf_counter()
+    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": batch * new_tokens / dt, "seconds": dt, "new_tokens": new_tokens, "batch": batch,
+            "prompt": prompt}

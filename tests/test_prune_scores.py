@@ -1,0 +1,88 @@
+"""Scoring methods against hand computations on a small [L, H] example; budgets; bad input."""
+
+import numpy as np
+import pytest
+
+from staterank.errors import UserError
+from staterank.prune.scores import Budget, HeadStats, get_method, head_stats, select
+
+# L = 2 layers (model indices 0 and 3), H = 3 heads, d = 8
+RANK = np.array([[1.0, 4.0, 2.0], [8.0, 3.0, 7.0]])
+NORM = np.array([[2.0, 1.0, 4.0], [3.0, 8.0, 5.0]])
+
+
+def _stats(head_bytes=(100, 100)):
+    return HeadStats(rank=RANK, norm=NORM, bound=np.array([8.0, 8.0]), layers=(0, 3), head_bytes=np.array(head_bytes))
+
+
+def test_scores_by_hand():
+    s = _stats()
+    np.testing.assert_allclose(get_method("rank").score(s), [[0.125, 0.5, 0.25], [1.0, 0.375, 0.875]])
+    np.testing.assert_allclose(get_method("norm").score(s), [[0.25, 0.125, 0.5], [0.375, 1.0, 0.625]])
+    jrnp = [[0.1875, 0.3125, 0.375], [0.6875, 0.6875, 0.75]]
+    np.testing.assert_allclose(get_method("jrnp").score(s), jrnp)
+    np.testing.assert_allclose(get_method("jrnp", alpha=0.25).score(s),
+                               [[0.21875, 0.21875, 0.4375], [0.53125, 0.84375, 0.6875]])
+    np.testing.assert_allclose(get_method("inverse").score(s), -np.array(jrnp))
+    np.testing.assert_allclose(get_method("random", seed=3).score(s), np.random.default_rng(3).random((2, 3)))
+
+
+def test_global_selection_never_empties_a_layer():
+    s = _stats()
+    m = get_method("jrnp")
+    # (1,2)=.75 first; (1,0) and (1,1) tie at .6875 -> lower head first
+    assert m.select(s, Budget("count", 2)) == [(3, 2), (3, 0)]
+    # 0.5 of 6 = 3 heads: (3,1) would empty layer 3, so the next head (0,2) goes instead
+    assert m.select(s, Budget("fraction", 0.5)) == [(3, 2), (3, 0), (0, 2)]
+    assert get_method("inverse").select(s, Budget("count", 2)) == [(0, 0), (0, 1)]
+    assert get_method("rank").select(s, Budget("count", 1)) == [(3, 0)]
+    assert get_method("norm").select(s, Budget("count", 1)) == [(3, 1)]
+    assert m.select(s, Budget("fraction", 0.0)) == []
+
+
+def test_per_layer_bytes_and_layer_counts():
+    s = _stats(head_bytes=(100, 200))
+    m = get_method("jrnp")
+    assert m.select(s, Budget("fraction", 0.34), "per_layer") == [(0, 2), (3, 2)]  # round(0.34*3) = 1 each
+    assert m.select(s, Budget("count", 2), "per_layer") == [(0, 2), (3, 2)]
+    # bytes: (3,2) frees 200 < 250, (3,0) reaches 400
+    assert m.select(s, Budget("bytes", 250)) == [(3, 2), (3, 0)]
+    assert m.select(s, Budget("bytes", 250), "per_layer") == [(0, 2), (3, 2)]  # 1 per layer frees 300
+    sel = get_method("random", seed=1).select(s, Budget("layer_counts", (2, 1)))
+    assert sorted(li for li, _ in sel) == [0, 0, 3]
+    a = get_method("random", seed=1).select(s, Budget("count", 3))
+    assert a == get_method("random", seed=1).select(s, Budget("count", 3))
+    seeds = {tuple(get_method("random", seed=k).select(s, Budget("count", 3))) for k in range(6)}
+    assert len(seeds) > 1
+
+
+def test_bad_input_is_one_line_user_error():
+    s = _stats()
+    for bad in (lambda: get_method("jrnp", alpha=1.5), lambda: get_method("jrnp", alpha=-0.1),
+                lambda: Budget("fraction", 1.0), lambda: Budget("count", -1), lambda: Budget("kilos", 3),
+                lambda: get_method("jrnp").select(s, Budget("count", 7)),  # 6 heads exist
+                lambda: get_method("jrnp").select(s, Budget("count", 5)),  # would empty a layer
+                lambda: get_method("jrnp").select(s, Budget("count", 3), "per_layer"),  # 3 over 2 layers
+                lambda: get_method("jrnp").select(s, Budget("fraction", 0.9), "per_layer"),
+                lambda: get_method("jrnp").select(s, Budget("count", 1), "sideways")):
+        with pytest.raises(UserError) as e:
+            bad()
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="did you mean jrnp"):
+        get_method("jrpn")
+
+
+def test_head_stats_means_last_positions_over_contexts():
+    # two contexts, B=1, L=2, H=3, P=2 positions; 'last' takes position index 1
+    def dyn(r_last, n_last):
+        r = np.zeros((1, 2, 3, 2)); r[..., 1] = r_last
+        n = np.zeros((1, 2, 3, 2)); n[..., 1] = n_last
+        return {"threshold_rank": r, "nuclear_norm": n, "bound": np.array([4, 8]), "layers": np.array([0, 3])}
+
+    hs = head_stats([dyn(RANK, NORM), dyn(RANK + 2, NORM * 3)], head_bytes=[100, 100])
+    np.testing.assert_allclose(hs.rank, RANK + 1)
+    np.testing.assert_allclose(hs.norm, NORM * 2)
+    np.testing.assert_allclose(hs.bound, [8, 8])
+    assert hs.layers == (0, 3)
+    all_pos = head_stats(dyn(RANK, NORM), head_bytes=[100, 100], at="all")
+    np.testing.assert_allclose(all_pos.rank, RANK / 2)

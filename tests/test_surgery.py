@@ -1,0 +1,120 @@
+"""Physical head surgery and export: identical to the zero-ablated model, reloadable by stock
+transformers, state bytes fall by exactly the pruned share; bad plans fail in one line."""
+
+import pytest
+import torch
+
+from staterank.adapters import HeadLayout
+from staterank.errors import UserError
+from staterank.prune.export import export, export_shape, logits, masked, reload, state_bytes
+from staterank.prune.plan import Plan, make_plan
+from staterank.prune.surgery import prune_heads, regroup
+from staterank.testing import tiny_model
+
+# (family, h_k, h_v): GVA ratios 2 and 4 for the Gated DeltaNet families; Kimi has H_k = H_v.
+CASES = [("qwen3_next", 2, 4), ("qwen3_next", 2, 8), ("qwen3_5", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4)]
+LINEAR = (0, 1, 3)  # linear-attention layer indices of testing.tiny_model
+
+
+def _model(family, h_k, h_v):
+    kw = {"h_v": h_v} if family == "kimi_linear" else {"h_k": h_k, "h_v": h_v}
+    return tiny_model(family, **kw)
+
+
+def _plan(model, removed):
+    return make_plan(model, removed, model_id="tiny", method="manual", params={}, ranking="manual", budget={})
+
+
+def _ids():
+    return torch.randint(3, 97, (2, 19), generator=torch.Generator().manual_seed(1))
+
+
+def test_regroup_rule():
+    lo = HeadLayout(h_k=2, h_v=8, k=4, v=4)  # G = 4: key 0 serves 0-3, key 1 serves 4-7
+    assert regroup(lo, []) == (4, [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7])])
+    assert regroup(lo, [0, 1, 2, 3]) == (4, [(1, [4, 5, 6, 7])])  # a whole key group goes
+    assert regroup(lo, [0, 4]) == (3, [(0, [1, 2, 3]), (1, [5, 6, 7])])  # the same count from every group
+    assert regroup(lo, [0, 3]) == (2, [(0, [1, 2]), (1, [4, 5]), (1, [6, 7])])  # key head 1 duplicated
+    with pytest.raises(UserError):
+        regroup(lo, [0, 3], group=4)
+
+
+@pytest.mark.parametrize("family,h_k,h_v", CASES)
+def test_pruning_nothing_is_identity(family, h_k, h_v, tmp_path):
+    model = _model(family, h_k, h_v)
+    ids = _ids()
+    before = logits(model, ids)
+    export(model, _plan(model, []), tmp_path / "m")
+    torch.testing.assert_close(logits(reload(tmp_path / "m"), ids), before, atol=0, rtol=0)
+
+
+def _whole_groups(h_k, h_v):
+    """Remove the value heads of key head 0 in every layer (all of head 0 for Kimi)."""
+    G = h_v // h_k
+    return [(li, j) for li in LINEAR for j in range(G)]
+
+
+def _single_heads(h_k, h_v):
+    """Remove one value head per layer (a different one in each layer)."""
+    return [(li, (i * 3 + 1) % h_v) for i, li in enumerate(LINEAR)]
+
+
+@pytest.mark.parametrize("family,h_k,h_v", CASES)
+@pytest.mark.parametrize("kind", ["whole_groups", "single_heads"])
+def test_export_equals_masked_and_state_bytes(family, h_k, h_v, kind, tmp_path):
+    model = _model(family, h_k, h_v)
+    removed = _whole_groups(h_k, h_v) if kind == "whole_groups" else _single_heads(h_k, h_v)
+    plan = _plan(model, removed)
+    ids = _ids()
+    with masked(model, plan):
+        ref = logits(model, ids)
+    assert (ref - logits(model, ids)).abs().max() > 1e-4  # the plan does change the model
+    sb0 = state_bytes(model, batch=2, context=70)
+    info = export(model, plan, tmp_path / "m")
+    pruned = reload(tmp_path / "m")  # stock AutoModelForCausalLM
+    assert (logits(pruned, ids) - ref).abs().max() <= 1e-4
+    sb1 = state_bytes(pruned, batch=2, context=70)
+    kept = h_v - len(removed) // len(LINEAR)
+    assert sb1["linear_state"] * h_v == sb0["linear_state"] * kept
+    assert sb1["attention_kv"] == sb0["attention_kv"]
+    # conv state: q and k channels of every (possibly duplicated) key head, v channels of kept heads
+    K = model.config.linear_key_head_dim if family != "kimi_linear" else model.config.linear_head_dim
+    V = model.config.linear_value_head_dim if family != "kimi_linear" else K
+    per_ch = sb0["conv_state"] // (len(LINEAR) * (2 * h_k * K + h_v * V))
+    assert sb1["conv_state"] == per_ch * len(LINEAR) * (2 * info["h_k"] * K + kept * V)
+    if kind == "whole_groups" or family == "kimi_linear" or h_v // h_k == 1:
+        assert info["key_heads_duplicated"] == 0
+    assert pruned.config.to_dict()["linear_num_heads" if family == "kimi_linear" else "linear_num_value_heads"] == kept
+
+
+@pytest.mark.parametrize("family,h_k,h_v", [("qwen3_next", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4)])
+def test_uneven_plan_prunes_in_memory_but_refuses_export(family, h_k, h_v, tmp_path):
+    model = _model(family, h_k, h_v)
+    plan = _plan(model, [(0, 1), (1, 0), (1, 3)])  # layer 3 keeps all heads: counts differ per layer
+    ids = _ids()
+    with masked(model, plan):
+        ref = logits(model, ids)
+    with pytest.raises(UserError, match="per_layer") as e:
+        export_shape(plan)
+    assert "\n" not in str(e.value)
+    prune_heads(model, plan.by_layer())
+    assert (logits(model, ids) - ref).abs().max() <= 1e-4
+
+
+def test_bad_plans_are_one_line_errors(tmp_path):
+    model = _model("qwen3_next", 2, 4)
+    for removed in ([(0, 4)], [(2, 0)], [(0, 1), (0, 1)], [(0, j) for j in range(4)]):
+        with pytest.raises(UserError) as e:
+            _plan(model, removed)
+        assert "\n" not in str(e.value)
+    plan = _plan(model, [(0, 1)])
+    plan.save(tmp_path / "plan.json")
+    other = _model("qwen3_next", 2, 8)
+    with pytest.raises(UserError, match="another model"):
+        Plan.load(tmp_path / "plan.json").check_model(other)
+    with pytest.raises(UserError, match="another model"):
+        export(other, Plan.load(tmp_path / "plan.json"), tmp_path / "m")
+    assert Plan.load(tmp_path / "plan.json").removed == [(0, 1)]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="not a staterank prune plan"):
+        Plan.load(tmp_path / "bad.json")
