@@ -62,11 +62,11 @@ def train_tokenizer(vocab_size: int, seed: int):
 
 # ---------------------------------------------------------------- model
 
-def build_config(vocab_size: int, layers: int, hidden: int, tokenizer):
+def build_config(vocab_size: int, layers: int, hidden: int, tokenizer, intermediate: int = 512):
     from transformers import Qwen3NextConfig
 
     return Qwen3NextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         # 3:1 hybrid: every 4th layer is softmax attention, the rest Gated DeltaNet
         layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
         num_attention_heads=4, num_key_value_heads=2, head_dim=64,
@@ -217,6 +217,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
     ap.add_argument("--hidden", type=int, default=256, help="hidden size")
+    ap.add_argument("--intermediate", type=int, default=512, help="MLP width (512 keeps fp32 weights < 16 MB)")
     ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
@@ -241,7 +242,7 @@ def main(argv=None) -> None:
 
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    cfg = build_config(len(tok), args.layers, args.hidden, tok)
+    cfg = build_config(len(tok), args.layers, args.hidden, tok, args.intermediate)
     model = AutoModelForCausalLM.from_config(cfg)
     g = torch.Generator().manual_seed(args.seed)
     n_gdn = fla_gate_init(model, g)

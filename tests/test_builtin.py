@@ -1,0 +1,80 @@
+"""The shipped built-in model loads with stock transformers classes and behaves like an HF model."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from staterank.builtin import BUILTIN_DIR, load_builtin  # noqa: E402
+
+needs_model = pytest.mark.skipif(not (BUILTIN_DIR / "config.json").is_file(), reason="built-in model not shipped")
+
+
+@needs_model
+def test_config_is_hybrid_qwen3_next_with_gva():
+    cfg = json.loads((BUILTIN_DIR / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3_next"
+    assert cfg["layer_types"].count("linear_attention") >= 1 and "full_attention" in cfg["layer_types"]
+    assert cfg["linear_num_value_heads"] // cfg["linear_num_key_heads"] >= 2  # GVA ratio as in the paper
+    assert cfg["num_experts"] == 0
+
+
+@needs_model
+def test_folder_small():
+    assert (BUILTIN_DIR / "model.safetensors").stat().st_size <= 16 * 2**20
+    assert (BUILTIN_DIR / "README.md").is_file()
+    assert sum(f.stat().st_size for f in BUILTIN_DIR.iterdir()) <= 20 * 2**20
+
+
+@needs_model
+def test_stock_classes_load_and_forward():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(BUILTIN_DIR)
+    model = AutoModelForCausalLM.from_pretrained(BUILTIN_DIR).eval()
+    assert type(model).__name__ == "Qwen3NextForCausalLM"
+    x = tok("Pairs: ab=12, cd=34.\nQueries: cd=", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=x)
+    assert out.logits.shape == (1, x.shape[1], model.config.vocab_size)
+    assert torch.isfinite(out.logits).all()
+
+
+@needs_model
+def test_tokenizer_round_trip_and_digits():
+    _, tok = load_builtin()
+    text = "It is a truth universally acknowledged; 4821 + 37 = 4858.\nThe end."
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.convert_ids_to_tokens(tok("4821", add_special_tokens=False)["input_ids"]) == list("4821")
+    assert None not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+
+
+@needs_model
+def test_load_builtin_eval_fp32():
+    model, _ = load_builtin()
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+
+
+def test_fla_gate_init_gives_long_memory():
+    """The recipe's gate init: median per-token decay near 0.95, not the default's near 0."""
+    from transformers import AutoModelForCausalLM, Qwen3NextConfig
+
+    from staterank.builtin.train import fla_gate_init
+
+    cfg = Qwen3NextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          layer_types=["linear_attention"] * 2, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=16, linear_num_key_heads=4, linear_num_value_heads=32, linear_key_head_dim=8,
+                          linear_value_head_dim=8, num_experts=0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    assert fla_gate_init(model, torch.Generator().manual_seed(0)) == 2
+    decays = []
+    for m in model.modules():
+        if hasattr(m, "A_log"):
+            # decay at zero input: exp(-A * softplus(dt_bias))
+            decays += torch.exp(-m.A_log.exp() * torch.nn.functional.softplus(m.dt_bias)).tolist()
+    assert 0.8 < statistics.median(decays) < 0.999
