@@ -1,0 +1,350 @@
+"""The prune stage: calibrate → score → plan → controls → surgery/export → checks → prune.json.
+
+    result = run_prune(load_model("builtin"), PruneConfig(method="jrnp", alpha=0.5, fraction=0.389,
+                       ranking="per_layer"), out="runs/pr1")
+
+Run folder (never overwritten; rerunning the same command resumes and skips finished pieces):
+  config.json            every setting (runio.new_run_dir)
+  calibration/           the analyze run of the calibration contexts (dynamics.npz, heads.csv)
+  plan.json              the tested plan (see plan.py)
+  baselines/*.json       the control plans: count-matched random (same budget and ranking),
+                         layer-matched random (same heads per layer), byte-matched random (same
+                         recurrent-state bytes, global), each for ``random_seeds`` seeds
+  evals/*.json           per model variant and task: per-item rows and accuracy with Wilson 95 % CI
+  before.json            state bytes, decode speed of the original; masked_logits.npz: the reference
+  model/                 the pruned checkpoint (stock transformers loads it), with prune_plan.json
+  prune.json             the summary (schema below); its presence marks the run done
+
+Accuracies: ``before`` is the original model, ``masked`` the original with the plan's heads
+zero-ablated, ``after`` the pruned model as reloaded from ``model/`` (or pruned in memory with
+``export=False``); controls are evaluated zero-ablated (exactly equal to removing the heads, which
+``check`` verifies for the tested plan). State bytes are measured from a real forward's cache at
+``state_context`` tokens × ``state_batch`` sequences.
+
+Sweep (:func:`run_sweep`): α × fraction with per-layer or global ranking, every point evaluated
+zero-ablated; the linear recurrent state after pruning is measured once on the original and scaled
+by kept/total heads, which the surgery tests show is exact (state is [B, H_v, K, V]).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import runio
+from ..errors import UserError
+from ..models import Loaded
+from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
+from .plan import Plan, make_plan
+from .scores import Budget, HeadStats, get_method
+from .surgery import prune_heads
+
+
+class CheckFailed(RuntimeError):
+    """The pruned model does not reproduce the masked model (a surgery bug): results are kept."""
+
+
+@dataclass
+class PruneConfig:
+    method: str = "jrnp"
+    alpha: float = 0.5
+    fraction: float | None = 0.389  # exactly one of fraction / count / bytes
+    count: int | None = None
+    bytes: int | None = None
+    ranking: str = "global"
+    calib_suite: str = "natural"
+    calib_tokens: int = 512
+    calib_stride: int = 8  # positions measured for the time-mean rank r̄ (every 8th token)
+    tasks: tuple[str, ...] = ("mqar", "niah")
+    eval_n: int = 100
+    eval_seed: int = 10**9  # held-out evaluation seeds (tasks.EVAL_SEED_BASE)
+    max_new_tokens: int = 8
+    random_seeds: int = 5
+    state_context: int = 2048
+    state_batch: int = 1
+    decode_tokens: int = 32
+    export: bool = True
+    check_tol: float = 1e-4  # fp32; widened for half precision
+    seed: int = 0
+    plan_file: str | None = None  # apply this plan instead of scoring
+
+    def budget(self) -> Budget:
+        given = [(k, v) for k, v in (("fraction", self.fraction), ("count", self.count), ("bytes", self.bytes))
+                 if v is not None]
+        if len(given) != 1:
+            raise UserError("give exactly one of --fraction, --count, --bytes")
+        return Budget(*given[0])
+
+    def validate(self) -> None:
+        self.budget()
+        get_method(self.method, alpha=self.alpha, seed=self.seed)
+        if self.ranking not in ("global", "per_layer"):
+            raise UserError(f"unknown ranking {self.ranking!r}; choose global or per_layer")
+        if self.eval_n < 1 or self.random_seeds < 0 or self.state_context < 1 or self.state_batch < 1:
+            raise UserError("eval_n, state_context, state_batch must be >= 1 and random_seeds >= 0")
+        from ..tasks import get_task
+
+        for t in self.tasks:
+            get_task(t)
+
+
+# ---- pieces ---------------------------------------------------------------------------------------
+def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None, progress: bool = False) -> tuple[HeadStats, dict]:
+    """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run)."""
+    from ..analyze import analyze
+    from ..capture import Schedule
+    from ..contexts import suite, suite_hash
+    from ..stratify import head_stats
+
+    ctx = suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed)
+    dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
+                  schedule=Schedule(stride=cfg.calib_stride), seed=cfg.seed, out=out, progress=progress)
+    hs = head_stats(dyn.arrays())
+    layers = loaded.adapter.linear_layers(loaded.model)
+    stats = HeadStats(rank=hs.mean_rank, norm=hs.mean_nuclear, bound=np.asarray(hs.bound, float),
+                      layers=tuple(int(i) for i in hs.layers),
+                      head_bytes=np.array([l.layout.k * l.layout.v * 4 for l in layers]))
+    info = {"suite": cfg.calib_suite, "contexts": [c.name for c in ctx], "suite_hash": suite_hash(ctx),
+            "tokens": cfg.calib_tokens, "stride": cfg.calib_stride, "r_bar": "time mean (stratify.head_stats)",
+            "d": stats.bound.tolist()}
+    return stats, info
+
+
+def task_items(tasks, n: int, seed: int, tokenizer) -> dict[str, list]:
+    from ..tasks import get_task
+
+    out = {}
+    for name in tasks:
+        t = get_task(name)
+        params = dict(t.default_params)
+        if "tokenizer" in inspect.signature(t.generate).parameters:
+            params["tokenizer"] = tokenizer
+        out[name] = t.generate(n, seed, **params)
+    return out
+
+
+def _plan_key(plan: Plan | None) -> str:
+    if plan is None or not plan.removed:
+        return "none"
+    return hashlib.sha256(json.dumps(sorted(plan.removed)).encode()).hexdigest()[:12]
+
+
+def accuracy(model, tokenizer, items: dict[str, list], path: Path | None, cfg: PruneConfig,
+             plan: Plan | None = None) -> dict:
+    """{task: {acc, lo, hi, n, k}} of ``model`` (zero-ablated by ``plan`` if given); cached at ``path``."""
+    from ..tasks.evaluate import accuracy_ci, evaluate
+
+    if path is not None and path.exists():
+        return runio.read_json(path)["accuracy"]
+    res, rows_all = {}, {}
+    for name, its in items.items():
+        if plan is not None and plan.removed:
+            with masked(model, plan):
+                rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
+        else:
+            rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
+        acc, lo, hi = accuracy_ci([r["correct"] for r in rows])
+        res[name] = {"acc": acc, "lo": lo, "hi": hi, "n": len(rows), "k": sum(r["correct"] for r in rows)}
+        rows_all[name] = rows
+    if path is not None:
+        runio.write_json(path, {"accuracy": res, "rows": rows_all})
+    return res
+
+
+def control_plans(loaded: Loaded, stats: HeadStats, plan: Plan, cfg: PruneConfig) -> dict[str, list[Plan]]:
+    """Random controls for ``plan`` (issue #9): count-, layer- and byte-matched, one per seed."""
+    budget = cfg.budget()
+    kinds = {
+        "count_matched": (budget, cfg.ranking),
+        "layer_matched": (Budget("layer_counts", tuple(plan.counts())), "global"),
+        "byte_matched": (Budget("bytes", plan.removed_state_bytes()), "global"),
+    }
+    out: dict[str, list[Plan]] = {}
+    for kind, (b, ranking) in kinds.items():
+        out[kind] = []
+        for s in range(cfg.random_seeds):
+            sc = get_method("random", seed=1000 + s)
+            out[kind].append(make_plan(loaded.model, sc.select(stats, b, ranking), model_id=loaded.spec,
+                                       method="random", params={"seed": 1000 + s, "control": kind},
+                                       ranking=ranking, budget=b.to_dict(), scores=sc.score(stats),
+                                       calibration=plan.calibration))
+    return out
+
+
+def _summ(accs: list[dict]) -> dict:
+    """Mean and std over control seeds, per task."""
+    out = {}
+    for t in accs[0] if accs else {}:
+        v = np.array([a[t]["acc"] for a in accs])
+        out[t] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n_seeds": len(v),
+                  "per_seed": v.tolist()}
+    return out
+
+
+def _model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+# ---- the stage ------------------------------------------------------------------------------------
+def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool = False) -> dict:
+    """Run (or resume) the prune stage into ``out``; returns prune.json's content. The loaded model
+    is pruned in place: do not reuse ``loaded`` afterwards."""
+    cfg.validate()
+    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)})
+    if (run_dir / "prune.json").exists():
+        return runio.read_json(run_dir / "prune.json")
+    model, tok = loaded.model, loaded.tokenizer
+    say = (lambda m: print(f"prune: {m}", file=sys.stderr)) if progress else (lambda m: None)
+
+    # 1. plan
+    say("calibrating")
+    stats, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
+    if cfg.plan_file:  # apply a given plan; calibration still feeds the controls' scores
+        plan = Plan.load(cfg.plan_file)
+        plan.check_model(model)
+    else:
+        scorer = get_method(cfg.method, alpha=cfg.alpha, seed=cfg.seed)
+        plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking), model_id=loaded.spec,
+                         method=cfg.method, params=scorer.params(), ranking=cfg.ranking,
+                         budget=cfg.budget().to_dict(), scores=scorer.score(stats), calibration=calib)
+    if not (run_dir / "plan.json").exists():
+        plan.save(run_dir / "plan.json")
+    if cfg.export:
+        export_shape(plan)  # refuse a non-exportable plan before the expensive part
+    controls = control_plans(loaded, stats, plan, cfg)
+    for kind, plans in controls.items():
+        for i, p in enumerate(plans):
+            if not (run_dir / "baselines" / f"{kind}_{i}.json").exists():
+                p.save(run_dir / "baselines" / f"{kind}_{i}.json")
+
+    # 2. everything that needs the original model (cached: a resumed run after surgery reads it back)
+    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
+    ev = run_dir / "evals"
+    model_dir = run_dir / "model"
+    say("evaluating the original, the masked model and the controls")
+    acc_before = accuracy(model, tok, items, ev / "before.json", cfg)
+    acc_masked = accuracy(model, tok, items, ev / f"masked_{_plan_key(plan)}.json", cfg, plan)
+    acc_controls = {kind: [accuracy(model, tok, items, ev / f"masked_{_plan_key(p)}.json", cfg, p) for p in plans]
+                    for kind, plans in controls.items()}
+    if not (run_dir / "before.json").exists():
+        g = torch.Generator().manual_seed(cfg.seed)
+        vocab = int(model.get_input_embeddings().num_embeddings)
+        ids = torch.randint(0, vocab, (2, 64), generator=g)
+        with masked(model, plan):
+            ref = logits(model, ids)
+        runio.write_npz(run_dir / "masked_logits.npz", ids=ids.numpy(), logits=ref.numpy())
+        runio.write_json(run_dir / "before.json", {
+            "state_bytes": state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed),
+            "decode": decode_speed(model, new_tokens=cfg.decode_tokens, seed=cfg.seed)})
+    before = runio.read_json(run_dir / "before.json")
+
+    # 3. surgery (+ export), then everything on the pruned model
+    say("surgery")
+    dtype, device = _model_dtype(model), loaded.device
+    export_info = None
+    if cfg.export:
+        if not (run_dir / "export.json").exists():
+            if model_dir.exists():  # an export that died half-way: redo it
+                import shutil
+
+                shutil.rmtree(model_dir)
+            export_info = export(model, plan, model_dir, tok)
+            runio.write_json(run_dir / "export.json", export_info)
+        export_info = runio.read_json(run_dir / "export.json")
+        loaded.model = model = None  # free the in-place pruned copy; measure what users will load
+        pruned = reload(model_dir, dtype=dtype, device=device)
+    else:
+        prune_heads(model, plan.by_layer())
+        pruned = model
+    z = runio.read_npz(run_dir / "masked_logits.npz")
+    diff = float((logits(pruned, torch.from_numpy(z["ids"])) - torch.from_numpy(z["logits"])).abs().max())
+    tol = cfg.check_tol if dtype == torch.float32 else max(cfg.check_tol, 5e-2)
+    check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
+             "reloaded_with": "AutoModelForCausalLM.from_pretrained" if cfg.export else "in-memory surgery",
+             "ids_shape": list(z["ids"].shape)}
+    say("evaluating the pruned model")
+    acc_after = accuracy(pruned, tok, items, ev / ("after_export.json" if cfg.export else "after_memory.json"), cfg)
+    sb_after = state_bytes(pruned, cfg.state_batch, cfg.state_context, cfg.seed)
+    dec_after = decode_speed(pruned, new_tokens=cfg.decode_tokens, seed=cfg.seed)
+    sb_before = before["state_bytes"]
+
+    def saved(key):
+        return 1 - sb_after[key] / sb_before[key] if sb_before[key] else None
+
+    result = {
+        "model": loaded.spec, "method": plan.method, "params": plan.params, "ranking": plan.ranking,
+        "budget": plan.budget, "removed": [list(p) for p in plan.removed], "removed_per_layer": plan.counts(),
+        "value_heads": sum(plan.h_v), "head_fraction_removed": plan.fraction,
+        "state_bytes_before": sb_before, "state_bytes_after": sb_after,
+        "fraction_saved": {k: saved(k) for k in ("linear_state", "conv_state", "attention_kv", "total")},
+        "state_measured_at": {"context": cfg.state_context, "batch": cfg.state_batch, "dtype": str(dtype)},
+        "decode": {"before": before["decode"], "after": dec_after},
+        "accuracy": {"before": acc_before, "masked": acc_masked, "after": acc_after,
+                     "controls": {k: {"per_seed": v, "summary": _summ(v)} for k, v in acc_controls.items()}},
+        "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
+        "calibration": plan.calibration, "export": export_info, "check": check,
+    }
+    runio.write_json(run_dir / "prune.json", result)
+    if not check["passed"]:
+        raise CheckFailed(f"pruned model differs from the masked model by {diff:.3g} > {tol:g} (see {run_dir}/prune.json)")
+    return result
+
+
+# ---- sweep ----------------------------------------------------------------------------------------
+@dataclass
+class SweepConfig:
+    base: PruneConfig = field(default_factory=PruneConfig)
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    fractions: tuple[float, ...] = (0.125, 0.25, 0.389, 0.5)
+    methods_extra: tuple[str, ...] = ("inverse",)  # plotted beside JRNP at α = base.alpha
+
+
+def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool = False) -> dict:
+    """α × fraction grid, zero-ablated, with count-matched random controls at every fraction.
+
+    Writes sweep.json: {"points": [{method, alpha, fraction, seed, removed, linear_state_bytes,
+    accuracy}], "state_bytes_before", ...}; finished points are cached in evals/ and skipped."""
+    cfg = sc.base
+    for f in sc.fractions:
+        Budget("fraction", f)
+    for a in sc.alphas:
+        get_method("jrnp", alpha=a)
+    cfg.validate()
+    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc)})
+    if (run_dir / "sweep.json").exists():
+        return runio.read_json(run_dir / "sweep.json")
+    model, tok = loaded.model, loaded.tokenizer
+    stats, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
+    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
+    sb = state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed)
+    total_heads = int(stats.rank.size)
+    specs = [("jrnp", {"alpha": a}, f) for a in sc.alphas for f in sc.fractions]
+    specs += [(m, {"alpha": cfg.alpha}, f) for m in sc.methods_extra for f in sc.fractions]
+    specs += [("random", {"seed": 1000 + s}, f) for s in range(cfg.random_seeds) for f in sc.fractions]
+    points = []
+    base_acc = accuracy(model, tok, items, run_dir / "evals" / "before.json", cfg)
+    for method, params, f in specs:
+        scorer = get_method(method, **params)
+        plan = make_plan(model, scorer.select(stats, Budget("fraction", f), cfg.ranking), model_id=loaded.spec,
+                         method=method, params=scorer.params(), ranking=cfg.ranking,
+                         budget={"kind": "fraction", "value": f}, scores=scorer.score(stats), calibration=calib)
+        if progress:
+            print(f"sweep: {method} {params} fraction {f}", file=sys.stderr)
+        acc = accuracy(model, tok, items, run_dir / "evals" / f"masked_{_plan_key(plan)}.json", cfg, plan)
+        kept = total_heads - len(plan.removed)
+        points.append({"method": method, **params, "fraction": f, "removed": [list(p) for p in plan.removed],
+                       "head_fraction_removed": plan.fraction,
+                       "linear_state_bytes": sb["linear_state"] * kept // total_heads, "accuracy": acc})
+    result = {"model": loaded.spec, "ranking": cfg.ranking, "state_bytes_before": sb, "accuracy_before": base_acc,
+              "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
+              "calibration": calib, "points": points,
+              "note": "zero-ablated evaluation; linear_state_bytes = measured original × kept/total heads (exact)"}
+    runio.write_json(run_dir / "sweep.json", result)
+    return result
