@@ -15,8 +15,9 @@ repeat_number      one common number repeated (paper App. D attack 2; default ``
 =================  ==========================================================================
 
 Held-out prose and GSM8K test are used because the builtin model trained on the train splits.
-Length: with a tokenizer a context has >= ``tokens`` tokens (``add_special_tokens=False``); without
-one, >= 4 characters per requested token (an estimate: analyze truncates or reports the real length).
+Length: with a (fast) tokenizer a context is cut at a token boundary to ``tokens`` tokens
+(``add_special_tokens=False``; re-encoding the cut text may give one or two more); without one, to 4
+characters per requested token (an estimate: analyze truncates and records the real length).
 Users add their own contexts from text files (:func:`from_file`) or HF datasets (:func:`from_hf`,
 imports ``datasets`` only when called).
 """
@@ -63,6 +64,20 @@ class _Counter:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
 
+def _cut(text: str, tokens: int, count: _Counter) -> str:
+    """The shortest prefix ending at a token boundary that still has >= ``tokens`` tokens."""
+    if count.tok is None:
+        return text[: tokens * CHARS_PER_TOKEN]
+    try:
+        offsets = count.tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError):  # slow tokenizers have no offsets: keep the whole text
+        return text
+    if len(offsets) <= tokens:
+        return text
+    cut = text[: offsets[tokens - 1][1]]
+    return cut if count(cut) >= tokens else text
+
+
 def _grow(name: str, chunks: Iterator[str], tokens: int, count: _Counter) -> str:
     """Concatenate chunks until the whole text has >= ``tokens`` tokens. Per-chunk counts only
     estimate the total (merges across chunk borders), so the full text is recounted before stopping."""
@@ -74,7 +89,7 @@ def _grow(name: str, chunks: Iterator[str], tokens: int, count: _Counter) -> str
         if est >= tokens:
             text = "".join(parts)
             if count(text) >= tokens:
-                return text
+                return _cut(text, tokens, count)
             est = count(text)
     raise UserError(f"context {name!r}: its source ran out before {tokens} tokens; ask for fewer tokens")
 

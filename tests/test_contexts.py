@@ -1,0 +1,126 @@
+"""The context suite: deterministic, of the requested length, user contexts, clean errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from staterank import contexts as cx
+from staterank.errors import UserError
+
+
+def char_tokenizer():
+    """97 tokens: <pad>, <unk> and the 95 printable ASCII characters, one token per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{chr(c): c - 30 for c in range(32, 127)}}
+    tok = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def bpe_tokenizer():
+    """A small byte-level BPE (merges make token counts differ from character counts)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from staterank.tasks.prose import prose_texts
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>"], show_progress=False,
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([prose_texts("train")[2][:5000]], tr)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return bpe_tokenizer()
+
+
+def ntok(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_default_suite_has_every_kind():
+    assert cx.SUITES["default"] == ("prose", "math", "code", "dialogue", "random", "repeat_rare", "repeat_number")
+
+
+@pytest.mark.parametrize("tokens", [50, 300])
+def test_requested_length_with_tokenizer(bpe, tokens):
+    for c in cx.suite(tokens=tokens, tokenizer=bpe):
+        # cut at a token boundary: re-encoding may merge across the cut by a token or two
+        assert tokens <= ntok(bpe, c.text) <= tokens + 2, c.name
+
+
+def test_length_without_tokenizer_is_chars_estimate():
+    for c in cx.suite(tokens=100):
+        assert len(c.text) == 100 * cx.CHARS_PER_TOKEN, c.name
+
+
+def test_deterministic(bpe):
+    a = cx.suite(tokens=120, tokenizer=bpe)
+    b = cx.suite(tokens=120, tokenizer=bpe)
+    assert [c.text for c in a] == [c.text for c in b]
+    assert cx.suite_hash(a) == cx.suite_hash(b)
+    other = {c.name: c.text for c in cx.suite(tokens=120, tokenizer=bpe, seed=1)}
+    same = {c.name: c.text for c in a}
+    # seeded generators change with the seed; data-backed ones do not
+    assert other["code"] != same["code"] and other["random"] != same["random"]
+    assert other["prose"] == same["prose"] and other["math"] == same["math"]
+    assert cx.suite_hash(a) != cx.suite_hash(cx.suite(tokens=120, tokenizer=bpe, seed=1))
+
+
+def test_content_of_each_context(bpe):
+    c = {x.name: x for x in cx.suite(tokens=200, tokenizer=bpe)}
+    assert set(c["repeat_rare"].text) == {cx.REPEAT_RARE}
+    assert c["repeat_number"].text.split() == ["1"] * len(c["repeat_number"].text.split())
+    assert c["math"].text.startswith("Question: ") and "<<" not in c["math"].text and "####" not in c["math"].text
+    assert "def " in c["code"].text or "class " in c["code"].text
+    lines = c["dialogue"].text.splitlines()
+    assert all(l.startswith(("A: ", "B: ")) for l in lines) and lines[0][0] != lines[1][0]
+    # held-out prose: not in the training split the builtin model saw
+    from staterank.tasks.prose import prose_texts
+
+    assert c["prose"].text[:200] not in "".join(prose_texts("train"))
+
+
+def test_random_context_uses_vocab_without_specials():
+    tok = char_tokenizer()
+    c = cx.builtin_context("random", tokens=500, tokenizer=tok)
+    ids = tok(c.text, add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 500 and not set(ids) & set(tok.all_special_ids)
+    assert len(set(ids)) > 50  # spread over the vocabulary, not one repeated token
+
+
+def test_from_file(tmp_path):
+    p = tmp_path / "my notes.txt"
+    p.write_text("hello there\n" * 10)
+    c = cx.from_file(p)
+    assert c.name == "my notes" and c.kind == "file" and c.text == "hello there\n" * 10
+    assert cx.from_file(p, name="x").name == "x"
+    with pytest.raises(UserError, match="not found"):
+        cx.from_file(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(UserError, match="empty"):
+        cx.from_file(tmp_path / "empty.txt")
+
+
+def test_errors():
+    with pytest.raises(UserError, match="unknown suite"):
+        cx.suite("nope")
+    with pytest.raises(UserError, match="unknown context"):
+        cx.suite(only=["prose", "poetry"])
+    with pytest.raises(UserError, match="DATASET"):
+        cx.from_hf("just_a_name")
+    with pytest.raises(UserError, match="ran out"):
+        cx.builtin_context("dialogue", tokens=10**8)
+
+
+def test_datasets_not_imported_unless_used():
+    code = "import sys, staterank.contexts; assert 'datasets' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
