@@ -47,6 +47,8 @@ def _analyze_texts(args) -> dict[str, str]:
     from pathlib import Path
 
     if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty")
         return {"prompt": args.prompt}
     texts: dict[str, str] = {}
     for f in args.text:
@@ -57,6 +59,8 @@ def _analyze_texts(args) -> dict[str, str]:
             body = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise UserError(f"--text {f}: not UTF-8 text") from None
+        if not body.strip():
+            raise UserError(f"--text {f}: is empty")
         name = p.stem if p.stem not in texts else str(p)
         if name in texts:
             raise UserError(f"--text {f} given twice")
@@ -73,6 +77,10 @@ def _run_analyze(args) -> int:
     texts = _analyze_texts(args)  # check inputs before loading a model
     if args.max_state_mb <= 0:
         raise UserError(f"--max-state-mb must be > 0, got {args.max_state_mb}")
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     dyn = analyze(
         loaded, texts, max_tokens=args.max_tokens, schedule=Schedule(stride=args.stride, log=args.log_positions),
@@ -153,7 +161,65 @@ def _add_ls(sub) -> None:
 
 # ---- stratify ------------------------------------------------------------------------------
 def _add_stratify(sub) -> None:
-    pass
+    p = sub.add_parser(
+        "stratify",
+        help="low/high-rank head classes, bimodality, consistency over time and contexts, decay->rank, vs the model at init",
+        description="Analyze a context suite (or read analyze run folders) and compute stratification statistics "
+        "beside the same architecture at initialisation. Writes stratify.json, heads.csv, figures, report.md.",
+    )
+    _common(p)
+    p.add_argument("--out", required=True, help="run folder (a finished one with the same config is resumed, never overwritten)")
+    p.add_argument("--suite", default="default", help="context suite: default (7 contexts incl. the two repetition attacks) or natural")
+    p.add_argument("--contexts", default=None, help="comma-separated subset of builtin contexts, e.g. prose,math,repeat_rare")
+    p.add_argument("--context-file", action="append", default=[], metavar="PATH", help="add a UTF-8 text file as a context (repeatable)")
+    p.add_argument("--hf-context", action="append", default=[], metavar="DATASET[:CONFIG]:SPLIT:COLUMN",
+                   help="add a context from an HF dataset (needs `datasets` and network or cache; repeatable)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="tokens per context (default 2048)")
+    p.add_argument("--stride", type=int, default=4, help="measure every STRIDE-th token, plus t-early, t-late, last (default 4)")
+    p.add_argument("--t-early", type=int, default=128, help="early position for the rank-order Spearman (default 128)")
+    p.add_argument("--t-late", type=int, default=2048, help="late position (default 2048; shorter contexts use their last)")
+    p.add_argument("--rule", default="two_cluster", choices=["two_cluster", "threshold"],
+                   help="class rule on mean rank / bound: optimal two-cluster split (default) or a fixed --threshold")
+    p.add_argument("--threshold", type=float, default=None, help="with --rule threshold: low iff mean rank / bound < this")
+    p.add_argument("--no-init", action="store_true", help="skip the same-architecture-at-initialisation baseline")
+    p.add_argument("--init-gates", default="auto", choices=["auto", "model", "fla"],
+                   help="gate init of the baseline: model (its own _init_weights), fla (FLA/Mamba-style), "
+                   "auto = fla for builtin (how it was trained), else model")
+    p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="use finished analyze run folders instead of a model")
+    p.add_argument("--init-runs", nargs="+", default=None, metavar="DIR",
+                   help="with --from-runs: analyze folders of the same texts on the model at initialisation")
+    p.add_argument("--eps", type=float, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
+    p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
+
+    def run(a) -> int:
+        from . import stratify as st
+
+        cfg = st.StratifyConfig(rule=a.rule, threshold=a.threshold, t_early=a.t_early, t_late=a.t_late,
+                                max_tokens=a.max_tokens, stride=a.stride, init=not a.no_init,
+                                init_gates=a.init_gates, init_seed=a.seed, eps=a.eps)
+        if a.init_runs and not a.from_runs:
+            raise UserError("--init-runs goes with --from-runs")
+        if a.from_runs:
+            out = st.stratify_from_runs(a.from_runs, a.out, cfg, a.init_runs)
+        else:
+            from . import contexts as cx
+            from .models import load_model
+
+            cfg.validate()
+            loaded = load_model(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+            kw = dict(tokens=a.max_tokens, tokenizer=loaded.tokenizer)
+            only = [c.strip() for c in a.contexts.split(",") if c.strip()] if a.contexts else None
+            ctxs = cx.suite(a.suite, seed=a.seed, data=a.data_dir, only=only, **kw)
+            ctxs += [cx.from_file(f) for f in a.context_file] + [cx.from_hf(s, **kw) for s in a.hf_context]
+            out = st.run_stratify(loaded, ctxs, a.out, cfg, log=lambda m: print(m, file=sys.stderr))
+        print(out / "stratify.json")
+        if not a.no_report:
+            from .report.stratify import render
+
+            print(render(out))
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # ---- probe ---------------------------------------------------------------------------------
@@ -162,8 +228,104 @@ def _add_probe(sub) -> None:
 
 
 # ---- prune ---------------------------------------------------------------------------------
+PRUNE_EPILOG = """examples:
+  staterank prune --model builtin --method jrnp --alpha 0.5 --fraction 0.389 --ranking per_layer --out runs/pr1
+  staterank prune --model builtin --fraction 0.389 --no-export --out runs/pr2        # the paper's global top-k
+  staterank prune --model builtin --sweep --alphas 0,0.5,1 --fractions 0.125,0.25,0.389 --out runs/sw1
+  staterank prune --model builtin --plan runs/pr1/plan.json --out runs/pr3           # apply a saved plan
+
+rankings: global = one top-k over all heads (the paper's; uneven heads per layer, so it cannot be
+exported as a stock checkpoint: use --no-export); per_layer = round(fraction*H) heads from every
+layer (uniform head counts: exports, and stock transformers reloads DIR/model/).
+"""
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _run_prune(args) -> int:
+    from .models import load_model
+    from .prune.run import CheckFailed, PruneConfig, SweepConfig, run_prune, run_sweep
+    from .report.prune import render
+
+    budget = {"fraction": args.fraction, "count": args.count, "bytes": args.bytes}
+    if all(v is None for v in budget.values()):
+        budget["fraction"] = 0.389
+    cfg = PruneConfig(
+        method=args.method, alpha=args.alpha, **budget, ranking=args.ranking, calib_suite=args.calib,
+        calib_tokens=args.calib_tokens, calib_stride=args.calib_stride,
+        tasks=tuple(t.strip() for t in args.eval.split(",") if t.strip()), eval_n=args.eval_n,
+        random_seeds=args.random_seeds, state_context=args.state_context, state_batch=args.state_batch,
+        decode_tokens=args.decode_tokens, export=not args.no_export, seed=args.seed, plan_file=args.plan,
+        data_dir=args.data_dir,
+    )
+    if args.sweep:
+        sc = SweepConfig(base=cfg, alphas=_floats(args.alphas), fractions=_floats(args.fractions))
+        cfg.validate()
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        res = run_sweep(loaded, sc, args.out, progress=not args.quiet)
+        print(f"wrote {args.out} ({len(res['points'])} sweep points); report: {render(args.out)}")
+        return 0
+    cfg.validate()  # bad input fails before a model loads
+    if args.plan:
+        from .prune.plan import Plan
+
+        Plan.load(args.plan)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    try:
+        res = run_prune(loaded, cfg, args.out, progress=not args.quiet)
+    except CheckFailed as e:
+        print(f"staterank: check failed: {e}", file=sys.stderr)
+        render(args.out)
+        return 1
+    fs = res["fraction_saved"]["linear_state"]
+    print(f"wrote {args.out}: removed {len(res['removed'])} of {res['value_heads']} heads, linear state "
+          f"{res['state_bytes_before']['linear_state']} -> {res['state_bytes_after']['linear_state']} bytes "
+          f"({fs:.1%} saved); check {res['check']['max_abs_logit_diff_vs_masked']:.2g}; report: {render(args.out)}")
+    return 0
+
+
 def _add_prune(sub) -> None:
-    pass
+    from .prune.scores import METHODS
+
+    p = sub.add_parser(
+        "prune", help="zero-shot value-head pruning (Joint Rank-Norm, Eq. 14) with surgery, export and controls",
+        description="Score every linear-attention value head on calibration contexts, remove the highest-scoring "
+                    "ones physically, export a stock HF checkpoint, verify it against the zero-ablated model, and "
+                    "measure state bytes, decode speed and accuracy beside count-, layer- and byte-matched random "
+                    "controls.",
+        epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("--method", default="jrnp", help=f"scoring method: {', '.join(METHODS)} (default jrnp)")
+    p.add_argument("--alpha", type=float, default=0.5, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--fraction", type=float, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
+    b.add_argument("--count", type=int, default=None, help="number of value heads to remove")
+    b.add_argument("--bytes", type=int, default=None, help="recurrent-state bytes per sequence to free (at least)")
+    p.add_argument("--ranking", default="global", choices=["global", "per_layer"],
+                   help="global top-k (default) or the same count from every layer (exportable)")
+    p.add_argument("--calib", default="natural", help="calibration context suite (default natural)")
+    p.add_argument("--calib-tokens", type=int, default=512, help="tokens per calibration context (default 512)")
+    p.add_argument("--calib-stride", type=int, default=8, help="measure the rank every N tokens (default 8)")
+    p.add_argument("--eval", default="mqar,niah", help="comma-separated builtin tasks (default mqar,niah)")
+    p.add_argument("--eval-n", type=int, default=100, help="items per task (default 100)")
+    p.add_argument("--random-seeds", type=int, default=5, help="seeds per random control (default 5)")
+    p.add_argument("--state-context", type=int, default=2048, help="context length for state bytes (default 2048)")
+    p.add_argument("--state-batch", type=int, default=1, help="batch size for state bytes (default 1)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens for the decode-speed measurement (default 32)")
+    p.add_argument("--no-export", action="store_true", help="prune in memory only (any plan; no DIR/model/)")
+    p.add_argument("--plan", default=None, help="apply this plan.json instead of scoring")
+    p.add_argument("--sweep", action="store_true", help="sweep --alphas x --fractions (zero-ablated), Pareto plot")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="sweep: alphas (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--fractions", default="0.125,0.25,0.389,0.5", help="sweep: fractions (default 0.125,0.25,0.389,0.5)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.set_defaults(func=_run_prune)
 
 
 # ---- run / verify / ls ---------------------------------------------------------------------
