@@ -1,0 +1,523 @@
+"""The probe stage: ablate head groups and measure tasks, with paired statistics and controls.
+
+    folder = probe(loaded, tasks=["niah"], groups=["low", "high", "random", "layer_random"], out="runs/p1")
+
+Run folder (resumable; a folder holding another config is never touched):
+  config.json        the run's config and environment
+  scores.json        per-head mean rank / normalised rank / mean nuclear norm the groups come from
+  groups.json        every condition's heads {layer: [heads]} and state bytes
+  means.npz          calibrated mean head outputs (``--mode mean`` only)
+  items.jsonl        one line per (task, condition, item), appended and flushed as items finish
+  probe.json         rows, per-seed and across-seed; paired comparisons; single-head costs; verdicts
+  single_head.csv    per-head single-ablation costs beside mean rank and mean nuclear norm
+Statistics: Wilson 95 % intervals; exact McNemar (two-sided sign test on discordant items,
+``scipy.stats.binomtest``) against the base on the same items; across random seeds a t interval
+of the seeds' accuracies. Perplexity: exp(token-mean NLL), interval from the per-window spread,
+Wilcoxon signed-rank test on per-window mean NLL against the base.
+Shapes: L linear layers, H value heads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from scipy import stats as sst
+
+from .. import runio
+from ..errors import UserError
+from . import groups as G
+from .ablate import MODES, ablate, calibrate_means
+from .tasks import ProbeTask, make_task
+
+BASE = "base"
+SINGLE = "head/"  # single-head conditions: "head/L{layer}.H{head}"
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------- scores and calibration text
+
+def calibration_texts(n: int = 8, chars: int = 6000) -> list[str]:
+    """``n`` deterministic segments of training-split prose (evenly spaced over all files)."""
+    from ..tasks.prose import prose_texts
+
+    texts = prose_texts("train")
+    allt = "\n".join(texts)
+    step = max(1, (len(allt) - chars) // max(1, n))
+    out = []
+    for i in range(n):
+        s = allt.find("\n", i * step) + 1
+        out.append(allt[s:s + chars])
+    return out
+
+
+@dataclass
+class HeadScores:
+    """Per-head [L, H] arrays the groups are chosen from; ``layers`` [L] model layer indices."""
+
+    layers: list[int]
+    mean_rank: np.ndarray
+    norm_rank: np.ndarray
+    mean_nuclear: np.ndarray
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "mean_rank": self.mean_rank, "norm_rank": self.norm_rank,
+                "mean_nuclear": self.mean_nuclear, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "HeadScores":
+        """From ``HeadStats.to_dict()`` (stratify) or our own scores.json; looks inside a
+        ``head_stats`` / ``stats`` block too."""
+        for k in ("head_stats", "stats"):
+            if k in d and isinstance(d[k], dict) and "mean_rank" in d[k]:
+                d = d[k]
+        try:
+            mr = np.asarray(d["mean_rank"], dtype=float)
+            nuc = np.asarray(d.get("mean_nuclear", d.get("nuclear_norm")), dtype=float)
+            layers = [int(x) for x in d["layers"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{source}: scores need layers, mean_rank and mean_nuclear arrays") from None
+        if "norm_rank" in d:
+            nr = np.asarray(d["norm_rank"], dtype=float)
+        elif "bound" in d:
+            nr = mr / np.asarray(d["bound"], dtype=float)[:, None]
+        else:
+            nr = mr
+        return cls(layers, mr, nr, nuc, source)
+
+
+def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, eps: float = 1e-4) -> HeadScores:
+    """Mean rank (time average of Eq. 6), normalised rank and mean nuclear norm per head, averaged
+    over ``n_texts`` prose segments of ``max_tokens`` tokens (``stratify.measure`` / ``head_stats``)."""
+    from ..stratify import default_positions, head_stats, measure
+
+    dyn = measure(model, tokenizer, calibration_texts(n_texts), max_tokens=max_tokens,
+                  positions=default_positions(max_tokens, stride=8), eps=eps)
+    hs = head_stats(dyn)
+    return HeadScores([int(x) for x in hs.layers], hs.mean_rank, hs.norm_rank, hs.mean_nuclear,
+                      f"measured: {n_texts} prose segments x {max_tokens} tokens, eps={eps}")
+
+
+# ---------------------------------------------------------------- items.jsonl (resumable)
+
+class ItemLog:
+    """Append-only per-item results; (task, condition, id) is done once it is on disk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[tuple[str, str, str], dict] = {}
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill: its item is redone
+                        continue
+                    self.rows.setdefault((r["task"], r["condition"], r["id"]), r)
+
+    def done(self, task: str, condition: str) -> set[str]:
+        return {i for (t, c, i) in self.rows if t == task and c == condition}
+
+    def append(self, rows: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for r in rows:
+                key = (r["task"], r["condition"], r["id"])
+                if key in self.rows:
+                    continue
+                self.rows[key] = r
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def results(self, task: str, condition: str) -> dict[str, dict]:
+        return {i: r for (t, c, i), r in self.rows.items() if t == task and c == condition}
+
+
+# ---------------------------------------------------------------- statistics
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + Z95**2 / n
+    c = (p + Z95**2 / (2 * n)) / d
+    h = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / d
+    # at k = 0 or k = n one end is exactly 0 or 1; say so rather than leave round-off
+    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Paired exact test of a vs b on the same items: b_wins = a wrong & b right, a_wins = the
+    reverse; two-sided binomial test of the discordant counts at 1/2 (1.0 if none)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if a_only + b_only == 0 else float(sst.binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"n": int(len(a)), "a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def t_interval(x: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t interval of ``x`` (NaN interval for one value)."""
+    x = np.asarray(x, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    h = float(sst.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - h, m + h
+
+
+def _paired(task_rows: dict[str, dict], base_rows: dict[str, dict]) -> list[str]:
+    return sorted(set(task_rows) & set(base_rows))
+
+
+def accuracy_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, dict]) -> dict:
+    ids = sorted(rows)
+    k = sum(bool(rows[i]["correct"]) for i in ids)
+    n = len(ids)
+    lo, hi = wilson(k, n)
+    row = {"task": task, "condition": cond, "group": G.family(cond), "metric": "accuracy", "n": n,
+           "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+           "delta_vs_base": None, "p_value": None}
+    pair = _paired(rows, base)
+    if cond != BASE and pair:
+        mc = mcnemar([base[i]["correct"] for i in pair], [rows[i]["correct"] for i in pair])
+        acc_b = np.mean([bool(base[i]["correct"]) for i in pair])
+        acc_c = np.mean([bool(rows[i]["correct"]) for i in pair])
+        row.update(delta_vs_base=float(acc_c - acc_b), p_value=mc["p_value"], n_paired=len(pair),
+                   base_only=mc["a_only"], cond_only=mc["b_only"])
+    row["value"] = row["accuracy"]
+    return row
+
+
+def perplexity_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, dict]) -> dict:
+    ids = sorted(rows)
+    nll = np.array([rows[i]["nll"] for i in ids])
+    tok = np.array([rows[i]["tokens"] for i in ids])
+    mean = nll.sum() / tok.sum()
+    per = nll / tok
+    se = per.std(ddof=1) / math.sqrt(len(per)) if len(per) > 1 else float("nan")
+    row = {"task": task, "condition": cond, "group": G.family(cond), "metric": "perplexity", "n": len(ids),
+           "accuracy": None, "value": float(math.exp(mean)), "ci_low": float(math.exp(mean - Z95 * se)),
+           "ci_high": float(math.exp(mean + Z95 * se)), "delta_vs_base": None, "p_value": None}
+    pair = _paired(rows, base)
+    if cond != BASE and pair:
+        pb = np.array([base[i]["nll"] / base[i]["tokens"] for i in pair])
+        pc = np.array([rows[i]["nll"] / rows[i]["tokens"] for i in pair])
+        tb = sum(base[i]["tokens"] for i in pair)
+        row["delta_vs_base"] = float(math.exp(sum(rows[i]["nll"] for i in pair) / tb)
+                                     - math.exp(sum(base[i]["nll"] for i in pair) / tb))
+        d = pc - pb
+        row["p_value"] = float(sst.wilcoxon(pc, pb).pvalue) if len(d) > 1 and np.any(d != 0) else 1.0
+        row["n_paired"] = len(pair)
+    return row
+
+
+def seed_aggregate(rows: list[dict]) -> list[dict]:
+    """Across seeds of each random control family: mean, t interval of the seeds' values, mean
+    delta, and a one-sample t test of the seeds' deltas (p_value; None under 2 seeds)."""
+    out = []
+    fams: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if "/s" in r["condition"]:
+            fams.setdefault((r["task"], r["group"]), []).append(r)
+    for (task, fam), rs in sorted(fams.items()):
+        vals = [r["value"] for r in rs]
+        m, lo, hi = t_interval(vals)
+        deltas = [r["delta_vs_base"] for r in rs if r["delta_vs_base"] is not None]
+        p = None
+        if len(deltas) >= 2:
+            if np.allclose(deltas, 0):
+                p = 1.0
+            elif np.ptp(deltas) > 0:  # identical non-zero deltas: the t test is undefined
+                p = float(sst.ttest_1samp(deltas, 0.0).pvalue)
+        out.append({"task": task, "condition": fam, "group": fam, "metric": rs[0]["metric"], "seeds": len(rs),
+                    "n": int(sum(r["n"] for r in rs)), "value": m,
+                    "accuracy": m if rs[0]["metric"] == "accuracy" else None,
+                    "ci_low": lo, "ci_high": hi, "seed_values": vals,
+                    "delta_vs_base": float(np.mean(deltas)) if deltas else None, "p_value": p,
+                    "test": "one-sample t test of per-seed deltas"})
+    return out
+
+
+def compare(log: ItemLog, task: str, a: str, b_conds: list[str]) -> dict | None:
+    """Accuracy of condition ``a`` minus the controls ``b_conds`` (one or several seeds) on the same
+    items: per seed differences, their mean and t interval, the pooled exact McNemar test over all
+    (seed, item) pairs, and the share of seeds at or below ``a`` (rank p-value, (1+k)/(S+1))."""
+    ra = log.results(task, a)
+    if not ra or not b_conds:
+        return None
+    diffs, acc_b, xa, xb = [], [], [], []
+    for c in b_conds:
+        rb = log.results(task, c)
+        ids = sorted(set(ra) & set(rb))
+        if not ids:
+            continue
+        ca = [bool(ra[i]["correct"]) for i in ids]
+        cb = [bool(rb[i]["correct"]) for i in ids]
+        diffs.append(float(np.mean(ca) - np.mean(cb)))
+        acc_b.append(float(np.mean(cb)))
+        xa += ca
+        xb += cb
+    if not diffs:
+        return None
+    m, lo, hi = t_interval(diffs)
+    mc = mcnemar(xa, xb)
+    acc_a = float(np.mean([bool(r["correct"]) for r in ra.values()]))
+    k = sum(v <= acc_a for v in acc_b)
+    return {"task": task, "a": a, "b": G.family(b_conds[0]),
+            "seeds": len(diffs), "acc_a": acc_a, "acc_b": float(np.mean(acc_b)), "diff": m,
+            "diff_ci_low": lo, "diff_ci_high": hi, "p_items": mc["p_value"], "a_only": mc["a_only"],
+            "b_only": mc["b_only"], "p_seed_rank": (1 + k) / (len(acc_b) + 1) if len(b_conds) > 1 else None}
+
+
+def verdict(probe_json: dict, task: str, tested: str = "low", other: str = "high",
+            control: str | None = None, alpha: float = 0.05) -> dict:
+    """Numbers for the paper's claim on ``task``: ablating ``tested`` (low-rank) heads hurts more
+    than ``other`` (high-rank) AND more than the layer-matched random control.
+
+    worse_than_other: diff < 0 and exact McNemar p < alpha.
+    worse_than_control: diff < 0, pooled item-level p < alpha, and (with ≥ 2 seeds) the upper end
+    of the seeds' t interval of the difference < 0. ``holds`` needs both; None when a piece is missing.
+    """
+    control = control or f"layer_random.{tested}"
+    comps = {(c["task"], c["a"], c["b"]): c for c in probe_json.get("comparisons", [])}
+    vs_o = comps.get((task, tested, other))
+    vs_c = comps.get((task, tested, control))
+    out: dict[str, Any] = {"task": task, "tested": tested, "other": other, "control": control, "alpha": alpha,
+                           "vs_other": vs_o, "vs_control": vs_c}
+    out["worse_than_other"] = None if vs_o is None else bool(vs_o["diff"] < 0 and vs_o["p_items"] < alpha)
+    if vs_c is None:
+        out["worse_than_control"] = None
+    else:
+        seeds_ok = vs_c["seeds"] < 2 or (vs_c["diff_ci_high"] is not None and vs_c["diff_ci_high"] < 0)
+        out["worse_than_control"] = bool(vs_c["diff"] < 0 and vs_c["p_items"] < alpha and seeds_ok)
+    parts = (out["worse_than_other"], out["worse_than_control"])
+    out["holds"] = None if None in parts else all(parts)
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+def _task_spec(task: ProbeTask) -> dict:
+    """What defines a task's items and scoring: its class and plain fields (batch size only
+    changes speed, so it is left out and may differ on resume)."""
+    from dataclasses import fields, is_dataclass
+
+    simple = (str, int, float, bool, type(None), tuple, list)
+    d = {f.name: getattr(task, f.name) for f in fields(task)} if is_dataclass(task) else {}
+    d = {k: (str(v) if k == "data_dir" and v is not None else v) for k, v in d.items()
+         if k != "batch_size" and not k.startswith("_") and isinstance(v, simple)}
+    return {"class": type(task).__name__, "repr": None if is_dataclass(task) else repr(task), **d}
+
+
+def _single_head_conditions(space: G.HeadSpace) -> dict[str, G.Group]:
+    return {f"{SINGLE}L{li}.H{h}": {li: [h]} for li, h in space.flat()}
+
+
+def probe(
+    loaded,
+    tasks: Sequence[str] = ("niah",),
+    groups: Sequence[str] = ("low", "high", "random", "layer_random"),
+    *,
+    out: str | os.PathLike,
+    fraction: float | None = None,
+    count: int | None = None,
+    seeds: int = 5,
+    seed: int = 0,
+    limit: int | None = None,
+    mode: str = "zero",
+    single_head: bool = False,
+    single_limit: int | None = None,
+    scores: HeadScores | str | os.PathLike | None = None,
+    batch_size: int = 16,
+    data_dir: str | None = None,
+    niah_lengths: Sequence[int] | None = None,
+    niah_depths: Sequence[float] | None = None,
+    max_new_tokens: int | None = None,
+    n_shot: int = 0,
+    calib_texts: int = 8,
+    calib_tokens: int = 512,
+    progress: bool = True,
+    task_objects: Sequence[ProbeTask] | None = None,
+) -> Path:
+    """Run the probe into run folder ``out`` (resumes a folder holding the same config).
+
+    ``loaded``: anything with ``.model``, ``.tokenizer`` (``models.Loaded``; ``.adapter``/``.spec``
+    used when present). ``task_objects`` replaces ``tasks`` by ready ProbeTask objects (tests,
+    custom tasks). ``scores``: HeadScores or a JSON file of them (stratify ``HeadStats``); measured
+    on prose when None and low/high groups are asked for.
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+    model, tok = loaded.model, loaded.tokenizer
+    from ..adapters import get_adapter
+
+    adapter = getattr(loaded, "adapter", None) or get_adapter(model)
+    layers = adapter.linear_layers(model)
+    space = G.HeadSpace.of(layers)
+    n = G.group_size(space, fraction, count)
+    if task_objects is None:
+        task_objects = [make_task(t, limit=limit, seed=seed, batch_size=batch_size, data_dir=data_dir,
+                                  niah_lengths=niah_lengths, niah_depths=niah_depths,
+                                  max_new_tokens=max_new_tokens, n_shot=n_shot) for t in tasks]
+    if not task_objects:
+        raise UserError("no tasks given")
+    score_src = None if scores is None or isinstance(scores, HeadScores) else str(scores)
+    config = {
+        "model": getattr(loaded, "spec", type(model).__name__), "tasks": [_task_spec(t) for t in task_objects],
+        "groups": list(groups), "group_size": n, "seeds": seeds, "seed": seed, "mode": mode,
+        "single_head": single_head, "single_limit": single_limit, "scores": score_src,
+        "calib": [calib_texts, calib_tokens],
+    }
+    folder = runio.new_run_dir(out, config)
+
+    # scores -> groups (written once; a resumed run reads them back so groups never change)
+    need_scores = any(g in groups for g in ("low", "high")) or single_head
+    sc_path = folder / "scores.json"
+    hs: HeadScores | None = None
+    if sc_path.exists():
+        hs = HeadScores.from_dict(runio.read_json(sc_path), str(sc_path))
+    elif need_scores:
+        if isinstance(scores, HeadScores):
+            hs = scores
+        elif scores is not None:
+            hs = HeadScores.from_dict(runio.read_json(scores), str(scores))
+        else:
+            hs = measure_scores(model, tok, calib_texts, calib_tokens)
+        if hs.layers != list(space.layers):
+            raise UserError(f"scores are for layers {hs.layers}; the model's linear layers are {list(space.layers)}")
+        runio.write_json(sc_path, hs.to_dict())
+    conds = {BASE: {}}
+    conds.update(G.make_groups(space, groups, n, seeds, seed, None if hs is None else hs.norm_rank))
+    if single_head:
+        conds.update(_single_head_conditions(space))
+    runio.write_json(folder / "groups.json", {
+        "group_size": n, "total_heads": space.total, "fraction": n / space.total,
+        "state_bytes_total": space.bytes_of({li: list(range(h)) for li, h in zip(space.layers, space.heads)}),
+        "conditions": {c: {"heads": {str(k): v for k, v in g.items()}, "n_heads": G.size(g),
+                           "state_bytes": space.bytes_of(g)} for c, g in conds.items()},
+    })
+
+    means = None
+    if mode == "mean":
+        mp = folder / "means.npz"
+        if mp.exists():
+            means = {int(k[1:]): torch.from_numpy(v) for k, v in runio.read_npz(mp).items()}
+        else:
+            from ..models import tokenize_texts
+
+            means = calibrate_means(model, tokenize_texts(tok, calibration_texts(calib_texts), calib_tokens), adapter)
+            runio.write_npz(mp, **{f"L{k}": v.numpy() for k, v in means.items()})
+
+    log = ItemLog(folder / "items.jsonl")
+    for task in task_objects:
+        items = task.items(tok)
+        for cond, group in conds.items():
+            if cond.startswith(SINGLE):
+                todo_items = items[: single_limit] if single_limit else items
+            else:
+                todo_items = items
+            done = log.done(task.name, cond)
+            todo = [it for it in todo_items if it.id not in done]
+            if not todo:
+                continue
+            if progress:
+                print(f"[probe] {task.name} / {cond}: {len(todo)} items", flush=True)
+            step = max(1, batch_size)
+            with ablate(model, group, mode, means=means, adapter=adapter):
+                for s in range(0, len(todo), step):
+                    batch = todo[s:s + step]
+                    res = task.run(model, tok, batch)
+                    log.append([{"task": task.name, "condition": cond, **r} for r in res])
+    summary = summarize(folder, log, task_objects, conds, hs, space, n)
+    runio.write_json(folder / "probe.json", summary)
+    return folder
+
+
+def summarize(folder: Path, log: ItemLog, task_objects, conds: dict, hs: HeadScores | None,
+              space: G.HeadSpace, n: int) -> dict:
+    """probe.json from the item log (only finished items count)."""
+    rows: list[dict] = []
+    comparisons: list[dict] = []
+    single: dict[str, Any] = {}
+    csv_rows: list[dict] = []
+    for task in task_objects:
+        base = log.results(task.name, BASE)
+        mk = accuracy_row if task.metric == "accuracy" else perplexity_row
+        task_rows = {}
+        for cond in conds:
+            r = log.results(task.name, cond)
+            if r and not cond.startswith(SINGLE):
+                task_rows[cond] = mk(task.name, cond, r, base)
+        rows += task_rows.values()
+        if task.metric == "accuracy":
+            names = set(task_rows)
+            pairs = [("low", ["high"]), ("high", ["low"])]
+            for t in ("low", "high"):
+                for fam in ("random", f"layer_random.{t}", f"byte_random.{t}"):
+                    pairs.append((t, sorted(c for c in names if G.family(c) == fam)))
+            for a, bs in pairs:
+                if a in names and bs and all(b in names for b in bs):
+                    c = compare(log, task.name, a, bs)
+                    if c:
+                        comparisons.append(c)
+        if hs is not None:
+            heads = [c for c in conds if c.startswith(SINGLE) and log.results(task.name, c)]
+            if heads and base:
+                single[task.name] = _single_head(task, log, heads, conds, base, hs, space, csv_rows)
+    rows_agg = seed_aggregate(rows)
+    summary = {"rows": rows, "aggregates": rows_agg, "comparisons": comparisons, "single_head": single,
+               "group_size": n,
+               "total_heads": space.total, "tasks": [t.name for t in task_objects],
+               "metrics": {t.name: t.metric for t in task_objects}}
+    summary["verdicts"] = {t.name: verdict(summary, t.name) for t in task_objects if t.metric == "accuracy"}
+    if csv_rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(csv_rows[0]))
+        w.writeheader()
+        w.writerows(csv_rows)
+        runio.atomic_write_text(folder / "single_head.csv", buf.getvalue())
+    return summary
+
+
+def _single_head(task, log, heads, conds, base, hs: HeadScores, space, csv_rows) -> dict:
+    """Cost of each head alone (accuracy: base − ablated on the same items; perplexity: ablated −
+    base log-perplexity) and its Spearman ρ with mean rank and mean nuclear norm."""
+    li_pos = {li: i for i, li in enumerate(space.layers)}
+    costs, ranks, nucs = [], [], []
+    for c in heads:
+        (li, hl), = conds[c].items()
+        h = hl[0]
+        r = log.results(task.name, c)
+        ids = sorted(set(r) & set(base))
+        if task.metric == "accuracy":
+            cost = float(np.mean([bool(base[i]["correct"]) for i in ids]) - np.mean([bool(r[i]["correct"]) for i in ids]))
+            value = float(np.mean([bool(r[i]["correct"]) for i in ids]))
+        else:
+            tb = sum(base[i]["tokens"] for i in ids)
+            cost = (sum(r[i]["nll"] for i in ids) - sum(base[i]["nll"] for i in ids)) / tb
+            value = math.exp(sum(r[i]["nll"] for i in ids) / tb)
+        mr, nn_ = float(hs.mean_rank[li_pos[li], h]), float(hs.mean_nuclear[li_pos[li], h])
+        costs.append(cost)
+        ranks.append(mr)
+        nucs.append(nn_)
+        csv_rows.append({"task": task.name, "layer": li, "head": h, "n": len(ids), "value": value, "cost": cost,
+                         "mean_rank": mr, "norm_rank": float(hs.norm_rank[li_pos[li], h]), "mean_nuclear": nn_})
+
+    def rho(x, y):
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            return {"rho": None, "p_value": None}
+        res = sst.spearmanr(x, y)
+        return {"rho": float(res.statistic), "p_value": float(res.pvalue)}
+
+    return {"n_heads": len(costs), "cost": "base - ablated accuracy" if task.metric == "accuracy"
+            else "ablated - base mean NLL per token", "mean_cost": float(np.mean(costs)),
+            "max_cost": float(np.max(costs)), "spearman_rank": rho(costs, ranks), "spearman_nuclear": rho(costs, nucs)}

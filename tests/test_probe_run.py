@@ -1,0 +1,209 @@
+"""The probe stage on a tiny model with a stand-in task: rows and statistics, controls, single-head
+costs, verdict numbers, and kill-and-resume losing and repeating nothing."""
+
+import csv
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from staterank.adapters import get_adapter
+from staterank.errors import UserError
+from staterank.probes.groups import HeadSpace
+from staterank.probes.run import HeadScores, ItemLog, mcnemar, probe, verdict, wilson
+from staterank.probes.tasks import ProbeTask
+from staterank.tasks import Item
+from staterank.testing import tiny_model
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with no merges (259 ids): real text in, no files needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    for s in ("<|bos|>", "<|eos|>", "<|pad|>"):
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+
+
+@dataclass
+class NextToken(ProbeTask):
+    """Stand-in: is the greedy next token the one the unablated model predicts? (base = 100 %).
+    ``_fail_after``: raise after that many items (a simulated kill); ``_calls`` lists items run."""
+
+    model: object = None
+    name: str = "next"
+    n: int = 10
+    _fail_after: int | None = None  # leading underscore: not part of the run config
+    _calls: list = field(default_factory=list)
+
+    def __post_init__(self):
+        g = torch.Generator().manual_seed(5)
+        self._ids = [torch.randint(3, 97, (1, 12), generator=g) for _ in range(self.n)]
+        with torch.no_grad():
+            self._ans = [int(self.model(x).logits[0, -1].argmax()) for x in self._ids]
+
+    def items(self, tokenizer):
+        return [Item(f"x{i}", "", str(a), {"i": i}) for i, a in enumerate(self._ans)]
+
+    def run(self, model, tokenizer, items):
+        out = []
+        for it in items:
+            if self._fail_after is not None and len(self._calls) >= self._fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self._calls.append(it.id)
+            with torch.no_grad():
+                p = int(model(self._ids[it.meta["i"]]).logits[0, -1].argmax())
+            out.append({"id": it.id, "pred": str(p), "answer": it.answer, "correct": str(p) == it.answer})
+        return out
+
+    def __repr__(self):  # the run config: what defines the items
+        return f"NextToken(n={self.n})"
+
+
+def _setup(family="qwen3_next"):
+    model = tiny_model(family, h_v=4)
+    layers = get_adapter(model).linear_layers(model)
+    # random tiny models barely read their linear-attention heads; amplify them so ablations matter
+    with torch.no_grad():
+        for l in layers:
+            l.module.out_proj.weight.mul_(10)
+    rng = np.random.default_rng(0)
+    L, H = len(layers), layers[0].layout.h_v
+    mr = rng.uniform(1, 8, (L, H))
+    hs = HeadScores([l.index for l in layers], mr, mr / 8, rng.uniform(0, 5, (L, H)), "test")
+    return SimpleNamespace(model=model, tokenizer=None, spec="tiny"), hs
+
+
+def _lines(folder):
+    return [json.loads(l) for l in (folder / "items.jsonl").read_text().splitlines()]
+
+
+def test_probe_rows_controls_and_single_head(tmp_path):
+    loaded, hs = _setup()
+    task = NextToken(loaded.model)
+    folder = probe(loaded, groups=["low", "high", "random", "layer_random", "byte_random"], out=tmp_path / "p",
+                   count=3, seeds=2, scores=hs, single_head=True, task_objects=[task], batch_size=4, progress=False)
+    pj = json.loads((folder / "probe.json").read_text())
+    rows = {r["condition"]: r for r in pj["rows"]}
+    assert rows["base"]["accuracy"] == 1.0 and rows["base"]["n"] == 10
+    expect = {"base", "low", "high", "random/s0", "random/s1", "layer_random.low/s0", "layer_random.low/s1",
+              "layer_random.high/s0", "layer_random.high/s1", "byte_random.low/s0", "byte_random.low/s1",
+              "byte_random.high/s0", "byte_random.high/s1"}
+    assert set(rows) == expect
+    for c, r in rows.items():
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+        if c != "base":
+            assert r["delta_vs_base"] == pytest.approx(r["accuracy"] - 1.0)
+            assert 0 <= r["p_value"] <= 1
+            # exact McNemar with base all-correct: p = binomtest(base_only, base_only, .5)
+            k = r["base_only"]
+            assert r["p_value"] == pytest.approx(min(1.0, 2 * 0.5**k) if k else 1.0)
+    ablated_any = [r["accuracy"] for c, r in rows.items() if c != "base"]
+    assert min(ablated_any) < 1.0  # removing 3 of 12 heads changes some greedy tokens
+    agg = {a["condition"]: a for a in pj["aggregates"]}
+    assert agg["random"]["seeds"] == 2
+    assert agg["random"]["value"] == pytest.approx(np.mean([rows["random/s0"]["accuracy"], rows["random/s1"]["accuracy"]]))
+    # groups on disk: matched as promised
+    gj = json.loads((folder / "groups.json").read_text())["conditions"]
+    per_layer = lambda c: {k: len(v) for k, v in gj[c]["heads"].items()}
+    assert per_layer("layer_random.low/s1") == per_layer("low")
+    assert gj["byte_random.high/s0"]["state_bytes"] == gj["high"]["state_bytes"]
+    # low = the 3 lowest normalised ranks
+    flat = sorted((hs.norm_rank[i, h], hs.layers[i], h) for i in range(3) for h in range(4))
+    assert sorted((int(l), h) for l, hs_ in gj["low"]["heads"].items() for h in hs_) == sorted((l, h) for _, l, h in flat[:3])
+    # single heads: one row per head, costs consistent with items, Spearman reported
+    with open(folder / "single_head.csv") as f:
+        sh = list(csv.DictReader(f))
+    assert len(sh) == 12
+    items = _lines(folder)
+    for r in sh:
+        mine = [x for x in items if x["condition"] == f"head/L{r['layer']}.H{r['head']}"]
+        assert float(r["cost"]) == pytest.approx(1.0 - np.mean([x["correct"] for x in mine]))
+        assert float(r["mean_rank"]) == pytest.approx(hs.mean_rank[hs.layers.index(int(r["layer"])), int(r["head"])])
+    assert set(pj["single_head"]["next"]) >= {"spearman_rank", "spearman_nuclear", "n_heads"}
+    v = pj["verdicts"]["next"]
+    assert v["vs_other"]["diff"] == pytest.approx(rows["low"]["accuracy"] - rows["high"]["accuracy"])
+    assert v["holds"] in (True, False)
+
+
+def test_kill_and_resume_loses_and_repeats_nothing(tmp_path):
+    loaded, hs = _setup()
+    kw = dict(groups=["low", "random"], out=tmp_path / "p", count=2, seeds=2, scores=hs, batch_size=1, progress=False)
+    t1 = NextToken(loaded.model, _fail_after=17)
+    with pytest.raises(KeyboardInterrupt):
+        probe(loaded, task_objects=[t1], **kw)
+    first = _lines(tmp_path / "p")
+    assert len(first) == 17 and not (tmp_path / "p" / "probe.json").exists()
+    t2 = NextToken(loaded.model)
+    probe(loaded, task_objects=[t2], **kw)
+    allr = _lines(tmp_path / "p")
+    keys = [(r["condition"], r["id"]) for r in allr]
+    assert len(keys) == len(set(keys)) == 4 * 10  # base, low, random/s0, random/s1
+    assert len(t2._calls) == 40 - 17  # finished items were not redone
+    assert allr[:17] == first
+    # a third run finds everything done
+    t3 = NextToken(loaded.model)
+    probe(loaded, task_objects=[t3], **kw)
+    assert t3._calls == [] and len(_lines(tmp_path / "p")) == 40
+
+
+def test_torn_last_line_is_redone(tmp_path):
+    p = tmp_path / "items.jsonl"
+    p.write_text(json.dumps({"task": "t", "condition": "base", "id": "a", "correct": True}) + "\n{\"task\": \"t\", \"cond")
+    log = ItemLog(p)
+    assert log.done("t", "base") == {"a"}
+
+
+def test_other_config_in_same_folder_is_refused(tmp_path):
+    loaded, hs = _setup()
+    kw = dict(out=tmp_path / "p", scores=hs, task_objects=[NextToken(loaded.model, n=3)], progress=False)
+    probe(loaded, groups=["low"], count=2, **kw)
+    with pytest.raises(UserError, match="different config"):
+        probe(loaded, groups=["low"], count=3, **kw)
+
+
+def test_mean_mode_runs_and_differs_from_zero(tmp_path):
+    pytest.importorskip("staterank.tasks.prose")
+    loaded, hs = _setup()
+    loaded.tokenizer = byte_tokenizer()
+    loaded.model.resize_token_embeddings(len(loaded.tokenizer))
+    outs = {}
+    for mode in ("zero", "mean"):
+        f = probe(loaded, groups=["low"], count=4, scores=hs, mode=mode, out=tmp_path / mode, calib_texts=2,
+                  calib_tokens=32, task_objects=[NextToken(loaded.model, n=6)], progress=False)
+        outs[mode] = {(r["condition"], r["id"]): r["pred"] for r in _lines(f)}
+    assert (tmp_path / "mean" / "means.npz").exists()
+    assert all(outs["zero"][k] == outs["mean"][k] for k in outs["zero"] if k[0] == "base")
+    assert any(outs["zero"][k] != outs["mean"][k] for k in outs["zero"] if k[0] == "low")
+
+
+def test_statistics():
+    from staterank.tasks.evaluate import accuracy_ci
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (47, 64)]:
+        _, lo, hi = accuracy_ci([True] * k + [False] * (n - k))
+        assert wilson(k, n) == pytest.approx((lo, hi))
+    m = mcnemar([True] * 10, [True] * 4 + [False] * 6)
+    assert (m["a_only"], m["b_only"]) == (6, 0) and m["p_value"] == pytest.approx(2 / 64)
+    assert mcnemar([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_verdict_numbers():
+    def comp(b, diff, p, hi=None, seeds=1):
+        return {"task": "t", "a": "low", "b": b, "diff": diff, "p_items": p, "diff_ci_high": hi, "seeds": seeds}
+
+    pj = {"comparisons": [comp("high", -0.3, 0.001), comp("layer_random.low", -0.2, 0.01, -0.05, 5)]}
+    assert verdict(pj, "t")["holds"] is True
+    pj["comparisons"][1] = comp("layer_random.low", -0.2, 0.01, 0.02, 5)  # seeds' interval crosses 0
+    v = verdict(pj, "t")
+    assert v["worse_than_other"] is True and v["worse_than_control"] is False and v["holds"] is False
+    assert verdict({"comparisons": []}, "t")["holds"] is None
