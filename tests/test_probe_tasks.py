@@ -1,0 +1,115 @@
+"""Probe tasks: the GSM8K final-number extractor on tricky answers, GSM8K prompts (plain and chat),
+the NIAH grid as probe items, perplexity windows, and the task registry. (NIAH needle depth and the
+exact-match scorer are tested in test_tasks.py.)"""
+
+import math
+
+import pytest
+import torch
+
+from staterank.errors import UserError
+from staterank.probes.tasks import (Gsm8kTask, NiahTask, PerplexityTask, extract_final_number, gsm8k_gold,
+                                    load_gsm8k, make_task, normalize_number, strip_thinking)
+from test_probe_run import byte_tokenizer
+
+TRICKY = [
+    ("Janet sells 9 eggs.\nShe makes 9 * 2 = $18 every day.\n#### 18", "18"),
+    ("#### 1,234", "1234"),
+    ("The total is 3 + 4 = 7.\n#### -12", "-12"),
+    ("So she pays $1,250.50 in total.", "1250.5"),
+    ("The answer is 5.00", "5"),
+    ("The answer is: $42.", "42"),
+    ("the answer is **17**", "17"),
+    ("Thus \\boxed{3,000} dollars; check: 3000 - 100 = 2900", "3000"),
+    ("<think>maybe 12? or 15</think>\nShe has 14 apples.\n#### 14", "14"),
+    ("so it could be 99</think>The final answer is 8", "8"),  # template opened <think> in the prompt
+    ("<think>I think 12 ... 7 ... (cut off)", None),  # unfinished thinking: no answer
+    ("He lost -$5 overall", "-5"),
+    ("It takes 2.5 hours and then 10.", "10"),
+    ("#### 18\n\nQuestion: A farmer has 20 cows... 20", "18"),  # first #### wins over later text
+    ("0.50 + 0.50 = 1.0", "1"),
+    ("no digits here", None),
+    ("Answer: 1,000,000", "1000000"),
+    ("The temperature fell to -3.", "-3"),
+]
+
+
+@pytest.mark.parametrize("text,want", TRICKY)
+def test_extract_final_number(text, want):
+    assert extract_final_number(text) == want
+
+
+def test_numbers_compare_numerically():
+    assert normalize_number("5.00") == normalize_number("5") == "5"
+    assert normalize_number("$1,000") == "1000"
+    assert normalize_number("-0") == "0"
+    assert normalize_number("1e5") is None or normalize_number("1e5") == "100000"
+    assert normalize_number("abc") is None
+    assert strip_thinking("<think>a</think>b<think>c</think>d") == "bd"
+
+
+def test_gsm8k_gold_and_local_data():
+    assert gsm8k_gold("step 1\nstep 2\n#### 1,234") == "1234"
+    recs = load_gsm8k("test")
+    assert len(recs) == 1319 and all("####" in r["answer"] for r in recs[:50])
+    assert gsm8k_gold(recs[0]["answer"]) == "18"  # Janet's ducks
+
+
+def test_gsm8k_prompts_plain_and_chat():
+    tok = byte_tokenizer()
+    plain = Gsm8kTask(limit=3).items(tok)
+    assert [it.id for it in plain] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
+    assert plain[0].prompt.startswith("Question: Janet") and plain[0].prompt.endswith("\nAnswer:")
+    assert plain[0].answer == "18"
+    shots = Gsm8kTask(limit=1, n_shot=2).items(tok)[0].prompt
+    assert shots.count("Question:") == 3 and shots.count("####") == 2
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    chat = Gsm8kTask(limit=1).items(tok)[0]
+    assert chat.meta["chat"] and chat.prompt.startswith("<|user|>Janet") and chat.prompt.endswith("<think>\n")
+
+
+def test_gsm8k_run_on_a_tiny_model():
+    from staterank.testing import tiny_model
+
+    tok = byte_tokenizer()
+    model = tiny_model("qwen3_5", vocab=len(tok))
+    task = Gsm8kTask(limit=2, max_new_tokens=6)
+    rows = task.run(model, tok, task.items(tok))
+    assert [r["id"] for r in rows] == ["gsm8k-0", "gsm8k-1"]
+    assert all(r["correct"] == (r["pred"] == r["answer"]) for r in rows)
+
+
+def test_niah_probe_items_cover_the_grid():
+    tok = byte_tokenizer()
+    t = NiahTask(limit=8, lengths=(48, 96), depths=(0.0, 1.0))
+    items = t.items(tok)
+    assert len(items) == 8
+    cells = {(it.meta["context_tokens"], it.meta["depth"]) for it in items}
+    assert cells == {(48, 0.0), (48, 1.0), (96, 0.0), (96, 1.0)}
+    assert len({it.id for it in items}) == 8
+
+
+def test_perplexity_task_matches_evaluate_perplexity():
+    from staterank.tasks.evaluate import perplexity
+    from staterank.tasks.prose import prose_texts
+    from staterank.testing import tiny_model
+
+    tok = byte_tokenizer()
+    model = tiny_model("qwen3_next", vocab=len(tok))
+    t = PerplexityTask(limit=200, window=64)
+    items = [it for it in t.items(tok) if it.id.startswith("ppl-0-")][:3]
+    assert [it.id for it in items] == ["ppl-0-0", "ppl-0-63", "ppl-0-126"]
+    rows = t.run(model, tok, items)
+    ppl = math.exp(sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows))
+    ref = perplexity(model, tok, prose_texts("heldout")[0], max_tokens=3 * 63, window=64)
+    assert ppl == pytest.approx(ref, rel=1e-5)
+
+
+def test_make_task():
+    assert make_task("mqar", limit=5).limit == 5
+    assert make_task("niah").limit == 60
+    with pytest.raises(UserError, match="did you mean gsm8k"):
+        make_task("gsm8")
+    with pytest.raises(UserError, match="limit"):
+        make_task("niah", limit=0)
