@@ -203,7 +203,7 @@ def render(run_dir: str | Path) -> Path:
         lines += ["", f"Note: {sp['note']}"]
     lines += ["", "Per-layer Spearman ρ (t_early vs t_late): "
               + ", ".join(f"layer {l}: {_f(v)}" for l, v in zip(sp["layers"], sp["per_layer"])), ""]
-    lines += ["How to read this: the "paper" column gives the paper's thresholds. A statistic that is as high at "
+    lines += ["How to read this: the 'paper' column gives the paper's thresholds. A statistic that is as high at "
               "initialisation as in the trained model says nothing about learned stratification: untrained Gated "
               "DeltaNet heads already differ by their fixed gates. Cosines of positive vectors are high for any "
               "ordering; the Pearson and Spearman rows are not.", ""]
