@@ -113,3 +113,66 @@ def test_make_task():
         make_task("gsm8")
     with pytest.raises(UserError, match="limit"):
         make_task("niah", limit=0)
+
+
+def test_lm_eval_missing_is_one_line_user_error(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from staterank.probes.lmeval import lm_eval_probe
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import fails even where it is installed
+    with pytest.raises(UserError, match="staterank\\[eval\\]"):
+        lm_eval_probe(SimpleNamespace(model=None, tokenizer=None), ["gsm8k"])
+
+
+def test_lm_eval_sees_the_ablated_model(monkeypatch):
+    """A stand-in lm_eval: its evaluate runs the HFLM's model; the ablation must be active there,
+    and gsm8k_local must be offered through include_path."""
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    import yaml
+
+    from staterank.adapters import get_adapter
+    from staterank.probes.lmeval import lm_eval_probe
+    from staterank.testing import tiny_model
+
+    model = tiny_model("qwen3_next")
+    ids = torch.randint(3, 97, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(ids).logits
+    seen = {}
+
+    class HFLM:
+        def __init__(self, pretrained, tokenizer, batch_size):
+            self.model = pretrained
+
+    class TaskManager:
+        def __init__(self, include_path=None):
+            seen["yaml"] = yaml.safe_load(open(f"{include_path}/gsm8k_local.yaml")) if include_path else None
+
+    def simple_evaluate(model, tasks, **kw):
+        with torch.no_grad():
+            d = (model.model(ids).logits - base).abs().max().item()
+        return {"results": {t: {"max_logit_change": d, "alias": t} for t in tasks}}
+
+    fake = types.ModuleType("lm_eval")
+    fake.simple_evaluate = simple_evaluate
+    hf = types.ModuleType("lm_eval.models.huggingface")
+    hf.HFLM = HFLM
+    tm = types.ModuleType("lm_eval.tasks")
+    tm.TaskManager = TaskManager
+    for name, mod in {"lm_eval": fake, "lm_eval.models": types.ModuleType("lm_eval.models"),
+                      "lm_eval.models.huggingface": hf, "lm_eval.tasks": tm}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    loaded = SimpleNamespace(model=model, tokenizer=None, adapter=get_adapter(model))
+    li = loaded.adapter.linear_layers(model)[0].index
+    r0 = lm_eval_probe(loaded, ["gsm8k_local"])
+    r1 = lm_eval_probe(loaded, ["gsm8k_local"], heads={li: [0, 1]})
+    assert r0["gsm8k_local"]["max_logit_change"] == 0.0
+    assert r1["gsm8k_local"]["max_logit_change"] > 0
+    assert seen["yaml"]["task"] == "gsm8k_local" and seen["yaml"]["dataset_path"] == "json"
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, base)  # ablation undone afterwards

@@ -347,13 +347,17 @@ def probe(
     calib_tokens: int = 512,
     progress: bool = True,
     task_objects: Sequence[ProbeTask] | None = None,
+    lm_eval_tasks: Sequence[str] = (),
+    lm_eval_limit: int | None = None,
 ) -> Path:
     """Run the probe into run folder ``out`` (resumes a folder holding the same config).
 
     ``loaded``: anything with ``.model``, ``.tokenizer`` (``models.Loaded``; ``.adapter``/``.spec``
     used when present). ``task_objects`` replaces ``tasks`` by ready ProbeTask objects (tests,
     custom tasks). ``scores``: HeadScores or a JSON file of them (stratify ``HeadStats``); measured
-    on prose when None and low/high groups are asked for.
+    on prose when None and low/high groups are asked for. ``lm_eval_tasks``: lm-evaluation-harness
+    tasks run on every non-single-head condition (``lmeval.lm_eval_probe``), one file per condition
+    under ``lm_eval/``.
     """
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -368,14 +372,14 @@ def probe(
         task_objects = [make_task(t, limit=limit, seed=seed, batch_size=batch_size, data_dir=data_dir,
                                   niah_lengths=niah_lengths, niah_depths=niah_depths,
                                   max_new_tokens=max_new_tokens, n_shot=n_shot) for t in tasks]
-    if not task_objects:
+    if not task_objects and not lm_eval_tasks:
         raise UserError("no tasks given")
     score_src = None if scores is None or isinstance(scores, HeadScores) else str(scores)
     config = {
         "model": getattr(loaded, "spec", type(model).__name__), "tasks": [_task_spec(t) for t in task_objects],
         "groups": list(groups), "group_size": n, "seeds": seeds, "seed": seed, "mode": mode,
         "single_head": single_head, "single_limit": single_limit, "scores": score_src,
-        "calib": [calib_texts, calib_tokens],
+        "calib": [calib_texts, calib_tokens], "lm_eval": [list(lm_eval_tasks), lm_eval_limit],
     }
     folder = runio.new_run_dir(out, config)
 
@@ -437,7 +441,22 @@ def probe(
                     batch = todo[s:s + step]
                     res = task.run(model, tok, batch)
                     log.append([{"task": task.name, "condition": cond, **r} for r in res])
+    lm_results = {}
+    if lm_eval_tasks:
+        from .lmeval import lm_eval_probe
+
+        for cond, group in conds.items():
+            if cond.startswith(SINGLE):
+                continue
+            f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
+            if not f.exists():
+                if progress:
+                    print(f"[probe] lm-eval {','.join(lm_eval_tasks)} / {cond}", flush=True)
+                runio.write_json(f, lm_eval_probe(loaded, lm_eval_tasks, group, mode=mode, means=means,
+                                                  limit=lm_eval_limit, data_dir=data_dir))
+            lm_results[cond] = runio.read_json(f)
     summary = summarize(folder, log, task_objects, conds, hs, space, n)
+    summary["lm_eval"] = lm_results
     runio.write_json(folder / "probe.json", summary)
     return folder
 
