@@ -74,6 +74,7 @@ class PruneConfig:
     check_tol: float = 1e-4  # fp32; widened for half precision
     seed: int = 0
     plan_file: str | None = None  # apply this plan instead of scoring
+    data_dir: str | None = None  # calibration data (default: $STATERANK_DATA or ../shared/data)
 
     def budget(self) -> Budget:
         given = [(k, v) for k, v in (("fraction", self.fraction), ("count", self.count), ("bytes", self.bytes))
@@ -103,7 +104,7 @@ def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None, progress: bool
     from ..contexts import suite, suite_hash
     from ..stratify import head_stats
 
-    ctx = suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed)
+    ctx = suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
     dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
                   schedule=Schedule(stride=cfg.calib_stride), seed=cfg.seed, out=out, progress=progress)
     hs = head_stats(dyn.arrays())

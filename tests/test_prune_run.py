@@ -1,0 +1,124 @@
+"""The prune stage end to end on a tiny model: files, numbers that must hold, resume, sweep, CLI."""
+
+import json
+
+import pytest
+import torch
+
+from staterank.adapters import get_adapter
+from staterank.cli import main
+from staterank.errors import UserError
+from staterank.models import Loaded
+from staterank.prune.export import reload
+from staterank.prune.run import PruneConfig, SweepConfig, run_prune, run_sweep
+from staterank.report.prune import pareto_front, render
+from staterank.runio import read_json
+from staterank.testing import tiny_model
+
+import numpy as np
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with no merges (259 ids + 3 specials): real text in, no files needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    for s in ("<|bos|>", "<|eos|>", "<|pad|>"):
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+
+
+def _loaded(family="qwen3_next", **kw):
+    m = tiny_model(family, vocab=262, **kw)
+    return Loaded(model=m, tokenizer=byte_tokenizer(), adapter=get_adapter(m), spec=f"tiny-{family}", source="tiny")
+
+
+def _cfg(**kw):
+    base = dict(fraction=0.25, ranking="per_layer", calib_tokens=48, calib_stride=8, tasks=("mqar",), eval_n=3,
+                random_seeds=2, state_context=24, state_batch=2, decode_tokens=3, max_new_tokens=3)
+    return PruneConfig(**{**base, **kw})
+
+
+def test_run_prune_per_layer_exports_and_checks(tmp_path):
+    loaded = _loaded()
+    r = run_prune(loaded, _cfg(), tmp_path / "run")
+    for f in ("plan.json", "prune.json", "before.json", "model/config.json", "model/prune_plan.json",
+              "calibration/dynamics.npz", "baselines/layer_matched_0.json", "baselines/byte_matched_1.json"):
+        assert (tmp_path / "run" / f).exists(), f
+    assert r["removed_per_layer"] == [1, 1, 1]  # round(0.25 * 4) from each of 3 layers
+    assert r["check"]["passed"] and r["check"]["max_abs_logit_diff_vs_masked"] <= 1e-4
+    b, a = r["state_bytes_before"], r["state_bytes_after"]
+    assert a["linear_state"] * 4 == b["linear_state"] * 3
+    assert r["fraction_saved"]["linear_state"] == pytest.approx(0.25)
+    assert b["batch"] == 2 and b["context"] == 24
+    assert a["attention_kv"] == b["attention_kv"] > 0
+    acc = r["accuracy"]
+    for key in ("before", "masked", "after"):
+        m = acc[key]["mqar"]  # (Wilson's lower bound at acc = 0 comes out as ~1e-17 in floating point)
+        assert 0 <= m["lo"] <= m["acc"] + 1e-12 and m["acc"] <= m["hi"] <= 1 and m["n"] == 3
+    assert set(acc["controls"]) == {"count_matched", "layer_matched", "byte_matched"}
+    assert acc["controls"]["layer_matched"]["summary"]["mqar"]["n_seeds"] == 2
+    # controls match the plan: same heads per layer / same bytes
+    plan = read_json(tmp_path / "run" / "plan.json")
+    for i in range(2):
+        lm = read_json(tmp_path / "run" / "baselines" / f"layer_matched_{i}.json")
+        bm = read_json(tmp_path / "run" / "baselines" / f"byte_matched_{i}.json")
+        assert lm["summary"]["per_layer"] == plan["summary"]["per_layer"]
+        assert bm["summary"]["removed_state_bytes_per_sequence"] == plan["summary"]["removed_state_bytes_per_sequence"]
+    cfg = reload(tmp_path / "run" / "model").config
+    assert cfg.linear_num_value_heads == 3
+    # resume: the finished run is read back, not redone
+    assert run_prune(_loaded(), _cfg(), tmp_path / "run") == json.loads((tmp_path / "run" / "prune.json").read_text())
+    report = render(tmp_path / "run")
+    assert "Wilson" in report.read_text() and (tmp_path / "run" / "prune_accuracy.png").exists()
+
+
+def test_global_plan_refuses_export_but_runs_in_memory(tmp_path):
+    # 5 heads over 3 layers can never be uniform
+    kw = dict(ranking="global", fraction=None, count=5, method="random", seed=3)
+    with pytest.raises(UserError, match="per_layer"):
+        run_prune(_loaded("kimi_linear"), _cfg(**kw), tmp_path / "a")
+    r = run_prune(_loaded("kimi_linear"), _cfg(**kw, export=False), tmp_path / "b")
+    assert r["check"]["passed"] and r["check"]["reloaded_with"] == "in-memory surgery"
+    assert len(r["removed"]) == 5 and r["fraction_saved"]["linear_state"] == pytest.approx(5 / 12)
+
+
+def test_sweep_and_pareto(tmp_path):
+    sc = SweepConfig(base=_cfg(random_seeds=1), alphas=(0.0, 1.0), fractions=(0.25, 0.5))
+    s = run_sweep(_loaded("qwen3_5"), sc, tmp_path / "sw")
+    assert len(s["points"]) == 2 * 2 + 2 + 2  # jrnp grid, inverse, random
+    lin = s["state_bytes_before"]["linear_state"]
+    assert {p["linear_state_bytes"] for p in s["points"]} == {lin * 3 // 4, lin // 2}
+    render(tmp_path / "sw")
+    assert (tmp_path / "sw" / "pareto.png").exists()
+    x, y = np.array([1.0, 2.0, 3.0, 2.0]), np.array([0.5, 0.7, 0.6, 0.4])
+    assert pareto_front(x, y).tolist() == [0, 1]
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    loaded = _loaded("qwen3_next", h_k=2, h_v=8)
+    loaded.model.save_pretrained(tmp_path / "src")
+    loaded.tokenizer.save_pretrained(tmp_path / "src")
+    args = ["prune", "--model", str(tmp_path / "src"), "--fraction", "0.25", "--ranking", "per_layer",
+            "--calib-tokens", "48", "--eval", "mqar", "--eval-n", "2", "--random-seeds", "1",
+            "--state-context", "16", "--decode-tokens", "2", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "25.0% saved" in capsys.readouterr().out
+    assert reload(tmp_path / "run" / "model").config.linear_num_value_heads == 6
+    # a plan for another model: one line, exit 2
+    other = _loaded("qwen3_next", h_k=2, h_v=4)
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    assert main(["prune", "--model", str(tmp_path / "other"), "--plan", str(tmp_path / "run" / "plan.json"),
+                 "--quiet", "--out", str(tmp_path / "run2")]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and err[0].startswith("staterank: error:") and "another model" in err[0]
+    for bad in (["--alpha", "1.5"], ["--fraction", "1.0"], ["--method", "jrpn"], ["--count", "999"]):
+        assert main(["prune", "--model", str(tmp_path / "src"), *bad, "--quiet", "--out", str(tmp_path / "x")]) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+        assert len(err) == 1 and err[0].startswith("staterank: error:")
