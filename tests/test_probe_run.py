@@ -133,6 +133,11 @@ def test_probe_rows_controls_and_single_head(tmp_path):
     v = pj["verdicts"]["next"]
     assert v["vs_other"]["diff"] == pytest.approx(rows["low"]["accuracy"] - rows["high"]["accuracy"])
     assert v["holds"] in (True, False)
+    from staterank.report.probe import render
+
+    md = render(folder).read_text()
+    assert "## Table 1" in md and "| low |" in md and "Spearman" in md
+    assert (folder / "probe_accuracy.png").exists() and (folder / "single_head.png").exists()
 
 
 def test_kill_and_resume_loses_and_repeats_nothing(tmp_path):
@@ -207,3 +212,24 @@ def test_verdict_numbers():
     v = verdict(pj, "t")
     assert v["worse_than_other"] is True and v["worse_than_control"] is False and v["holds"] is False
     assert verdict({"comparisons": []}, "t")["holds"] is None
+
+
+def test_cli_end_to_end_with_measured_scores(tmp_path):
+    """staterank probe on a saved tiny model: scores measured on prose, report written, rerun resumes."""
+    from staterank.cli import main
+
+    tok = byte_tokenizer()
+    model = tiny_model("qwen3_5", vocab=len(tok), h_v=4)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    argv = ["probe", "--model", str(tmp_path / "m"), "--tasks", "arith", "--limit", "3", "--groups",
+            "low,high,layer_random", "--count", "2", "--seeds", "2", "--calib-texts", "1", "--calib-tokens", "24",
+            "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    sc = json.loads((run / "scores.json").read_text())
+    assert np.isfinite(np.array(sc["mean_rank"])).all() and len(sc["layers"]) == 3
+    assert len(_lines(run)) == 3 * (1 + 2 + 2 * 2)
+    assert "Table 1" in (run / "report.md").read_text()
+    assert main(argv) == 0 and len(_lines(run)) == 3 * 7
+    assert main(argv[:-1] + [str(tmp_path / "m")]) == 2  # a non-run folder is never written into

@@ -129,17 +129,27 @@ def byte_matched_group(space: HeadSpace, target_bytes: int, seed: int, draw: int
     raise UserError(f"no random set of heads has exactly {target_bytes} state bytes")
 
 
+KINDS = ("low", "high", "random", "layer_random", "byte_random")
+
+
+def check_kinds(kinds: Sequence[str], seeds: int = 1) -> None:
+    """One-line UserError for unknown group kinds, matched controls without a tested group, seeds < 1."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise UserError(f"unknown group(s) {bad}; choose from {', '.join(KINDS)}")
+    for kind in ("layer_random", "byte_random"):
+        if kind in kinds and not any(t in kinds for t in ("low", "high")):
+            raise UserError(f"{kind} is matched to a tested group: add low and/or high to --groups")
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+
+
 def make_groups(space: HeadSpace, kinds: Sequence[str], n: int, seeds: int, seed: int,
                 scores: np.ndarray | None = None) -> dict[str, Group]:
     """Conditions by name: "low", "high", "random/s{i}", "layer_random.{low|high}/s{i}",
     "byte_random.{low|high}/s{i}" (controls matched to each tested group present; with no tested
     group, ``layer_random`` / ``byte_random`` are meaningless and rejected)."""
-    known = ("low", "high", "random", "layer_random", "byte_random")
-    bad = [k for k in kinds if k not in known]
-    if bad:
-        raise UserError(f"unknown group(s) {bad}; choose from {', '.join(known)}")
-    if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    check_kinds(kinds, seeds)
     out: dict[str, Group] = {}
     tested = [k for k in ("low", "high") if k in kinds]
     if tested and scores is None:
@@ -152,8 +162,6 @@ def make_groups(space: HeadSpace, kinds: Sequence[str], n: int, seeds: int, seed
     for kind in ("layer_random", "byte_random"):
         if kind not in kinds:
             continue
-        if not tested:
-            raise UserError(f"{kind} is matched to a tested group: add low and/or high to --groups")
         for t in tested:
             for s in range(seeds):
                 # draw index distinct per matched group so low's and high's controls are independent

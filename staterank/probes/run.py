@@ -95,13 +95,34 @@ class HeadScores:
         return cls(layers, mr, nr, nuc, source)
 
 
-def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, eps: float = 1e-4) -> HeadScores:
+def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, eps: float = 1e-4,
+                   adapter=None) -> HeadScores:
     """Mean rank (time average of Eq. 6), normalised rank and mean nuclear norm per head, averaged
-    over ``n_texts`` prose segments of ``max_tokens`` tokens (``stratify.measure`` / ``head_stats``)."""
-    from ..stratify import default_positions, head_stats, measure
+    over ``n_texts`` prose segments of ``max_tokens`` tokens (``capture`` + ``stratify.head_stats``)."""
+    from ..capture import Schedule, capture
+    from ..models import tokenize_texts
+    from ..spectra import STAT_NAMES
+    from ..stratify import default_positions, head_stats
 
-    dyn = measure(model, tokenizer, calibration_texts(n_texts), max_tokens=max_tokens,
-                  positions=default_positions(max_tokens, stride=8), eps=eps)
+    sched = Schedule(positions=default_positions(max_tokens, stride=8))
+    dev = next(model.parameters()).device
+    runs = []
+    for ids in tokenize_texts(tokenizer, calibration_texts(n_texts), max_tokens=max_tokens):
+        with torch.no_grad(), capture(model, adapter, schedule=sched, eps=eps) as tr:
+            model(ids.to(dev), use_cache=False)
+        runs.append(tr.dynamics())
+    # texts may end at different lengths: align on the union of positions, NaN where absent
+    pos = np.array(sorted(set().union(*(r["positions"].tolist() for r in runs))), dtype=np.int64)
+    dyn: dict[str, Any] = {}
+    for name in STAT_NAMES:
+        arr = np.full((len(runs),) + runs[0][name].shape[1:3] + (len(pos),), np.nan)
+        for i, r in enumerate(runs):
+            arr[i][..., np.searchsorted(pos, r["positions"])] = r[name][0]
+        dyn[name] = arr
+    ks = [min(l.layout.k, l.layout.v) for l in (adapter or tr.adapter).linear_layers(model)]
+    b = np.stack([np.minimum(pos, k) for k in ks])
+    dyn.update(positions=pos, layers=runs[0]["layers"], bound=b[0] if (b == b[0]).all() else b,
+               log_decay=np.stack([r["log_decay"][0] for r in runs]))
     hs = head_stats(dyn)
     return HeadScores([int(x) for x in hs.layers], hs.mean_rank, hs.norm_rank, hs.mean_nuclear,
                       f"measured: {n_texts} prose segments x {max_tokens} tokens, eps={eps}")
@@ -395,7 +416,7 @@ def probe(
         elif scores is not None:
             hs = HeadScores.from_dict(runio.read_json(scores), str(scores))
         else:
-            hs = measure_scores(model, tok, calib_texts, calib_tokens)
+            hs = measure_scores(model, tok, calib_texts, calib_tokens, adapter=adapter)
         if hs.layers != list(space.layers):
             raise UserError(f"scores are for layers {hs.layers}; the model's linear layers are {list(space.layers)}")
         runio.write_json(sc_path, hs.to_dict())

@@ -1,0 +1,195 @@
+"""Report of a probe run, from its folder only: report.md (Table-1 style) + figures.
+
+  probe_accuracy.png   per task: value with 95 % interval per condition (tested groups, controls as
+                       mean over seeds with the seeds' t interval)
+  single_head.png      per task: each head's single-ablation cost vs its mean rank and mean nuclear norm
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .. import runio
+from ..errors import UserError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _f(x, nd: int = 3) -> str:
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def _p(x) -> str:
+    return "—" if x is None else f"{x:.2g}"
+
+
+def _order(conds: list[str]) -> list[str]:
+    rank = {"base": 0, "low": 1, "high": 2}
+    return sorted(conds, key=lambda c: (rank.get(c, 3), c))
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    nd = 3 if r["metric"] == "accuracy" else 2
+    s = f"{_f(r['value'], nd)} [{_f(r['ci_low'], nd)}, {_f(r['ci_high'], nd)}]"
+    if r.get("delta_vs_base") is not None:
+        s += f" Δ {r['delta_vs_base']:+.{nd}f} (p {_p(r['p_value'])})"
+    if r.get("seeds"):
+        s += f" ×{r['seeds']} seeds"
+    return s
+
+
+def _table(pj: dict, rows: list[dict]) -> list[str]:
+    tasks = pj["tasks"]
+    by = {(r["task"], r["condition"]): r for r in rows}
+    conds = _order(sorted({r["condition"] for r in rows}))
+    out = ["| condition | " + " | ".join(f"{t} ({pj['metrics'][t]})" for t in tasks) + " |",
+           "|---|" + "---|" * len(tasks)]
+    for c in conds:
+        out.append(f"| {c} | " + " | ".join(_cell(by.get((t, c))) for t in tasks) + " |")
+    return out
+
+
+def _niah_grid(run: Path, conds: list[str]) -> list[str]:
+    path = run / "items.jsonl"
+    if not path.exists():
+        return []
+    acc: dict[tuple[str, str], list[bool]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("cell") and r["condition"] in conds:
+                acc.setdefault((r["condition"], r["cell"]), []).append(bool(r["correct"]))
+    if not acc:
+        return []
+    cells = sorted({c for _, c in acc}, key=lambda s: (int(s.split("@")[0]), float(s.split("@")[1])))
+    out = ["", "### NIAH accuracy by context length @ needle depth", "",
+           "| condition | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+    for c in conds:
+        vals = [acc.get((c, x)) for x in cells]
+        out.append(f"| {c} | " + " | ".join("—" if not v else f"{sum(v) / len(v):.2f} ({len(v)})" for v in vals) + " |")
+    return out
+
+
+def _fig_bars(plt, run: Path, pj: dict) -> str | None:
+    rows = [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"]
+    if not rows:
+        return None
+    tasks = pj["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5, 1.2 * len({r['condition'] for r in rows})) * len(tasks) / 1.5, 4),
+                             squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        rs = {r["condition"]: r for r in rows if r["task"] == t}
+        names = _order(list(rs))
+        vals = [rs[c]["value"] for c in names]
+        lo = [v - (rs[c]["ci_low"] if rs[c]["ci_low"] is not None else v) for c, v in zip(names, vals)]
+        hi = [(rs[c]["ci_high"] if rs[c]["ci_high"] is not None else v) - v for c, v in zip(names, vals)]
+        ax.bar(range(len(names)), vals, yerr=[lo, hi], capsize=3,
+               color=["0.5" if c == "base" else "C0" if "random" in c else "C3" for c in names])
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(t)
+        ax.set_ylabel(pj["metrics"][t])
+    fig.tight_layout()
+    fig.savefig(run / "probe_accuracy.png", dpi=120)
+    plt.close(fig)
+    return "probe_accuracy.png"
+
+
+def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
+    if not rows:
+        return None
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.5 * len(tasks)), squeeze=False)
+    for i, t in enumerate(tasks):
+        rs = [r for r in rows if r["task"] == t]
+        for j, key in enumerate(("mean_rank", "mean_nuclear")):
+            ax = axes[i][j]
+            ax.scatter([float(r[key]) for r in rs], [float(r["cost"]) for r in rs], s=14)
+            ax.set_xlabel(key.replace("_", " "))
+            ax.set_ylabel(f"{t}: single-head cost")
+            ax.axhline(0, color="0.7", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(run / "single_head.png", dpi=120)
+    plt.close(fig)
+    return "single_head.png"
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write ``report.md`` (and figures) for the probe run in ``run_dir``; returns its path."""
+    run = Path(run_dir)
+    if not (run / "probe.json").exists():
+        raise UserError(f"{run} holds no probe.json (not a finished probe run)")
+    pj = runio.read_json(run / "probe.json")
+    cfg = runio.read_json(run / "config.json")["config"] if (run / "config.json").exists() else {}
+    gj = runio.read_json(run / "groups.json") if (run / "groups.json").exists() else {}
+    plt = _plt()
+    L = [f"# Probe: {cfg.get('model', '?')}", ""]
+    L.append(f"Mode **{cfg.get('mode', '?')}** ablation of {pj['group_size']} of {pj['total_heads']} value heads "
+             f"({pj['group_size'] / max(1, pj['total_heads']):.1%}) per group; random controls over "
+             f"{cfg.get('seeds', '?')} seeds (seed {cfg.get('seed', '?')}). Groups: `low`/`high` = the heads with the "
+             "lowest/highest normalised mean rank; `random` count-matched; `layer_random.X` the same number of "
+             "heads per layer as X; `byte_random.X` the same recurrent-state bytes as X.")
+    L += ["", "Cells: value [95 % interval] Δ vs base (p). Accuracy: Wilson interval, exact McNemar vs base "
+          "on the same items. Perplexity: interval from the per-window spread, Wilcoxon vs base. Controls "
+          "(×S seeds): mean over seeds, t interval of the seeds, one-sample t test of their deltas.", ""]
+    L += ["## Table 1", ""] + _table(pj, [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"])
+    fig = _fig_bars(plt, run, pj)
+    if fig:
+        L += ["", f"![accuracy per condition]({fig})"]
+    seeds = [r for r in pj["rows"] if "/s" in r["condition"]]
+    if seeds:
+        L += ["", "<details><summary>per seed</summary>", ""] + _table(pj, seeds) + ["", "</details>"]
+    conds = [c for c in ("base", "low", "high") if any(r["condition"] == c for r in pj["rows"])]
+    L += _niah_grid(run, conds)
+    if pj.get("comparisons"):
+        L += ["", "## Paired comparisons (accuracy of A − B on the same items)", "",
+              "| task | A | B | seeds | acc A | acc B | A − B [95 % t interval over seeds] | p (items, pooled McNemar) | p (seed rank) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for c in pj["comparisons"]:
+            L.append(f"| {c['task']} | {c['a']} | {c['b']} | {c['seeds']} | {_f(c['acc_a'])} | {_f(c['acc_b'])} | "
+                     f"{c['diff']:+.3f} [{_f(c['diff_ci_low'])}, {_f(c['diff_ci_high'])}] | {_p(c['p_items'])} | "
+                     f"{_p(c['p_seed_rank'])} |")
+    if pj.get("verdicts"):
+        L += ["", "## Does ablating low-rank heads hurt more than high-rank and than layer-matched random heads?", "",
+              "| task | low − high (p) | low − layer_random.low [interval] (p) | worse than high | worse than layer-matched | both |",
+              "|---|---|---|---|---|---|"]
+        for t, v in pj["verdicts"].items():
+            o, c = v["vs_other"], v["vs_control"]
+            so = "—" if o is None else f"{o['diff']:+.3f} ({_p(o['p_items'])})"
+            sc = "—" if c is None else f"{c['diff']:+.3f} [{_f(c['diff_ci_low'])}, {_f(c['diff_ci_high'])}] ({_p(c['p_items'])})"
+            L.append(f"| {t} | {so} | {sc} | {v['worse_than_other']} | {v['worse_than_control']} | {v['holds']} |")
+    if pj.get("single_head"):
+        L += ["", "## Single-head ablation", "", "| task | heads | cost | mean cost | max cost | Spearman ρ with mean rank (p) | "
+              "Spearman ρ with mean nuclear norm (p) |", "|---|---|---|---|---|---|---|"]
+        for t, s in pj["single_head"].items():
+            r, n = s["spearman_rank"], s["spearman_nuclear"]
+            L.append(f"| {t} | {s['n_heads']} | {s['cost']} | {s['mean_cost']:.4f} | {s['max_cost']:.4f} | "
+                     f"{_f(r['rho'])} ({_p(r['p_value'])}) | {_f(n['rho'])} ({_p(n['p_value'])}) |")
+        csv_rows = []
+        if (run / "single_head.csv").exists():
+            with open(run / "single_head.csv") as f:
+                csv_rows = list(csv.DictReader(f))
+        fig = _fig_single(plt, run, csv_rows)
+        if fig:
+            L += ["", f"![single-head cost vs rank and norm]({fig})", "", "Per head: `single_head.csv`."]
+    if pj.get("lm_eval"):
+        L += ["", "## lm-evaluation-harness", "", "```json", json.dumps(pj["lm_eval"], indent=1)[:20000], "```"]
+    if gj:
+        L += ["", f"Recurrent state of all linear heads: {gj.get('state_bytes_total')} bytes per sequence; "
+              "per-condition heads and bytes in `groups.json`."]
+    out = run / "report.md"
+    runio.atomic_write_text(out, "\n".join(L) + "\n")
+    return out
