@@ -4,15 +4,18 @@ import numpy as np
 import pytest
 
 from staterank.errors import UserError
-from staterank.prune.scores import Budget, HeadStats, get_method, head_stats, select
+from staterank.prune.scores import Budget, get_method
+from staterank.stratify import HeadStats, head_stats
 
 # L = 2 layers (model indices 0 and 3), H = 3 heads, d = 8
 RANK = np.array([[1.0, 4.0, 2.0], [8.0, 3.0, 7.0]])
 NORM = np.array([[2.0, 1.0, 4.0], [3.0, 8.0, 5.0]])
 
 
-def _stats(head_bytes=(100, 100)):
-    return HeadStats(rank=RANK, norm=NORM, bound=np.array([8.0, 8.0]), layers=(0, 3), head_bytes=np.array(head_bytes))
+def _stats():
+    z = np.zeros_like(RANK)
+    return HeadStats(layers=np.array([0, 3]), mean_rank=RANK, final_rank=z, mean_nuclear=NORM,
+                     bound=np.array([8.0, 8.0]), log_decay=z, n_contexts=1)
 
 
 def test_scores_by_hand():
@@ -41,13 +44,15 @@ def test_global_selection_never_empties_a_layer():
 
 
 def test_per_layer_bytes_and_layer_counts():
-    s = _stats(head_bytes=(100, 200))
+    s, hb = _stats(), (100, 200)
     m = get_method("jrnp")
     assert m.select(s, Budget("fraction", 0.34), "per_layer") == [(0, 2), (3, 2)]  # round(0.34*3) = 1 each
     assert m.select(s, Budget("count", 2), "per_layer") == [(0, 2), (3, 2)]
     # bytes: (3,2) frees 200 < 250, (3,0) reaches 400
-    assert m.select(s, Budget("bytes", 250)) == [(3, 2), (3, 0)]
-    assert m.select(s, Budget("bytes", 250), "per_layer") == [(0, 2), (3, 2)]  # 1 per layer frees 300
+    assert m.select(s, Budget("bytes", 250), head_bytes=hb) == [(3, 2), (3, 0)]
+    assert m.select(s, Budget("bytes", 250), "per_layer", hb) == [(0, 2), (3, 2)]  # 1 per layer frees 300
+    with pytest.raises(UserError):
+        m.select(s, Budget("bytes", 250))  # bytes need head_bytes
     sel = get_method("random", seed=1).select(s, Budget("layer_counts", (2, 1)))
     assert sorted(li for li, _ in sel) == [0, 0, 3]
     a = get_method("random", seed=1).select(s, Budget("count", 3))
@@ -72,17 +77,13 @@ def test_bad_input_is_one_line_user_error():
         get_method("jrpn")
 
 
-def test_head_stats_means_last_positions_over_contexts():
-    # two contexts, B=1, L=2, H=3, P=2 positions; 'last' takes position index 1
-    def dyn(r_last, n_last):
-        r = np.zeros((1, 2, 3, 2)); r[..., 1] = r_last
-        n = np.zeros((1, 2, 3, 2)); n[..., 1] = n_last
-        return {"threshold_rank": r, "nuclear_norm": n, "bound": np.array([4, 8]), "layers": np.array([0, 3])}
-
-    hs = head_stats([dyn(RANK, NORM), dyn(RANK + 2, NORM * 3)], head_bytes=[100, 100])
-    np.testing.assert_allclose(hs.rank, RANK + 1)
-    np.testing.assert_allclose(hs.norm, NORM * 2)
-    np.testing.assert_allclose(hs.bound, [8, 8])
-    assert hs.layers == (0, 3)
-    all_pos = head_stats(dyn(RANK, NORM), head_bytes=[100, 100], at="all")
-    np.testing.assert_allclose(all_pos.rank, RANK / 2)
+def test_scores_read_stratify_head_stats():
+    """The scores take r̄ = stratify's time-mean rank, n̄ its mean nuclear norm, d its bound."""
+    # one context, B=N=1, L=2, H=3, positions t = 4, 8 (bound min(t, K, V) with K = V = 8)
+    r = np.stack([RANK / 2, RANK], axis=-1)[None]  # time mean (trapezoid) = 0.75 * RANK
+    n = np.stack([NORM, NORM], axis=-1)[None]
+    dyn = {"threshold_rank": r, "nuclear_norm": n, "positions": np.array([4, 8]), "layers": np.array([0, 3]),
+           "bound": np.array([4, 8]), "log_decay": np.zeros((1, 2, 3))}
+    hs = head_stats(dyn)
+    np.testing.assert_allclose(get_method("rank").score(hs), 0.75 * RANK / 8)
+    np.testing.assert_allclose(get_method("norm").score(hs), NORM / 8)

@@ -43,7 +43,8 @@ from ..errors import UserError
 from ..models import Loaded
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
-from .scores import Budget, HeadStats, get_method
+from ..stratify import HeadStats
+from .scores import Budget, get_method
 from .surgery import prune_heads
 
 
@@ -97,8 +98,10 @@ class PruneConfig:
 
 
 # ---- pieces ---------------------------------------------------------------------------------------
-def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None, progress: bool = False) -> tuple[HeadStats, dict]:
-    """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run)."""
+def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
+              progress: bool = False) -> tuple[HeadStats, np.ndarray, dict]:
+    """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run),
+    the state bytes of one head per layer [L] (K·V·4), and a JSON-able description."""
     from ..analyze import analyze
     from ..capture import Schedule
     from ..contexts import suite, suite_hash
@@ -107,15 +110,12 @@ def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None, progress: bool
     ctx = suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
     dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
                   schedule=Schedule(stride=cfg.calib_stride), seed=cfg.seed, out=out, progress=progress)
-    hs = head_stats(dyn.arrays())
-    layers = loaded.adapter.linear_layers(loaded.model)
-    stats = HeadStats(rank=hs.mean_rank, norm=hs.mean_nuclear, bound=np.asarray(hs.bound, float),
-                      layers=tuple(int(i) for i in hs.layers),
-                      head_bytes=np.array([l.layout.k * l.layout.v * 4 for l in layers]))
+    stats = head_stats(dyn.arrays())
+    head_bytes = np.array([l.layout.k * l.layout.v * 4 for l in loaded.adapter.linear_layers(loaded.model)])
     info = {"suite": cfg.calib_suite, "contexts": [c.name for c in ctx], "suite_hash": suite_hash(ctx),
             "tokens": cfg.calib_tokens, "stride": cfg.calib_stride, "r_bar": "time mean (stratify.head_stats)",
             "d": stats.bound.tolist()}
-    return stats, info
+    return stats, head_bytes, info
 
 
 def task_items(tasks, n: int, seed: int, tokenizer) -> dict[str, list]:
@@ -159,7 +159,8 @@ def accuracy(model, tokenizer, items: dict[str, list], path: Path | None, cfg: P
     return res
 
 
-def control_plans(loaded: Loaded, stats: HeadStats, plan: Plan, cfg: PruneConfig) -> dict[str, list[Plan]]:
+def control_plans(loaded: Loaded, stats: HeadStats, head_bytes: np.ndarray, plan: Plan,
+                  cfg: PruneConfig) -> dict[str, list[Plan]]:
     """Random controls for ``plan`` (issue #9): count-, layer- and byte-matched, one per seed."""
     budget = cfg.budget()
     kinds = {
@@ -172,7 +173,7 @@ def control_plans(loaded: Loaded, stats: HeadStats, plan: Plan, cfg: PruneConfig
         out[kind] = []
         for s in range(cfg.random_seeds):
             sc = get_method("random", seed=1000 + s)
-            out[kind].append(make_plan(loaded.model, sc.select(stats, b, ranking), model_id=loaded.spec,
+            out[kind].append(make_plan(loaded.model, sc.select(stats, b, ranking, head_bytes), model_id=loaded.spec,
                                        method="random", params={"seed": 1000 + s, "control": kind},
                                        ranking=ranking, budget=b.to_dict(), scores=sc.score(stats),
                                        calibration=plan.calibration))
@@ -206,20 +207,20 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
 
     # 1. plan
     say("calibrating")
-    stats, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
+    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
     if cfg.plan_file:  # apply a given plan; calibration still feeds the controls' scores
         plan = Plan.load(cfg.plan_file)
         plan.check_model(model)
     else:
         scorer = get_method(cfg.method, alpha=cfg.alpha, seed=cfg.seed)
-        plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking), model_id=loaded.spec,
+        plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking, head_bytes), model_id=loaded.spec,
                          method=cfg.method, params=scorer.params(), ranking=cfg.ranking,
                          budget=cfg.budget().to_dict(), scores=scorer.score(stats), calibration=calib)
     if not (run_dir / "plan.json").exists():
         plan.save(run_dir / "plan.json")
     if cfg.export:
         export_shape(plan)  # refuse a non-exportable plan before the expensive part
-    controls = control_plans(loaded, stats, plan, cfg)
+    controls = control_plans(loaded, stats, head_bytes, plan, cfg)
     for kind, plans in controls.items():
         for i, p in enumerate(plans):
             if not (run_dir / "baselines" / f"{kind}_{i}.json").exists():
@@ -322,10 +323,10 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     if (run_dir / "sweep.json").exists():
         return runio.read_json(run_dir / "sweep.json")
     model, tok = loaded.model, loaded.tokenizer
-    stats, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
+    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
     items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
     sb = state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed)
-    total_heads = int(stats.rank.size)
+    total_heads = int(np.size(stats.mean_rank))
     specs = [("jrnp", {"alpha": a}, f) for a in sc.alphas for f in sc.fractions]
     specs += [(m, {"alpha": cfg.alpha}, f) for m in sc.methods_extra for f in sc.fractions]
     specs += [("random", {"seed": 1000 + s}, f) for s in range(cfg.random_seeds) for f in sc.fractions]
@@ -333,7 +334,7 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     base_acc = accuracy(model, tok, items, run_dir / "evals" / "before.json", cfg)
     for method, params, f in specs:
         scorer = get_method(method, **params)
-        plan = make_plan(model, scorer.select(stats, Budget("fraction", f), cfg.ranking), model_id=loaded.spec,
+        plan = make_plan(model, scorer.select(stats, Budget("fraction", f), cfg.ranking, head_bytes), model_id=loaded.spec,
                          method=method, params=scorer.params(), ranking=cfg.ranking,
                          budget={"kind": "fraction", "value": f}, scores=scorer.score(stats), calibration=calib)
         if progress:

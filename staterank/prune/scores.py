@@ -19,6 +19,11 @@ Rankings:
 Selection never removes the last value head of a layer (global ranking skips it and takes the
 next head); a per-layer budget that would is an error.
 
+``stats`` is ``stratify.HeadStats`` (``stratify.head_stats`` over the calibration dynamics): r̄_h =
+``mean_rank`` (time mean of the threshold rank, then mean over contexts), n̄_h = ``mean_nuclear``,
+d = ``bound`` (min(T, K, V) per layer), ``layers`` the model's layer indices.
+``head_bytes`` [L]: one head's recurrent state per sequence, K·V·4 bytes (fp32), for byte budgets.
+
 Shapes: L linear-attention layers, H value heads per layer.
 """
 
@@ -27,63 +32,15 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import UserError
+from ..stratify import HeadStats
 
 RANKINGS = ("global", "per_layer")
 BUDGET_KINDS = ("fraction", "count", "bytes", "layer_counts")
-
-
-@dataclass(frozen=True)
-class HeadStats:
-    """Calibration statistics per value head.
-
-    rank: [L, H] mean threshold rank r̄ (Eq. 6) over calibration contexts; norm: [L, H] mean nuclear
-    norm n̄; bound: [L] the rank bound d = min(T, K, V) at the positions averaged; layers: the
-    model's layer indices of the L rows; head_bytes: [L] bytes of one head's recurrent state
-    (K·V·4, fp32) per sequence.
-    """
-
-    rank: np.ndarray
-    norm: np.ndarray
-    bound: np.ndarray
-    layers: tuple[int, ...]
-    head_bytes: np.ndarray
-
-    def __post_init__(self):
-        if self.rank.shape != self.norm.shape or self.rank.ndim != 2:
-            raise UserError(f"rank {self.rank.shape} and norm {self.norm.shape} must both be [L, H]")
-        if len(self.layers) != self.rank.shape[0]:
-            raise UserError(f"{len(self.layers)} layer indices for {self.rank.shape[0]} rows of stats")
-
-
-def head_stats(dynamics: Mapping | Sequence[Mapping], head_bytes: Sequence[int], at: str = "last") -> HeadStats:
-    """HeadStats from one or more ``trace.dynamics()`` dicts (one per calibration context).
-
-    Each context contributes its per-head mean over the batch of either its last scheduled position
-    (``at="last"``: the state after reading the whole context) or all scheduled positions
-    (``at="all"``); contexts are then averaged with equal weight. d is the largest bound used.
-    """
-    dyns = [dynamics] if isinstance(dynamics, Mapping) else list(dynamics)
-    if not dyns:
-        raise UserError("no calibration contexts")
-    if at not in ("last", "all"):
-        raise UserError(f"at must be 'last' or 'all', got {at!r}")
-    ranks, norms, bounds = [], [], []
-    for d in dyns:
-        r, n = np.asarray(d["threshold_rank"], float), np.asarray(d["nuclear_norm"], float)  # [B, L, H, P]
-        b = np.asarray(d["bound"], float)  # [P] or [L, P]
-        b = np.broadcast_to(b, (r.shape[1], r.shape[-1]))
-        sl = slice(-1, None) if at == "last" else slice(None)
-        ranks.append(r[..., sl].mean(axis=(0, 3)))
-        norms.append(n[..., sl].mean(axis=(0, 3)))
-        bounds.append(b[:, sl].max(axis=1))
-    layers = tuple(int(i) for i in np.asarray(dyns[0]["layers"]))
-    return HeadStats(rank=np.mean(ranks, axis=0), norm=np.mean(norms, axis=0), bound=np.max(bounds, axis=0),
-                     layers=layers, head_bytes=np.asarray(head_bytes, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -122,10 +79,16 @@ class Scorer:
     def params(self) -> dict:
         return asdict(self)
 
-    def select(self, stats: HeadStats, budget: Budget, ranking: str = "global") -> list[tuple[int, int]]:
-        """Removed heads as (model layer index, head), highest score first."""
+    def select(self, stats: HeadStats, budget: Budget, ranking: str = "global",
+               head_bytes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """Removed heads as (model layer index, head), highest score first. ``head_bytes`` [L] is
+        needed for byte budgets only."""
         scores = np.asarray(self.score(stats), dtype=float)
-        return select(scores, budget, ranking, stats.layers, stats.head_bytes)
+        if head_bytes is None:
+            if budget.kind == "bytes":
+                raise UserError("a bytes budget needs the per-head state bytes of every layer")
+            head_bytes = np.zeros(len(stats.layers), dtype=np.int64)
+        return select(scores, budget, ranking, [int(i) for i in stats.layers], head_bytes)
 
 
 def _order(scores: np.ndarray) -> np.ndarray:
@@ -193,26 +156,31 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
 
 @dataclass(frozen=True)
 class Rank(Scorer):
+    """Normalised mean threshold rank r̄_h / d (JRNP with α = 1)."""
+
     name: ClassVar[str] = "rank"
 
     def score(self, stats: HeadStats) -> np.ndarray:
-        return stats.rank / np.asarray(stats.bound, float)[:, None]
+        return np.asarray(stats.mean_rank, float) / np.asarray(stats.bound, float)[:, None]
 
 
 @dataclass(frozen=True)
 class Norm(Scorer):
+    """Normalised mean nuclear norm n̄_h / max_j n̄_j (JRNP with α = 0)."""
+
     name: ClassVar[str] = "norm"
 
     def score(self, stats: HeadStats) -> np.ndarray:
-        m = float(np.max(stats.norm))
+        n = np.asarray(stats.mean_nuclear, float)
+        m = float(np.max(n))
         if m <= 0:
             raise UserError("every head has zero nuclear norm: calibration saw no signal")
-        return stats.norm / m
+        return n / m
 
 
 @dataclass(frozen=True)
 class JRNP(Scorer):
-    """Joint Rank-Norm Pruning (Eq. 14)."""
+    """Joint Rank-Norm Pruning (Eq. 14): α·r̄_h/d + (1−α)·n̄_h/max_j n̄_j, highest removed first."""
 
     name: ClassVar[str] = "jrnp"
     alpha: float = 0.5
@@ -227,7 +195,7 @@ class JRNP(Scorer):
 
 @dataclass(frozen=True)
 class Inverse(JRNP):
-    """The lowest JRNP scores are removed first."""
+    """−JRNP: the lowest JRNP scores are removed first (the opposite-direction control)."""
 
     name: ClassVar[str] = "inverse"
 
@@ -237,13 +205,13 @@ class Inverse(JRNP):
 
 @dataclass(frozen=True)
 class Random(Scorer):
-    """Uniform random scores: with the same budget and ranking, the count-matched control."""
+    """Uniform random scores (seeded): with the same budget and ranking, the count-matched control."""
 
     name: ClassVar[str] = "random"
     seed: int = 0
 
     def score(self, stats: HeadStats) -> np.ndarray:
-        return np.random.default_rng(self.seed).random(stats.rank.shape)
+        return np.random.default_rng(self.seed).random(np.shape(stats.mean_rank))
 
 
 METHODS: dict[str, type[Scorer]] = {c.name: c for c in (JRNP, Rank, Norm, Random, Inverse)}
