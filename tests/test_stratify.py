@@ -354,14 +354,14 @@ def test_cli_writes_a_complete_folder_and_resumes(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "> 0.97" in report and "at init" in report
     # same command: resumes (nothing recomputed, same result); a different config: refused, one line
-    assert main(args) == 0
+    assert main(args + ["--no-report"]) == 0
     assert strict_json(out / "stratify.json")["cosine_rank"] == s["cosine_rank"]
     assert main(args[:-4] + ["--init-gates", "model", "--threads", "1"]) == 2
     assert "different config" in capsys.readouterr().err
     # --from-runs on the analyze folders reproduces the statistics without a model
     out2 = tmp_path / "from_runs"
     assert main(["stratify", "--from-runs", str(out / "analyze"), "--init-runs", str(out / "analyze_init"),
-                 "--out", str(out2), "--t-early", "32"]) == 0
+                 "--out", str(out2), "--t-early", "32", "--no-report"]) == 0
     s2 = strict_json(out2 / "stratify.json")
     for k in ("spearman_t_early_t_late", "cosine_rank", "classes", "decay_rank_r2"):
         assert s2[k] == s[k], k
