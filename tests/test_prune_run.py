@@ -122,3 +122,19 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert main(["prune", "--model", str(tmp_path / "src"), *bad, "--quiet", "--out", str(tmp_path / "x")]) == 2
         err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
         assert len(err) == 1 and err[0].startswith("staterank: error:")
+
+
+def test_check_catches_wrong_surgery(tmp_path, monkeypatch):
+    """The built-in check is live: surgery that removes other heads than the plan fails it."""
+    import staterank.prune.run as run_mod
+    from staterank.prune.run import CheckFailed
+
+    real = run_mod.prune_heads
+    monkeypatch.setattr(run_mod, "prune_heads",
+                        lambda model, removed: real(model, {li: [(h + 1) % 4 for h in hs] for li, hs in removed.items()}))
+    with pytest.raises(CheckFailed):
+        run_prune(_loaded(), _cfg(export=False, random_seeds=0), tmp_path / "run")
+    r = read_json(tmp_path / "run" / "prune.json")
+    assert not r["check"]["passed"] and r["check"]["max_abs_logit_diff_vs_masked"] > 1e-4
+    with pytest.raises(CheckFailed):  # a resumed failed run stays failed
+        run_prune(_loaded(), _cfg(export=False, random_seeds=0), tmp_path / "run")

@@ -44,7 +44,7 @@ from ..models import Loaded
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
 from ..stratify import HeadStats
-from .scores import Budget, get_method
+from .scores import Budget, get_method, select
 from .surgery import prune_heads
 
 
@@ -201,8 +201,15 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     cfg.validate()
     run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)})
     if (run_dir / "prune.json").exists():
-        return runio.read_json(run_dir / "prune.json")
+        done = runio.read_json(run_dir / "prune.json")
+        if not done["check"]["passed"]:
+            raise CheckFailed(f"this run's check failed earlier (see {run_dir}/prune.json)")
+        return done
     model, tok = loaded.model, loaded.tokenizer
+    layers = loaded.adapter.linear_layers(model)
+    if not cfg.plan_file:  # a budget the model cannot meet fails now, not after calibration
+        select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), cfg.budget(), cfg.ranking,
+               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers])
     say = (lambda m: print(f"prune: {m}", file=sys.stderr)) if progress else (lambda m: None)
 
     # 1. plan
