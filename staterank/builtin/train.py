@@ -2,8 +2,10 @@
 
     python -m staterank.builtin.train --out DIR --seed 0 [--steps N] [--minutes M] [--threads N]
 
-Everything is deterministic from ``--seed`` given ``--steps`` (the data of step s depends only on
-seed and s); ``--minutes`` is a safety cap that stops early and still saves. A checkpoint (a
+The data of step s depends only on (seed, s). Curriculum and learning rate follow the training
+progress p = max(step / steps, elapsed / minutes): when the machine keeps up, p = step / steps and a
+run is fully deterministic from ``--seed``; on a slow (shared) machine the time budget takes over, so
+the schedule still completes (LR annealed, longest contexts seen) and the run stops at p = 1. A checkpoint (a
 complete HF folder) is written to ``DIR/ckpt`` every few minutes and the final model to ``DIR``.
 """
 
@@ -106,9 +108,9 @@ PHASES = [(0.15, 128), (0.40, 256), (0.75, 512), (1.0, 1024)]
 MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.20, "gsm8k": 0.10}
 
 
-def seq_len_at(step: int, total: int) -> int:
+def seq_len_at(progress: float) -> int:
     for end, T in PHASES:
-        if step < end * total:
+        if progress < end:
             return T
     return PHASES[-1][1]
 
@@ -212,7 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and tokenizer corpus")
     ap.add_argument("--steps", type=int, default=1200, help="optimizer steps (sets the curriculum and LR schedule)")
     ap.add_argument("--tokens-per-step", type=int, default=4096, help="batch size x sequence length")
-    ap.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no cap)")
+    ap.add_argument("--minutes", type=float, default=0, help="time budget; the schedule follows whichever of "
+                    "steps or minutes runs out first (0 = steps only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
@@ -257,10 +260,16 @@ def main(argv=None) -> None:
                             lr=args.lr, betas=(0.9, 0.95))
     warm = max(1, args.steps // 30)
 
-    def lr_at(s: int) -> float:
+    def lr_at(s: int, p: float) -> float:
         if s < warm:
             return args.lr * (s + 1) / warm
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+    def progress(s: int) -> float:
+        p = s / args.steps
+        if args.minutes:
+            p = max(p, (time.time() - t_train) / (args.minutes * 60))
+        return p
 
     data = DataStream(tok, args.seed)
     model.train()
@@ -271,13 +280,14 @@ def main(argv=None) -> None:
     stopped_early = False
     ema = None
     for step in range(args.steps):
-        if args.minutes and time.time() - t_train > args.minutes * 60:
-            stopped_early = True
+        p = progress(step)
+        if p >= 1.0:
+            stopped_early = True  # time budget ran out before the planned steps
             break
-        T = seq_len_at(step, args.steps)
+        T = seq_len_at(p)
         x = data.batch(step, T, max(1, args.tokens_per_step // T))
         for gr in opt.param_groups:
-            gr["lr"] = lr_at(step)
+            gr["lr"] = lr_at(step, p)
         loss = model(input_ids=x, labels=x, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,7 +298,7 @@ def main(argv=None) -> None:
         if step % 10 == 0:
             el = time.time() - t_train
             log({"step": step, "T": T, "loss": round(loss.item(), 4), "ema": round(ema, 4),
-                 "lr": round(lr_at(step), 6), "tokens": tokens, "tok_s": round(tokens / el, 1),
+                 "lr": round(lr_at(step, p), 6), "progress": round(p, 4), "tokens": tokens, "tok_s": round(tokens / el, 1),
                  "min": round(el / 60, 2)})
         if step > 0 and step % args.eval_every == 0:
             log({"step": step, "tf_acc": teacher_forced_acc(model, tok)})
