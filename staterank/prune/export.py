@@ -127,7 +127,7 @@ def state_bytes(model: nn.Module, batch: int = 1, context: int = 256, seed: int 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, context), generator=g)
     dev = next(model.parameters()).device
-    cache = model(ids.to(dev), use_cache=True).past_key_values
+    cache = model(ids.to(dev), use_cache=True, logits_to_keep=1).past_key_values  # [T, vocab] logits not needed
     out = {"linear_state": 0, "conv_state": 0, "attention_kv": 0}
 
     def nbytes(t):

@@ -72,7 +72,7 @@ class PruneConfig:
     state_batch: int = 1
     decode_tokens: int = 32
     export: bool = True
-    check_tol: float = 1e-4  # fp32; widened for half precision
+    check_tol: float = 1e-4  # fp32; relative 1e-2 of max |logit| for half precision
     seed: int = 0
     plan_file: str | None = None  # apply this plan instead of scoring
     data_dir: str | None = None  # calibration data (default: $STATERANK_DATA or ../shared/data)
@@ -274,7 +274,9 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         pruned = model
     z = runio.read_npz(run_dir / "masked_logits.npz")
     diff = float((logits(pruned, torch.from_numpy(z["ids"])) - torch.from_numpy(z["logits"])).abs().max())
-    tol = cfg.check_tol if dtype == torch.float32 else max(cfg.check_tol, 5e-2)
+    # half precision: the masked and the pruned model round differently (other shapes, other
+    # reduction orders), so the tolerance is relative to the logit scale there (untested on GPU)
+    tol = cfg.check_tol if dtype == torch.float32 else max(cfg.check_tol, 1e-2 * float(np.abs(z["logits"]).max()))
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
              "reloaded_with": "AutoModelForCausalLM.from_pretrained" if cfg.export else "in-memory surgery",
              "ids_shape": list(z["ids"].shape)}
