@@ -11,11 +11,16 @@ down to ~1e-7. That is ample for ε = 1e-4 but not a proof for a σ sitting on t
 every matrix with an eigenvalue inside that error band around ε²σ_1² is recomputed with fp64
 ``svdvals`` (``method="svd"``): threshold ranks equal those of fp64 ``svdvals`` exactly.
 (An fp32 Gram would lose σ below ~3e-4·σ_1 and miscount at ε = 1e-4.)
+
+Threads. ``threads`` (default ``torch.get_num_threads()``) CPU workers each take a slice of the
+batch with torch's intra-op threads set to 1 for the duration of the call (process-wide; restored
+after). Cost on one core, 128x128: ~0.6 ms/matrix vs ~0.85-1.2 ms for fp64 ``svdvals``.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -92,24 +97,45 @@ def _gram_sigma(S: torch.Tensor, eps: float | None) -> torch.Tensor:
     return sigma
 
 
+@contextmanager
+def _intraop_threads(n: int):
+    """Set torch's intra-op threads to n for the block (process-wide), then restore."""
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _run_chunked(fn, S: torch.Tensor, threads: int | None) -> torch.Tensor:
-    """Apply fn to [M, K, V] chunks of the flattened batch; CPU chunks on ``threads`` threads
-    (torch releases the GIL; batched LAPACK itself is serial over the batch)."""
+    """Apply fn to [M, K, V] chunks of the flattened batch.
+
+    On CPU, parallelism is over the batch: ``threads`` workers (default: torch's thread count)
+    each run single-threaded kernels. Batched LAPACK is serial over the batch and small matrices
+    gain nothing from intra-op threads, while OpenMP teams on a busy machine spin: measured
+    here on 2 loaded cores, 128x128 ranks took 38 ms/matrix with torch's 2 threads vs 2 ms
+    with 1. torch releases the GIL, so Python threads run chunks in parallel.
+    """
     batch = S.shape[:-2]
     flat = S.reshape(-1, *S.shape[-2:])
     M = flat.shape[0]
     if M == 0:
         return torch.zeros(*batch, min(S.shape[-2:]), dtype=torch.float64, device=S.device)
-    threads = 1 if threads is None else max(1, int(threads))
     if S.device.type != "cpu":
-        threads = 1
-    size = _CHUNK if threads == 1 else max(1, min(_CHUNK, -(-M // threads)))
+        return torch.cat([fn(c) for c in flat.split(_CHUNK)]).reshape(*batch, -1)
+    threads = torch.get_num_threads() if threads is None else max(1, int(threads))
+    size = max(1, min(_CHUNK, -(-M // threads)))
     chunks = list(flat.split(size))
-    if threads > 1 and len(chunks) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            outs = list(pool.map(fn, chunks))
-    else:
-        outs = [fn(c) for c in chunks]
+    with _intraop_threads(1):
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
+                outs = list(pool.map(fn, chunks))
+        else:
+            outs = [fn(c) for c in chunks]
     return torch.cat(outs).reshape(*batch, -1)
 
 

@@ -273,3 +273,13 @@ def test_cuda_matches_cpu():
     gpu = sp.spectrum_stats(S.cuda())
     assert torch.equal(gpu["threshold_rank"].cpu(), cpu["threshold_rank"])
     torch.testing.assert_close(gpu["nuclear_norm"].cpu(), cpu["nuclear_norm"], rtol=1e-6, atol=0)
+
+
+def test_torch_threads_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sp.spectrum_stats(torch.randn(6, 5, 5), threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
