@@ -500,7 +500,7 @@ def summarize(folder: Path, log: ItemLog, task_objects, conds: dict, hs: HeadSco
         rows += task_rows.values()
         if task.metric == "accuracy":
             names = set(task_rows)
-            pairs = [("low", ["high"]), ("high", ["low"])]
+            pairs = [("low", ["high"])]
             for t in ("low", "high"):
                 for fam in ("random", f"layer_random.{t}", f"byte_random.{t}"):
                     pairs.append((t, sorted(c for c in names if G.family(c) == fam)))
