@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -144,16 +145,20 @@ def state_bytes(model: nn.Module, batch: int = 1, context: int = 256, seed: int 
 
 
 @torch.no_grad()
-def decode_speed(model: nn.Module, prompt: int = 32, new_tokens: int = 32, batch: int = 1, seed: int = 0) -> dict:
+def decode_speed(model: nn.Module, prompt: int = 32, new_tokens: int = 32, batch: int = 1, seed: int = 0,
+                 repeats: int = 3) -> dict:
     """Greedy decode throughput: ``new_tokens`` tokens after a ``prompt``-token random prompt, timed
-    after one warm-up token. Returns {"tokens_per_s", "seconds", "new_tokens", "batch", "prompt"}."""
+    ``repeats`` times after one warm-up token. Returns {"tokens_per_s" (median), "repeats" (each
+    run's tokens/s), "new_tokens", "batch", "prompt"}."""
     vocab = int(model.get_input_embeddings().num_embeddings)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(next(model.parameters()).device)
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # warm-up
-    t0 = time.perf_counter()
-    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-    dt = time.perf_counter() - t0
-    return {"tokens_per_s": batch * new_tokens / dt, "seconds": dt, "new_tokens": new_tokens, "batch": batch,
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+        rates.append(batch * new_tokens / (time.perf_counter() - t0))
+    return {"tokens_per_s": float(np.median(rates)), "repeats": rates, "new_tokens": new_tokens, "batch": batch,
             "prompt": prompt}

@@ -251,7 +251,8 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         runio.write_npz(run_dir / "masked_logits.npz", ids=ids.numpy(), logits=ref.numpy())
         runio.write_json(run_dir / "before.json", {
             "state_bytes": state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed),
-            "decode": decode_speed(model, new_tokens=cfg.decode_tokens, seed=cfg.seed)})
+            "decode": decode_speed(model, new_tokens=cfg.decode_tokens, seed=cfg.seed),
+            "parameters": sum(p.numel() for p in model.parameters())})
     before = runio.read_json(run_dir / "before.json")
 
     # 3. surgery (+ export), then everything on the pruned model
@@ -297,6 +298,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         "fraction_saved": {k: saved(k) for k in ("linear_state", "conv_state", "attention_kv", "total")},
         "state_measured_at": {"context": cfg.state_context, "batch": cfg.state_batch, "dtype": str(dtype)},
         "decode": {"before": before["decode"], "after": dec_after},
+        "parameters": {"before": before["parameters"], "after": sum(p.numel() for p in pruned.parameters())},
         "accuracy": {"before": acc_before, "masked": acc_masked, "after": acc_after,
                      "controls": {k: {"per_seed": v, "summary": _summ(v)} for k, v in acc_controls.items()}},
         "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},

@@ -31,7 +31,7 @@ def _fmt_acc(a: dict) -> str:
 
 
 def _mib(b) -> str:
-    return "—" if b is None else f"{b / 2**20:.3f} MiB" if b >= 2**16 else f"{b} B"
+    return "—" if b is None else f"{b:,} B ({b / 2**20:.3f} MiB)"
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -109,9 +109,12 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
                           if t in c["summary"] else "—" for c in acc["controls"].values())
         lines.append(f"| {t} | {_fmt_acc(acc['before'][t])} | {_fmt_acc(acc['masked'][t])} | {_fmt_acc(acc['after'][t])} | {ctrl} |")
     d = r["decode"]
-    lines += ["", f"Decode (greedy, batch {d['before']['batch']}, {d['before']['new_tokens']} tokens after a "
-              f"{d['before']['prompt']}-token prompt): {d['before']['tokens_per_s']:.1f} → "
-              f"{d['after']['tokens_per_s']:.1f} tokens/s (one short measurement).", "",
+    pa = r.get("parameters", {})
+    lines += ["", f"Parameters: {pa.get('before', 0):,} → {pa.get('after', 0):,}.",
+              "", f"Decode (greedy, batch {d['before']['batch']}, {d['before']['new_tokens']} tokens after a "
+              f"{d['before']['prompt']}-token prompt, median of {len(d['before']['repeats'])}): "
+              f"{d['before']['tokens_per_s']:.1f} → {d['after']['tokens_per_s']:.1f} tokens/s "
+              "(a short measurement on a possibly shared machine, not a benchmark).", "",
               "Controls are zero-ablated random heads: count-matched (same budget and ranking), layer-matched "
               "(same heads per layer), byte-matched (same recurrent-state bytes).", "",
               "![accuracy vs state](prune_accuracy.png)", ""]
