@@ -12,7 +12,6 @@ import torch
 
 from staterank.adapters import get_adapter
 from staterank.errors import UserError
-from staterank.probes.groups import HeadSpace
 from staterank.probes.run import HeadScores, ItemLog, mcnemar, probe, verdict, wilson
 from staterank.probes.tasks import ProbeTask
 from staterank.tasks import Item

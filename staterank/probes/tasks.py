@@ -13,9 +13,8 @@ has one, greedy, final-number exact match) and perplexity on held-out prose.
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
