@@ -165,6 +165,9 @@ def test_torn_last_line_is_redone(tmp_path):
     p.write_text(json.dumps({"task": "t", "condition": "base", "id": "a", "correct": True}) + "\n{\"task\": \"t\", \"cond")
     log = ItemLog(p)
     assert log.done("t", "base") == {"a"}
+    log.append([{"task": "t", "condition": "base", "id": "b", "correct": False}])
+    assert [json.loads(l)["id"] for l in p.read_text().splitlines()] == ["a", "b"]
+    assert ItemLog(p).done("t", "base") == {"a", "b"}
 
 
 def test_other_config_in_same_folder_is_refused(tmp_path):

@@ -137,11 +137,15 @@ class ItemLog:
         self.path = path
         self.rows: dict[tuple[str, str, str], dict] = {}
         if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a line torn by a kill: drop it (its item is redone)
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
                         r = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by a kill: its item is redone
+                    except json.JSONDecodeError:  # unreadable line: its item is redone
                         continue
                     self.rows.setdefault((r["task"], r["condition"], r["id"]), r)
 
