@@ -136,6 +136,14 @@ class HeadStats:
     def to_dict(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadStats":
+        """Back from the ``head_stats`` block of stratify.json (null -> NaN)."""
+        arr = lambda x: np.array(x, dtype=float)
+        return cls(layers=np.array(d["layers"], dtype=np.int64), mean_rank=arr(d["mean_rank"]),
+                   final_rank=arr(d["final_rank"]), mean_nuclear=arr(d["mean_nuclear"]), bound=arr(d["bound"]),
+                   log_decay=arr(d["log_decay"]), n_contexts=int(d["n_contexts"]))
+
 
 def _bound_last(dyn: dict, last_t: int) -> np.ndarray:
     """d per layer [L]: the bound at the latest position any context reached."""
@@ -263,6 +271,19 @@ def classify(stats: HeadStats, rule: str = "two_cluster", threshold: float | Non
     return Classes(rule=rule, labels=labels, layers=np.asarray(stats.layers), low=pairs("low"), high=pairs("high"),
                    threshold=info.get("threshold"), gap=info.get("gap"), separation=info.get("separation"),
                    centroids=info.get("centroids"), reason=reason)
+
+
+def load_stratify(run_dir) -> tuple[HeadStats, Classes]:
+    """(HeadStats, Classes) of the model from a finished stratify run folder."""
+    from pathlib import Path
+
+    from .runio import read_json
+
+    path = Path(run_dir) / "stratify.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no finished stratify run (no stratify.json)")
+    s = read_json(path)
+    return HeadStats.from_dict(s["head_stats"]), Classes.from_dict(s["classes"])
 
 
 # ---- statistics --------------------------------------------------------------------------------------

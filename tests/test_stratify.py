@@ -362,6 +362,9 @@ def test_cli_writes_a_complete_folder_and_resumes(tmp_path, capsys):
     out2 = tmp_path / "from_runs"
     assert main(["stratify", "--from-runs", str(out / "analyze"), "--init-runs", str(out / "analyze_init"),
                  "--out", str(out2), "--t-early", "32", "--no-report"]) == 0
+    stats, cls = st.load_stratify(out)
+    assert stats.mean_rank.shape == (3, 4) and stats.bound.tolist() == [8, 8, 8]
+    assert len(cls.low) + len(cls.high) == 12 and cls.low == [tuple(x) for x in s["classes"]["low"]]
     s2 = strict_json(out2 / "stratify.json")
     for k in ("spearman_t_early_t_late", "cosine_rank", "classes", "decay_rank_r2"):
         assert s2[k] == s[k], k
