@@ -10,7 +10,7 @@ Measurements (all on real forwards):
   ``state_bytes``   bytes the cache holds after a forward of [B, T] tokens: linear recurrent states
                     (``recurrent_states[0]``), conv states (``conv_states[0]``), attention KV.
   ``decode_speed``  greedy decode tokens/s (a number for the report, not a test).
-  ``max_logit_diff`` between two models on the same ids.
+  ``logits``        fp32 logits [B, T, vocab] on given ids, to compare the pruned and masked models.
 
 Shapes: B batch, T tokens.
 """
@@ -18,7 +18,6 @@ Shapes: B batch, T tokens.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..adapters import get_adapter
+from ..adapters import HeadLayout, get_adapter
 from ..errors import UserError
 from ..probes.ablate import ablate
 from .plan import Plan
-from .surgery import common_group, prune_heads
+from .surgery import common_group, group_sizes, prune_heads
 
 # config attribute names of (H_k, H_v) per family; Kimi has one head count for both.
 CONFIG_KEYS = {
@@ -47,13 +46,8 @@ def export_shape(plan: Plan) -> tuple[int, int, int]:
     if len(set(kept)) != 1:
         raise UserError(f"plan keeps {kept} value heads per layer; stock transformers needs the same count in "
                         "every layer to load it: use --ranking per_layer (or --no-export to evaluate it in memory)")
-    # same arithmetic as surgery.common_group, on the plan alone
     removed = plan.by_layer()
-    counts = []
-    for li, (h_k, h_v, _, _) in zip(plan.layers, plan.facts["layouts"]):
-        G = h_v // h_k
-        counts += [c for g in range(h_k) if (c := sum(j not in removed[li] for j in range(g * G, (g + 1) * G)))]
-    gp = math.gcd(*counts)
+    gp = common_group([HeadLayout(*lo) for lo in plan.facts["layouts"]], [removed[li] for li in plan.layers])
     return kept[0] // gp, kept[0], gp
 
 
@@ -82,26 +76,25 @@ def masked(model: nn.Module, plan: Plan) -> Iterator[None]:
 def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None) -> dict:
     """Prune ``model`` IN PLACE by ``plan`` and save it with an updated config to ``out_dir``.
 
-    Returns {"path", "h_k", "h_v", "group", "key_heads_duplicated"}. The folder also gets the plan
+    Returns {"path", "h_k", "h_v", "group", "key_heads_before", "key_heads_after" (all layers),
+    "key_heads_duplicated"}. The folder also gets the plan
     (``prune_plan.json``) for provenance.
     """
     plan.check_model(model)
     h_k, h_v, gp = export_shape(plan)
-    removed = plan.by_layer()
-    assert common_group(model, removed) == gp
-    layouts = prune_heads(model, removed, group=gp)
-    assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
-    update_config(model, h_k, h_v)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose another folder")
+    removed = plan.by_layer()
+    layouts = prune_heads(model, removed, group=gp)
+    assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
+    update_config(model, h_k, h_v)
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     plan.save(out / "prune_plan.json")
     orig_keys = sum(lo[0] for lo in plan.facts["layouts"])
-    kept_groups = sum(len({j // (lo[1] // lo[0]) for j in range(lo[1]) if j not in removed[li]})
-                      for li, lo in zip(plan.layers, plan.facts["layouts"]))
+    kept_groups = sum(len(group_sizes(HeadLayout(*lo), removed[li])) for li, lo in zip(plan.layers, plan.facts["layouts"]))
     return {"path": str(out), "h_k": h_k, "h_v": h_v, "group": gp, "key_heads_before": orig_keys,
             "key_heads_after": h_k * len(layouts), "key_heads_duplicated": h_k * len(layouts) - kept_groups}
 

@@ -39,7 +39,7 @@ def regroup(layout: HeadLayout, removed: Iterable[int], group: int | None = None
     gone = set(int(h) for h in removed)
     G = layout.group
     survivors = [[j for j in range(g * G, (g + 1) * G) if j not in gone] for g in range(layout.h_k)]
-    counts = [len(s) for s in survivors if s]
+    counts = group_sizes(layout, gone)
     if not counts:
         raise UserError("cannot remove every value head of a layer")
     gp = group if group is not None else math.gcd(*counts)
@@ -161,15 +161,17 @@ SURGERY: dict[str, Callable[[nn.Module, HeadLayout, KeyHeads], None]] = {
 }
 
 
-def common_group(model: nn.Module, removed: Mapping[int, Iterable[int]]) -> int:
-    """The largest G' valid in every linear layer: gcd of all surviving key-group sizes."""
-    adapter = get_adapter(model)
-    counts = []
-    for layer in adapter.linear_layers(model):
-        gone = set(removed.get(layer.index, ()))
-        G = layer.layout.group
-        counts += [c for g in range(layer.layout.h_k) if (c := sum(j not in gone for j in range(g * G, (g + 1) * G)))]
-    return math.gcd(*counts)
+def group_sizes(layout: HeadLayout, removed: Iterable[int]) -> list[int]:
+    """Surviving value heads of every key group that keeps any."""
+    gone = set(int(h) for h in removed)
+    G = layout.group
+    return [c for g in range(layout.h_k) if (c := sum(j not in gone for j in range(g * G, (g + 1) * G)))]
+
+
+def common_group(layouts: Iterable[HeadLayout], removed: Iterable[Iterable[int]]) -> int:
+    """The largest G' valid in every layer: gcd of all surviving key-group sizes (layouts and
+    removed heads given layer by layer)."""
+    return math.gcd(*[c for lo, hs in zip(layouts, removed) for c in group_sizes(lo, hs)])
 
 
 @torch.no_grad()
