@@ -224,14 +224,17 @@ def test_cli_end_to_end_with_measured_scores(tmp_path):
     model = tiny_model("qwen3_5", vocab=len(tok), h_v=4)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    argv = ["probe", "--model", str(tmp_path / "m"), "--tasks", "arith", "--limit", "3", "--groups",
+    argv = ["probe", "--model", str(tmp_path / "m"), "--tasks", "arith,niah", "--niah-lengths", "40",
+            "--niah-depths", "0,1", "--limit", "3", "--groups",
             "low,high,layer_random", "--count", "2", "--seeds", "2", "--calib-texts", "1", "--calib-tokens", "24",
             "--quiet", "--out", str(tmp_path / "run")]
     assert main(argv) == 0
     run = tmp_path / "run"
     sc = json.loads((run / "scores.json").read_text())
     assert np.isfinite(np.array(sc["mean_rank"])).all() and len(sc["layers"]) == 3
-    assert len(_lines(run)) == 3 * (1 + 2 + 2 * 2)
+    lines = _lines(run)
+    assert len(lines) == (3 + 2) * (1 + 2 + 2 * 2)  # arith 3 items, niah 1 per cell x 2 cells; 7 conditions
+    assert {r["cell"] for r in lines if r["task"] == "niah"} == {"40@0", "40@1"}
     assert "Table 1" in (run / "report.md").read_text()
-    assert main(argv) == 0 and len(_lines(run)) == 3 * 7
+    assert main(argv) == 0 and len(_lines(run)) == 5 * 7
     assert main(argv[:-1] + [str(tmp_path / "m")]) == 2  # a non-run folder is never written into
