@@ -6,5 +6,6 @@ count-, byte- and layer-matched random controls.
 """
 
 from .ablate import MODES, ablate, calibrate_means
+from .run import probe, verdict
 
-__all__ = ["MODES", "ablate", "calibrate_means"]
+__all__ = ["MODES", "ablate", "calibrate_means", "probe", "verdict"]
