@@ -169,7 +169,7 @@ def render(run_dir: str | Path) -> Path:
         "",
         "| statistic | paper | ours | at init | ours − init |",
         "|---|---|---|---|---|",
-        _row(f"Spearman ρ rank t={sp['t_early']} vs t={sp['t_late_requested']}, mean over layers", "> 0.90 per layer",
+        _row(f"Spearman ρ rank t={_used(sp, 'early')} vs t={_used(sp, 'late')}, mean over layers", "> 0.90 per layer",
              sp["mean"], g(i, "spearman_t_early_t_late", "mean")),
         _row("  … lowest layer", "> 0.90", sp["min"], g(i, "spearman_t_early_t_late", "min")),
         _row("cosine of rank vectors across contexts, mean", "> 0.97", s["cosine_rank"]["mean_offdiag"],
@@ -211,6 +211,14 @@ def render(run_dir: str | Path) -> Path:
     path = run / "report.md"
     runio.atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _used(sp: dict, which: str) -> str:
+    """The position actually used (one value, or the range over contexts), with the asked one if different."""
+    asked = sp["t_early" if which == "early" else "t_late_requested"]
+    used = sorted({v for v in sp[f"t_{which}_used"].values() if v is not None})
+    txt = str(used[0]) if len(used) == 1 else f"{used[0]}–{used[-1]}" if used else "—"
+    return txt if used == [asked] else f"{txt} (asked {asked})"
 
 
 def _get(b: dict, ks: tuple):
