@@ -124,3 +124,20 @@ def test_errors():
 def test_datasets_not_imported_unless_used():
     code = "import sys, staterank.contexts; assert 'datasets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_from_hf_with_a_stand_in_datasets_module(monkeypatch):
+    import types
+
+    calls = []
+
+    def load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return ({"text": f"row {i} " * 5, "other": i} for i in range(1000))
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    c = cx.from_hf("someone/corpus:wiki:validation:text", tokens=40)
+    assert calls == [("someone/corpus", "wiki", "validation", True)]
+    assert c.kind == "hf" and c.name == "someone_corpus_validation_text" and c.text.startswith("row 0 row 0")
+    assert len(c.text) == 40 * cx.CHARS_PER_TOKEN
+    assert cx.from_hf("corpus:train:text", tokens=10, name="mine").name == "mine"
