@@ -1,6 +1,6 @@
 """Issue #8: exact threshold ranks for every head at every token, vs per-token fp64 svdvals.
 
-    python benchmarks/spectra.py [--tokens 512 --heads 32 --dim 128 --threads 1 --device cpu]
+    python benchmarks/spectra.py [--tokens 384 --heads 32 --dim 128 --threads 1 --device cpu]
 
 States: (a) a synthetic Qwen3-Next-sized layer (H heads, K = V = dim) produced by running the gated
 delta rule over T tokens from a zero state: S <- S·exp(g_t); S <- S + k_t ⊗ β_t (v_t - Sᵀk_t), with
@@ -138,7 +138,7 @@ def run(name: str, blocks, eps: float, threads: int, device: torch.device, stats
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tokens", type=int, default=512, help="tokens T of the synthetic layer (default 512)")
+    p.add_argument("--tokens", type=int, default=384, help="tokens T of the synthetic layer (default 384)")
     p.add_argument("--heads", type=int, default=32, help="value heads H (default 32, as Qwen3-Next)")
     p.add_argument("--dim", type=int, default=128, help="K = V (default 128)")
     p.add_argument("--threads", type=int, default=1, help="torch threads and engine worker threads (default 1)")

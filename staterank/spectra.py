@@ -42,8 +42,10 @@ METHODS = ("auto", "gram", "svd")
 _U64 = float(np.finfo(np.float64).eps) / 2
 # Below this ε the Gram route's ambiguity band would swallow the threshold: use the SVD.
 _MIN_GRAM_EPS = 1e-6
-# Matrices per fp64 chunk: keeps the fp64 copy + Gram cache-resident (64 beat 1024 by 25% here).
-_CHUNK = 64
+# State elements per CPU chunk: keeps the fp64 copy + Gram cache-resident (64 matrices of
+# 128x128 beat 1024 by 25% here) while small states still go in large batches.
+_CHUNK_ELEMS = 2**20
+_CUDA_CHUNK_ELEMS = 2**26  # on a GPU, fewer larger launches
 
 
 def rank_bound(t, K: int, V: int):
@@ -125,10 +127,11 @@ def _run_chunked(fn, S: torch.Tensor, threads: int | None) -> torch.Tensor:
     M = flat.shape[0]
     if M == 0:
         return torch.zeros(*batch, min(S.shape[-2:]), dtype=torch.float64, device=S.device)
+    per = max(1, S.shape[-2] * S.shape[-1])
     if S.device.type != "cpu":
-        return torch.cat([fn(c) for c in flat.split(_CHUNK)]).reshape(*batch, -1)
+        return torch.cat([fn(c) for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // per))]).reshape(*batch, -1)
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
-    size = max(1, min(_CHUNK, -(-M // threads)))
+    size = max(1, min(_CHUNK_ELEMS // per, -(-M // threads)))
     chunks = list(flat.split(size))
     with _intraop_threads(1):
         if threads > 1 and len(chunks) > 1:

@@ -186,7 +186,7 @@ def test_batched_shapes_preserved():
 def test_threads_and_chunks_give_same_result(monkeypatch):
     S = gdn_states(20, H=4, K=12, V=12)
     one = sp.spectrum_stats(S, threads=1)
-    monkeypatch.setattr(sp, "_CHUNK", 7)
+    monkeypatch.setattr(sp, "_CHUNK_ELEMS", 7 * 144)
     for threads in (1, 3):
         got = sp.spectrum_stats(S, threads=threads)
         for name in sp.STAT_NAMES:
