@@ -150,6 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model folder for (b) (default: the builtin one)")
     p.add_argument("--no-stats", action="store_true", help="do not time spectrum_stats")
     a = p.parse_args(argv)
+    if min(a.tokens, a.heads, a.dim, a.block, a.threads) < 1:
+        p.error("--tokens, --heads, --dim, --block and --threads must be >= 1")
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device")
     torch.set_num_threads(a.threads)
