@@ -112,8 +112,8 @@ def _add_analyze(sub) -> None:
                    help="also write the measured states as safetensors (states/NNNN.safetensors)")
     p.add_argument("--max-state-mb", type=float, default=1024,
                    help="refuse to keep more than this many MiB of states per text (default 1024)")
-    p.add_argument("--prefill-chunk", type=int, default=512,
-                   help="tokens per forward through the cache; bounds activation memory (default 512)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="tokens per forward through the cache; bounds activation memory (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=_run_analyze)
