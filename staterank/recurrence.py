@@ -89,27 +89,32 @@ def replay(
 
     keep: bool [T] — which tokens' states to hand to ``on_states`` (all if None).
     on_states(idx [n], states [B, H, n, K, V]) is called with at most ``chunk`` states at a time,
-    so memory stays O(chunk·K·V) whatever T is.
+    so memory stays O(chunk·K·V) whatever T is. ``states`` is a reused buffer, valid only during
+    the call: clone what you keep.
     Returns (outputs [B, T, H, V] fp32, final state [B, H, K, V] fp32).
     """
     p = prepare(call)
-    T = p.v.shape[2]
-    S = p.state0
+    B, H, T, _ = p.v.shape
+    # In-place updates and one reused chunk buffer: a fresh state tensor per token fragments the
+    # heap (resident memory grew with T on glibc); the arithmetic, and so the bits, are unchanged.
+    S = p.state0.clone()
     out = torch.empty_like(p.v)
-    buf: list[torch.Tensor] = []
+    buf = None
+    if on_states is not None:
+        buf = torch.empty(B, H, min(chunk, T), *S.shape[-2:], dtype=S.dtype, device=S.device)
     idx: list[int] = []
     for i in range(T):
-        S = S * p.decay[:, :, i]
+        S.mul_(p.decay[:, :, i])
         kv_mem = (S * p.k[:, :, i].unsqueeze(-1)).sum(dim=-2)
         delta = (p.v[:, :, i] - kv_mem) * p.beta[:, :, i]
-        S = S + p.k[:, :, i].unsqueeze(-1) * delta.unsqueeze(-2)
+        S.add_(p.k[:, :, i].unsqueeze(-1) * delta.unsqueeze(-2))
         out[:, :, i] = (S * p.q[:, :, i].unsqueeze(-1)).sum(dim=-2)
-        if on_states is not None and (keep is None or bool(keep[i])):
-            buf.append(S)
+        if buf is not None and (keep is None or bool(keep[i])):
+            buf[:, :, len(idx)] = S
             idx.append(i)
-            if len(buf) == chunk:
-                on_states(torch.tensor(idx), torch.stack(buf, dim=2))
-                buf, idx = [], []
-    if on_states is not None and buf:
-        on_states(torch.tensor(idx), torch.stack(buf, dim=2))
+            if len(idx) == buf.shape[2]:
+                on_states(torch.tensor(idx), buf)
+                idx = []
+    if idx:
+        on_states(torch.tensor(idx), buf[:, :, : len(idx)])
     return out.transpose(1, 2), S
