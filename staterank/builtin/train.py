@@ -116,13 +116,14 @@ def seq_len_at(progress: float) -> int:
 
 
 class DataStream:
-    def __init__(self, tokenizer, seed: int):
+    def __init__(self, tokenizer, seed: int, mix: dict | None = None):
         self.tok = tokenizer
         self.seed = seed
         self.prose = prose_texts("train")
         self.gsm = gsm8k_texts("train")
-        self.kinds = list(MIX)
-        self.weights = [MIX[k] for k in self.kinds]
+        mix = mix or MIX
+        self.kinds = list(mix)
+        self.weights = [mix[k] for k in self.kinds]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -223,6 +224,10 @@ def main(argv=None) -> None:
     ap.add_argument("--intermediate", type=int, default=512, help="MLP width (512 keeps fp32 weights < 16 MB)")
     ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
+    ap.add_argument("--init-from", default=None, help="continue from this HF folder (its weights and "
+                    "tokenizer; no new tokenizer, no gate re-init) - stage 2 of a two-stage recipe")
+    ap.add_argument("--mix", default=None, help="document mixture override, e.g. 'mqar=0.3,niah=0.25,...' "
+                    f"(kinds: {', '.join(MIX)})")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     args = ap.parse_args(argv)
 
@@ -239,16 +244,31 @@ def main(argv=None) -> None:
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
 
-    t0 = time.time()
-    tok = train_tokenizer(args.vocab, args.seed)
-    log({"event": "tokenizer", "vocab": len(tok), "seconds": round(time.time() - t0, 1)})
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    cfg = build_config(len(tok), args.layers, args.hidden, tok, args.intermediate)
-    model = AutoModelForCausalLM.from_config(cfg)
-    g = torch.Generator().manual_seed(args.seed)
-    n_gdn = fla_gate_init(model, g)
+    mix = None
+    if args.mix:
+        mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+        unknown = set(mix) - set(MIX)
+        if unknown:
+            raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(MIX)}")
+    previous = None
+    if args.init_from:
+        tok = AutoTokenizer.from_pretrained(args.init_from)
+        model = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        cfg = model.config
+        n_gdn = cfg.layer_types.count("linear_attention")
+        prev_file = Path(args.init_from) / "training_state.json"
+        previous = json.loads(prev_file.read_text()) if prev_file.is_file() else None
+        log({"event": "init_from", "folder": args.init_from, "previous": previous})
+    else:
+        t0 = time.time()
+        tok = train_tokenizer(args.vocab, args.seed)
+        log({"event": "tokenizer", "vocab": len(tok), "seconds": round(time.time() - t0, 1)})
+        cfg = build_config(len(tok), args.layers, args.hidden, tok, args.intermediate)
+        model = AutoModelForCausalLM.from_config(cfg)
+        g = torch.Generator().manual_seed(args.seed)
+        n_gdn = fla_gate_init(model, g)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     n_params = sum(p.numel() for p in model.parameters())
@@ -271,7 +291,7 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed)
+    data = DataStream(tok, args.seed, mix)
     model.train()
     t_train = time.time()
     last_ckpt = t_train
@@ -303,7 +323,8 @@ def main(argv=None) -> None:
         if step > 0 and step % args.eval_every == 0:
             log({"step": step, "tf_acc": teacher_forced_acc(model, tok)})
         state = {"seed": args.seed, "step": step + 1, "steps_planned": args.steps, "tokens": tokens,
-                 "params": n_params, "train_seconds": round(time.time() - t_train, 1), "args": vars(args)}
+                 "params": n_params, "train_seconds": round(time.time() - t_train, 1), "args": vars(args),
+                 "mix": mix or MIX, "previous": previous}
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save_folder(model, tok, out / "ckpt", state)
             last_ckpt = time.time()
@@ -312,7 +333,8 @@ def main(argv=None) -> None:
         step = args.steps
     state = {"seed": args.seed, "step": step if stopped_early else args.steps, "steps_planned": args.steps,
              "stopped_early": stopped_early, "tokens": tokens, "params": n_params,
-             "train_seconds": round(time.time() - t_train, 1), "args": vars(args)}
+             "train_seconds": round(time.time() - t_train, 1), "args": vars(args),
+                 "mix": mix or MIX, "previous": previous}
     log({"step": state["step"], "tf_acc": teacher_forced_acc(model, tok, n=32)})
     model.eval()
     save_folder(model, tok, out / "final", state)
