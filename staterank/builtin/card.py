@@ -55,30 +55,30 @@ A ~ U(1, 16) (A_log = log A), dt ~ logUniform(1e-3, 1e-1), dt_bias = dt + log(-e
 
 ## Training
 
-Command (repository root, 1 torch thread on a shared 2-core CPU):
+Training ran in {n_stages} stage(s) on a shared 2-core CPU:
 
-```
-{command}
-```
+{stages}
 
-- seed {seed}; {steps} of {steps_planned} planned AdamW steps{early}; {tokens:,} tokens seen;
-  {minutes:.1f} minutes of training.
-- AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), peak LR {lr}, linear warm-up then cosine to
-  10 %, gradient clipping 1.0, full next-token loss on every token.
-- {tokens_per_step} tokens per step; curriculum of sequence lengths {phases}.
-- Each training row packs documents (`<|bos|> text <|eos|>`) drawn with weights {mix}:
-  NIAH needles in training prose (length and depth random), MQAR (2–16 pairs), variable-binding
-  chains (1–3 hops, 0–3 distractor chains), addition (1–2 digits), GSM8K train question+answer text,
-  plain prose spans.
+- Totals: {tokens:,} tokens, {minutes:.1f} minutes of training, {steps_total} optimizer steps.
+- AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
+  peak LR, gradient clipping 1.0, full next-token loss on every token.
+- {tokens_per_step} tokens per step; each stage runs a curriculum of sequence lengths {phases}.
+  Schedule progress is max(step / steps, elapsed / minutes): on a contended machine the time budget
+  drives the curriculum and LR, so runs are reproducible from the seed only approximately.
+- Each training row packs documents (`<|bos|> text <|eos|>`): NIAH needles in training prose (length
+  and depth random), MQAR (2–16 pairs, every query answered in the text), variable-binding chains
+  (1–3 hops, 0–3 distractor chains), addition (1–2 digits), GSM8K train question+answer text, plain
+  prose spans.
 - Task items used seeds < 10^6; every evaluation below uses seeds >= 10^9. Prose: the first 90 % of
   each file is training text, the last 10 % is held out (evaluation haystacks, perplexity).
   Addition: a fixed tenth of all problems ((31a + b) mod 10 = 0) was excluded from training and is
   the only set evaluated.
-- Tokenizer: byte-level BPE trained with `tokenizers` on the training prose, GSM8K train and task
-  text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`, `<|pad|>`.
+- Tokenizer: byte-level BPE trained with `tokenizers` (stage 1) on the training prose, GSM8K train
+  and task text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`,
+  `<|pad|>`.
 
-Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during training
-(16 eval-seed items per task; NIAH at 256 tokens):
+Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during stage 2
+(16 eval-seed items per task; NIAH at 256 tokens; all answer tokens must be the argmax):
 
 {tf_table}
 
@@ -115,34 +115,48 @@ analysis machinery, not to draw conclusions about large models.
 """
 
 
+def _stage_line(i: int, st: dict, note: str) -> str:
+    a = st["args"]
+    cmd = f"python -m staterank.builtin.train --out STAGE{i} --seed {a['seed']} --steps {a['steps']} " \
+          f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
+    if a.get("init_from"):
+        cmd += f" --init-from STAGE{i - 1}/ckpt"
+    if a.get("mix"):
+        cmd += f" --mix {a['mix']}"
+    mix = st.get("mix") or {}
+    return (f"{i}. `{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
+            f"{st['train_seconds'] / 60:.1f} min; mixture (document weights) "
+            + (", ".join(f"{k} {v:g}" for k, v in mix.items()) or "default") + f". {note}")
+
+
 def write_card(folder: Path) -> str:
     cfg = json.loads((folder / "config.json").read_text())
     st = json.loads((folder / "training_state.json").read_text())
     res = json.loads((folder / "eval_results.json").read_text())
     log = [json.loads(l) for l in (folder / "train_log.jsonl").read_text().splitlines() if l.strip()]
-    from .train import MIX, PHASES
+    from .train import PHASES
 
     a = st["args"]
     tf = [r for r in log if "tf_acc" in r]
     tf_table = "| step | " + " | ".join(tf[0]["tf_acc"]) + " |\n|---" * 1 + "|---" * len(tf[0]["tf_acc"]) + "|\n"
     tf_table += "\n".join(f"| {r['step']} | " + " | ".join(f"{v:.2f}" for v in r["tf_acc"].values()) + " |" for r in tf)
     ema = [r["ema"] for r in log if "ema" in r]
-    flags = [f"--out OUT --seed {a['seed']} --steps {a['steps_planned'] if 'steps_planned' in a else a['steps']}"]
-    cmd = (f"python -m staterank.builtin.train --out OUT --seed {a['seed']} --steps {a['steps']} "
-           f"--minutes {a['minutes']:g} --threads {a['threads']}")
-    del flags
+    stages = [st]
+    while stages[0].get("previous"):
+        stages.insert(0, stages[0]["previous"])
+    notes = json.loads((folder / "stage_notes.json").read_text()) if (folder / "stage_notes.json").is_file() else {}
+    stage_text = "\n".join(_stage_line(i + 1, s_, notes.get(str(i + 1), "")) for i, s_ in enumerate(stages))
     text = TEMPLATE.format(
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],
         gva=cfg["linear_num_value_heads"] // cfg["linear_num_key_heads"], K=cfg["linear_key_head_dim"],
         V=cfg["linear_value_head_dim"], conv=cfg["linear_conv_kernel_dim"], n_heads=cfg["num_attention_heads"],
-        n_kv=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], vocab=cfg["vocab_size"], command=cmd,
-        seed=st["seed"], steps=st["step"], steps_planned=st["steps_planned"],
-        early=" (stopped early by the --minutes cap)" if st.get("stopped_early") else "",
-        tokens=st["tokens"], minutes=st["train_seconds"] / 60, lr=a["lr"], tokens_per_step=a["tokens_per_step"],
+        n_kv=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], vocab=cfg["vocab_size"], stages=stage_text, n_stages=len(stages), steps_total=sum(x["step"] for x in stages),
+        tokens=sum(x["tokens"] for x in stages), minutes=sum(x["train_seconds"] for x in stages) / 60,
+        tokens_per_step=a["tokens_per_step"],
         phases=", ".join(f"{T} tokens until {int(end * 100)} % of steps" for end, T in PHASES),
-        mix=", ".join(f"{k} {v:.2f}" for k, v in MIX.items()), final_ema=f"{ema[-1]:.3f}" if ema else "n/a",
+        final_ema=f"{ema[-1]:.3f}" if ema else "n/a",
         tf_table=tf_table, n=res["args"]["n"], eval_minutes=res["seconds"] / 60, results=to_markdown(res),
         ppl_tokens=res["perplexity_setup"]["max_tokens_per_file"], ppl_window=res["perplexity_setup"]["window"],
         max_T=max(T for _, T in PHASES),
