@@ -172,6 +172,8 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if spec == NEGATIVE_CONTROL:
+        return negative_control(device=dev, dtype=dt)
     source, local = _resolve_source(str(spec))
     where = source if local else f"{source} (Hugging Face Hub)"
     try:
@@ -196,6 +198,30 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
     model.to(dev).eval().requires_grad_(False)
     return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
+                  config=_summary(model, adapter, cfg, dt, dev))
+
+
+NEGATIVE_CONTROL = "negative-control"
+
+
+def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
+    """The negative-control model (issue #9): the builtin model's architecture and tokenizer with
+    transformers' own default initialisation (gates included: most heads forget almost everything
+    every token), untrained. Built in-process, deterministic from ``seed``. Any "claim" it supports
+    is an artefact of architecture and gates, which is what the claims report must say."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source, _ = _resolve_source("builtin")
+    cfg = AutoConfig.from_pretrained(source)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
+    model.to(dev).eval().requires_grad_(False)
+    adapter = get_adapter(model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return Loaded(model=model, tokenizer=tokenizer, adapter=adapter, spec=NEGATIVE_CONTROL,
+                  source=f"{source} (config only; default init, seed {seed})",
                   config=_summary(model, adapter, cfg, dt, dev))
 
 

@@ -1,0 +1,68 @@
+"""report.md of a whole run: the claims table first, then each stage's numbers and figures.
+Reads ``claims.json`` and the stage folders only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import runio
+
+MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive"}
+
+
+def _f(x, nd=3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _ours(o: dict) -> str:
+    if "value" in o:
+        ci = o.get("ci") or [None, None]
+        s = f"{_f(o['value'])} [{_f(ci[0])}, {_f(ci[1])}]"
+        if "init" in o:
+            s += f"; at init {_f(o['init'])}"
+        return s
+    if "low" in o and "high" in o:
+        s = f"base {_f(o.get('base'))} → low-rank removed {_f(o.get('low'))}, high-rank removed {_f(o.get('high'))} (n={o.get('n')})"
+        lr = o.get("vs_layer_random") or {}
+        if lr.get("diff") is not None:
+            s += f"; low − layer-matched random {lr['diff']:+.3f} (p={_f(lr.get('p_items'))})"
+        return s
+    if "state_saved" in o:
+        rc = o.get("random_controls") or {}
+        ctrl = ", ".join(f"{k} {_f(v)}" for k, v in rc.items() if v is not None)
+        return (f"state −{_f(100 * o['state_saved'], 1) if o.get('state_saved') is not None else '—'} %; acc {_f(o.get('before'))} → "
+                f"{_f(o.get('after'))} [{_f((o.get('after_ci') or [None])[0])}, {_f((o.get('after_ci') or [None, None])[1])}]; random: {ctrl}")
+    return ", ".join(f"{k} {_f(v)}" for k, v in o.items() if not isinstance(v, (list, dict)))
+
+
+def claims_table(c: dict) -> str:
+    lines = ["| claim | paper | ours (95 % CI; controls) | verdict |", "|---|---|---|---|"]
+    for r in c["rows"]:
+        lines.append(f"| {r['claim']} | {r['paper']} | {_ours(r['ours'])} | **{MARK[r['verdict']]}** — {r['why']} |")
+    if c.get("missing_stages"):
+        lines.append(f"\nStages not run: {', '.join(c['missing_stages'])}.")
+    return "\n".join(lines)
+
+
+def render(folder: str | Path) -> Path:
+    folder = Path(folder)
+    c = runio.read_json(folder / "claims.json")
+    cfg = runio.read_json(folder / "config.json")
+    out = [f"# staterank run — {cfg['config'].get('model')}", "",
+           "Every number below is read from a file in this folder; the file is named in the table's rows "
+           "(`claims.json` holds them all).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
+           "Verdict rules: " + " ".join(c.get("verdict_rules", "").split()), ""]
+    for stage in ("stratify", "probe", "prune"):
+        rep = folder / stage / "report.md"
+        if rep.is_file():
+            out += [f"## {stage}", "", f"Details: [{stage}/report.md]({stage}/report.md)", ""]
+            for png in sorted((folder / stage).glob("*.png")):
+                out.append(f"![{png.stem}]({stage}/{png.name})")
+            out.append("")
+    path = folder / "report.md"
+    runio.atomic_write_text(path, "\n".join(out) + "\n")
+    return path
