@@ -32,6 +32,9 @@ class StratifySection:
     stride: int = 4
     rule: str = "two_cluster"
     init: bool = True
+    # the paper compares t=128 with t=2048; shorter contexts clamp both (stratify.json says so)
+    t_early: int = 128
+    t_late: int = 2048
 
 
 @dataclass
@@ -171,8 +174,9 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
         else:
             say(f"stratify: suite {s.suite!r}, {s.max_tokens} tokens per context, init baseline {s.init}")
             ctx = suite(s.suite, tokens=s.max_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
+            t_late = min(s.t_late, s.max_tokens)
             scfg = StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
-                                  t_late=min(2048, s.max_tokens))
+                                  t_early=min(s.t_early, t_late // 2), t_late=t_late)
             run_stratify(loaded, ctx, folder / "stratify", scfg, log=say, progress=progress)
 
     if "probe" in cfg.stages:

@@ -1,0 +1,104 @@
+"""The main job: config handling, claim verdicts, and one end-to-end run on a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from staterank import claims as C
+from staterank.cli import main
+from staterank.errors import UserError
+from staterank.pipeline import RunConfig
+
+from test_models import save_tiny
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = RunConfig.load(None, ["probe.limit=7", "stratify.max_tokens=64", "model=foo", "stages=[stratify]"])
+    assert cfg.probe.limit == 7 and cfg.stratify.max_tokens == 64 and cfg.model == "foo" and cfg.stages == ["stratify"]
+    y = tmp_path / "r.yaml"
+    y.write_text("probe:\n  seeds: 2\nprune:\n  alpha: 0.25\n")
+    cfg = RunConfig.load(y, ["prune.alpha=0.75"])
+    assert cfg.probe.seeds == 2 and cfg.prune.alpha == 0.75
+    for bad in (["nope=1"], ["probe.nope=1"], ["prune.alpha=2"], ["probe.fraction=1"], ["stages=[x]"], ["limit"]):
+        with pytest.raises(UserError):
+            RunConfig.load(None, bad)
+    with pytest.raises(UserError, match="not found"):
+        RunConfig.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("val,lo,hi,init,expect", [
+    (0.95, 0.93, 0.97, 0.40, "holds"),
+    (0.95, 0.93, 0.97, 0.96, "artefact"),
+    (0.95, 0.85, 0.99, 0.40, "inconclusive"),
+    (0.80, 0.70, 0.88, 0.40, "fails"),
+    (0.95, 0.93, 0.97, None, "inconclusive"),
+    (None, None, None, 0.5, "inconclusive"),
+])
+def test_threshold_verdicts(val, lo, hi, init, expect):
+    assert C._threshold_verdict(val, lo, hi, 0.90, init)[0] == expect
+
+
+def test_bimodality_ci_contains_value():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.05, 0.02, 40), rng.normal(0.95, 0.02, 40)])
+    v, lo, hi = C._bc_ci(x)
+    assert lo <= v <= hi and lo > 5 / 9  # two tight clusters: clearly bimodal
+    v, lo, hi = C._bc_ci(rng.normal(0.5, 0.1, 80))
+    assert hi < 5 / 9  # one Gaussian: clearly not
+    assert C._bc_ci(np.ones(10)) == (None, None, None)
+
+
+def _probe_json(base, low, high, rnd, p_lo_hi, p_lo_rnd):
+    rows = [{"task": "t", "condition": c, "accuracy": a, "n": 50, "ci_low": a - 0.1, "ci_high": a + 0.1}
+            for c, a in (("base", base), ("low", low), ("high", high))]
+    comps = [{"task": "t", "a": "low", "b": "high", "diff": low - high, "p_items": p_lo_hi, "seeds": 1,
+              "diff_ci_low": None, "diff_ci_high": None},
+             {"task": "t", "a": "low", "b": "layer_random.low", "diff": low - rnd, "p_items": p_lo_rnd, "seeds": 3,
+              "diff_ci_low": low - rnd - 0.05, "diff_ci_high": low - rnd + 0.05}]
+    from staterank.probes.run import verdict
+
+    pj = {"rows": rows, "comparisons": comps}
+    pj["verdicts"] = {"t": verdict(pj, "t")}
+    return pj
+
+
+@pytest.mark.parametrize("args,expect", [
+    ((0.9, 0.3, 0.85, 0.8, 1e-4, 1e-4), "holds"),
+    ((0.9, 0.85, 0.3, 0.8, 1e-4, 0.5), "fails"),  # low-rank removal hurts less than high-rank
+    ((0.9, 0.88, 0.88, 0.88, 1.0, 1.0), "fails"),  # no effect at all
+    ((0.9, 0.3, 0.85, 0.3, 1e-4, 1.0), "inconclusive"),  # worse than high, same as layer-matched random
+    ((0.05, 0.0, 0.05, 0.05, 1.0, 1.0), "inconclusive"),  # nothing to lose
+])
+def test_probe_claim_verdicts(args, expect):
+    (row,) = [r for r in C.probe_claims(_probe_json(*args)) if not r.get("informational")]
+    assert row["verdict"] == expect, row["why"]
+
+
+def test_run_end_to_end_and_resume(tmp_path, capsys):
+    """stratify → probe → prune → claims on a tiny model; a second call resumes and changes nothing;
+    another config in the same folder is refused."""
+    save_tiny(tmp_path / "m", "qwen3_next", h_k=2, h_v=4, k=8, v=8)
+    out = tmp_path / "run"
+    args = ["run", "--model", str(tmp_path / "m"), "--quiet", "--out", str(out),
+            "--set", "stratify.max_tokens=48", "--set", "stratify.suite=natural",
+            "--set", "probe.tasks=[arith]", "--set", "probe.limit=4", "--set", "probe.seeds=2",
+            "--set", "probe.single_head=false",
+            "--set", "prune.tasks=[arith]", "--set", "prune.eval_n=4", "--set", "prune.random_seeds=1",
+            "--set", "prune.calib_tokens=48", "--set", "prune.state_context=32", "--set", "prune.calib_suite=natural"]
+    assert main(args) == 0
+    c = json.loads((out / "claims.json").read_text())
+    assert not c["missing_stages"]
+    assert all(r["verdict"] in C.VERDICTS for r in c["rows"])
+    claims_text = {r["claim"] for r in c["rows"]}
+    assert any("stratification" in x for x in claims_text) and any("Pruning" in x for x in claims_text)
+    report = (out / "report.md").read_text()
+    assert "| claim | paper |" in report and "## stratify" in report
+    before = {p: p.stat().st_mtime_ns for p in (out / "probe" / "probe.json", out / "prune" / "prune.json")}
+    assert main(args) == 0  # resume: finished stages are kept as they are
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+    capsys.readouterr()
+    assert main(args[:-2] + ["--set", "prune.calib_suite=default"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["verify", str(out)]) == 0
+    assert "| claim |" in capsys.readouterr().out
