@@ -116,8 +116,10 @@ def seq_len_at(progress: float) -> int:
 
 
 class DataStream:
-    def __init__(self, tokenizer, seed: int, mix: dict | None = None):
+    def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False):
         self.tok = tokenizer
+        self.answers_only = answers_only
+        self.digit_ids = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
         self.seed = seed
         self.prose = prose_texts("train")
         self.gsm = gsm8k_texts("train")
@@ -128,21 +130,33 @@ class DataStream:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _doc(self, rng: random.Random, room: int, T: int, tseed: int) -> list[int]:
+    def _task_doc(self, it) -> tuple[list[int], list[int]]:
+        """Token ids of a task item and its loss mask: the answer (+ EOS), and for MQAR also every
+        value recalled in the query section (each is a recall target)."""
+        ids = [self.tok.bos_token_id] + self._ids(train_text(it)) + [self.tok.eos_token_id]
+        n_prompt = 1 + len(self._ids(it.prompt))
+        mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+        if "Queries:" in it.prompt:
+            n_pre = 1 + len(self._ids(it.prompt[: it.prompt.index("Queries:") + len("Queries:")]))
+            for j in range(n_pre, n_prompt):
+                mask[j] = int(ids[j] in self.digit_ids)
+        return ids, mask
+
+    def _doc(self, rng: random.Random, room: int, T: int, tseed: int) -> tuple[list[int], list[int]]:
         kind = rng.choices(self.kinds, self.weights)[0]
         if kind == "niah" and room >= 96:
             L = rng.randint(min(64, room - 40), room - 24)
             it = TASKS["niah"].generate(1, tseed, context_tokens=L, depth=rng.random(), tokenizer=self.tok)[0]
-            text = train_text(it)
+            return self._task_doc(it)
         elif kind == "mqar":
             p = rng.randint(2, 8 if T <= 128 else 16)
             it = TASKS["mqar"].generate(1, tseed, n_pairs=p, n_queries=rng.randint(1, p))[0]
-            text = train_text(it)
+            return self._task_doc(it)
         elif kind == "multihop":
             it = TASKS["multihop"].generate(1, tseed, hops=rng.randint(1, 3), n_distractors=rng.randint(0, 3))[0]
-            text = train_text(it)
+            return self._task_doc(it)
         elif kind == "arith":
-            text = train_text(TASKS["arith"].generate(1, tseed, digits=rng.choice([1, 2, 2, 2]))[0])
+            return self._task_doc(TASKS["arith"].generate(1, tseed, digits=rng.choice([1, 2, 2, 2]))[0])
         elif kind == "gsm8k":
             text = rng.choice(self.gsm)
         else:  # prose span starting at a paragraph
@@ -151,22 +165,31 @@ class DataStream:
             nl = t.find("\n", s)
             s = nl + 1 if nl >= 0 else s
             ids = self._ids(t[s:s + 6 * min(room, T)])[:room]
-            return [self.tok.bos_token_id] + ids
-        return [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
+            return [self.tok.bos_token_id] + ids, [0] * (len(ids) + 1)
+        ids = [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
+        return ids, [0] * len(ids)
 
-    def batch(self, step: int, T: int, B: int) -> torch.Tensor:
+    def batch(self, step: int, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers."""
         rng = random.Random(f"train:{self.seed}:{step}")
-        rows = []
+        rows, masks = [], []
         for b in range(B):
             row: list[int] = []
+            mrow: list[int] = []
             j = 0
             while len(row) < T:
                 # task seeds stay below TRAIN_SEED_LIMIT; evaluation uses seeds >= 10**9
                 tseed = (self.seed * 7919 + step * 256 + b * 16 + j) % TRAIN_SEED_LIMIT
-                row += self._doc(rng, T - len(row), T, tseed)
+                ids, m = self._doc(rng, T - len(row), T, tseed)
+                row += ids
+                mrow += m
                 j += 1
             rows.append(row[:T])
-        return torch.tensor(rows, dtype=torch.long)
+            masks.append(mrow[:T])
+        x = torch.tensor(rows, dtype=torch.long)
+        if not self.answers_only:
+            return x, x
+        return x, x.masked_fill(torch.tensor(masks) == 0, -100)
 
 
 # ---------------------------------------------------------------- monitoring
@@ -228,6 +251,8 @@ def main(argv=None) -> None:
                     "tokenizer; no new tokenizer, no gate re-init) - stage 2 of a two-stage recipe")
     ap.add_argument("--mix", default=None, help="document mixture override, e.g. 'mqar=0.3,niah=0.25,...' "
                     f"(kinds: {', '.join(MIX)})")
+    ap.add_argument("--loss", choices=["all", "answers"], default="all", help="next-token loss on every "
+                    "token, or only on task answers (and MQAR's recalled values)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     args = ap.parse_args(argv)
 
@@ -291,7 +316,7 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed, mix)
+    data = DataStream(tok, args.seed, mix, answers_only=args.loss == "answers")
     model.train()
     t_train = time.time()
     last_ckpt = t_train
@@ -305,10 +330,10 @@ def main(argv=None) -> None:
             stopped_early = True  # time budget ran out before the planned steps
             break
         T = seq_len_at(p)
-        x = data.batch(step, T, max(1, args.tokens_per_step // T))
+        x, labels = data.batch(step, T, max(1, args.tokens_per_step // T))
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, p)
-        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        loss = model(input_ids=x, labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
