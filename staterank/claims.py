@@ -34,7 +34,8 @@ BC_REF = 5 / 9
 MIN_BASE_ACCURACY = 0.2
 
 
-def _t_ci(x) -> tuple[float | None, float | None, float | None]:
+def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, float | None, float | None]:
+    """Mean and t interval, clipped to ``bounds`` (correlations and cosines live in [-1, 1])."""
     x = np.asarray([v for v in np.ravel(np.asarray(x, dtype=float)) if np.isfinite(v)])
     if len(x) == 0:
         return None, None, None
@@ -42,7 +43,7 @@ def _t_ci(x) -> tuple[float | None, float | None, float | None]:
     if len(x) < 2 or x.std(ddof=1) == 0:
         return m, m, m
     h = float(scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - h, m + h
+    return m, max(m - h, bounds[0]), min(m + h, bounds[1])
 
 
 def _bc(x: np.ndarray) -> float:
