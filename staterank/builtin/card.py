@@ -61,7 +61,8 @@ Training ran in {n_stages} stage(s) on a shared 2-core CPU:
 
 - Totals: {tokens:,} tokens, {minutes:.1f} minutes of training, {steps_total} optimizer steps.
 - AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
-  peak LR, gradient clipping 1.0, full next-token loss on every token.
+  peak LR, gradient clipping 1.0; next-token loss on every token unless a stage says `--loss answers`
+  (then only on task answers, their EOS, and the values MQAR recalls in its query section).
 - {tokens_per_step} tokens per step; each stage runs a curriculum of sequence lengths {phases}.
   Schedule progress is max(step / steps, elapsed / minutes): on a contended machine the time budget
   drives the curriculum and LR, so runs are reproducible from the seed only approximately.
@@ -77,7 +78,7 @@ Training ran in {n_stages} stage(s) on a shared 2-core CPU:
   and task text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`,
   `<|pad|>`.
 
-Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during stage 2
+Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during the last stage
 (16 eval-seed items per task; NIAH at 256 tokens; all answer tokens must be the argmax):
 
 {tf_table}
@@ -123,6 +124,8 @@ def _stage_line(i: int, st: dict, note: str) -> str:
         cmd += f" --init-from STAGE{i - 1}/ckpt"
     if a.get("mix"):
         cmd += f" --mix {a['mix']}"
+    if a.get("loss", "all") != "all":
+        cmd += f" --loss {a['loss']}"
     mix = st.get("mix") or {}
     return (f"{i}. `{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
             f"{st['train_seconds'] / 60:.1f} min; mixture (document weights) "
