@@ -253,6 +253,7 @@ def main(argv=None) -> None:
                     f"(kinds: {', '.join(MIX)})")
     ap.add_argument("--loss", choices=["all", "answers"], default="all", help="next-token loss on every "
                     "token, or only on task answers (and MQAR's recalled values)")
+    ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     args = ap.parse_args(argv)
 
@@ -329,7 +330,7 @@ def main(argv=None) -> None:
         if p >= 1.0:
             stopped_early = True  # time budget ran out before the planned steps
             break
-        T = seq_len_at(p)
+        T = min(seq_len_at(p), args.max_len) if args.max_len else seq_len_at(p)
         x, labels = data.batch(step, T, max(1, args.tokens_per_step // T))
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, p)
