@@ -63,7 +63,8 @@ Training ran in {n_stages} stage(s) on a shared 2-core CPU:
 - AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
   peak LR, gradient clipping 1.0; next-token loss on every token unless a stage says `--loss answers`
   (then only on task answers, their EOS, and the values MQAR recalls in its query section).
-- {tokens_per_step} tokens per step; each stage runs a curriculum of sequence lengths {phases}.
+- {tokens_per_step} tokens per step; each stage runs a curriculum of sequence lengths {phases}
+  (capped by `--max-len` where given).
   Schedule progress is max(step / steps, elapsed / minutes): on a contended machine the time budget
   drives the curriculum and LR, so runs are reproducible from the seed only approximately.
 - Each training row packs documents (`<|bos|> text <|eos|>`): NIAH needles in training prose (length
@@ -124,6 +125,8 @@ def _stage_line(i: int, st: dict, note: str) -> str:
         cmd += f" --init-from STAGE{i - 1}/ckpt"
     if a.get("mix"):
         cmd += f" --mix {a['mix']}"
+    if a.get("max_len"):
+        cmd += f" --max-len {a['max_len']}"
     if a.get("loss", "all") != "all":
         cmd += f" --loss {a['loss']}"
     mix = st.get("mix") or {}
