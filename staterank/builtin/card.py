@@ -95,6 +95,8 @@ answered in the prompt, the last scored); multihop 2 hops with 2 distractor chai
 
 {results}
 
+Targets of issue #3, checked from the numbers above: {targets}
+
 Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
@@ -152,7 +154,15 @@ def write_card(folder: Path) -> str:
         stages.insert(0, stages[0]["previous"])
     notes = json.loads((folder / "stage_notes.json").read_text()) if (folder / "stage_notes.json").is_file() else {}
     stage_text = "\n".join(_stage_line(i + 1, s_, notes.get(str(i + 1), "")) for i, s_ in enumerate(stages))
-    text = TEMPLATE.format(
+    checks = []
+    for name, c in res["tasks"].items():
+        verdict = "beats chance (CI lower bound above chance)" if c["lo"] > c["chance"] else "does NOT clearly beat chance"
+        checks.append(f"{name} {verdict}")
+    shortest = min(res["niah_by_length"], key=int)
+    nc = res["niah_by_length"][shortest]
+    checks.append(f"NIAH at the shortest length ({shortest} tokens) {nc['acc']:.2f} "
+                  + ("meets" if nc["acc"] >= 0.8 else "does NOT meet") + " the >= 0.80 target")
+    text = TEMPLATE.format(targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],
