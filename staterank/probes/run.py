@@ -256,6 +256,9 @@ def seed_aggregate(rows: list[dict]) -> list[dict]:
     for (task, fam), rs in sorted(fams.items()):
         vals = [r["value"] for r in rs]
         m, lo, hi = t_interval(vals)
+        # keep the interval inside the metric's range (accuracy in [0, 1], perplexity > 0)
+        lo = max(lo, 0.0) if np.isfinite(lo) else lo
+        hi = min(hi, 1.0) if np.isfinite(hi) and rs[0]["metric"] == "accuracy" else hi
         deltas = [r["delta_vs_base"] for r in rs if r["delta_vs_base"] is not None]
         p = None
         if len(deltas) >= 2:
