@@ -116,8 +116,10 @@ def seq_len_at(progress: float) -> int:
 
 
 class DataStream:
-    def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False):
+    def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False,
+                 prose_loss: bool = False):
         self.tok = tokenizer
+        self.prose_loss = prose_loss
         self.answers_only = answers_only
         self.digit_ids = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
         self.seed = seed
@@ -165,9 +167,9 @@ class DataStream:
             nl = t.find("\n", s)
             s = nl + 1 if nl >= 0 else s
             ids = self._ids(t[s:s + 6 * min(room, T)])[:room]
-            return [self.tok.bos_token_id] + ids, [0] * (len(ids) + 1)
+            return [self.tok.bos_token_id] + ids, [int(self.prose_loss)] * (len(ids) + 1)
         ids = [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
-        return ids, [0] * len(ids)
+        return ids, [int(self.prose_loss)] * len(ids)
 
     def batch(self, step: int, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers."""
@@ -251,8 +253,9 @@ def main(argv=None) -> None:
                     "tokenizer; no new tokenizer, no gate re-init) - stage 2 of a two-stage recipe")
     ap.add_argument("--mix", default=None, help="document mixture override, e.g. 'mqar=0.3,niah=0.25,...' "
                     f"(kinds: {', '.join(MIX)})")
-    ap.add_argument("--loss", choices=["all", "answers"], default="all", help="next-token loss on every "
-                    "token, or only on task answers (and MQAR's recalled values)")
+    ap.add_argument("--loss", choices=["all", "answers", "answers+prose"], default="all",
+                    help="next-token loss on every token, only on task answers (and MQAR's recalled values), "
+                    "or on task answers plus every token of prose / GSM8K documents")
     ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     args = ap.parse_args(argv)
@@ -317,7 +320,7 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed, mix, answers_only=args.loss == "answers")
+    data = DataStream(tok, args.seed, mix, answers_only=args.loss != "all", prose_loss=args.loss == "answers+prose")
     model.train()
     t_train = time.time()
     last_ckpt = t_train
