@@ -59,6 +59,7 @@ Training ran in {n_stages} stage(s) on a shared 2-core CPU:
 
 {stages}
 
+- `--init-from STAGEn` means the previous stage's last checkpoint (`ckpt/` of a stopped stage, `final/` of a finished one).
 - Totals: {tokens:,} tokens, {minutes:.1f} minutes of training, {steps_total} optimizer steps.
 - AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
   peak LR, gradient clipping 1.0; next-token loss on every token unless a stage says `--loss answers`
@@ -124,7 +125,7 @@ def _stage_line(i: int, st: dict, note: str) -> str:
     cmd = f"python -m staterank.builtin.train --out STAGE{i} --seed {a['seed']} --steps {a['steps']} " \
           f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
     if a.get("init_from"):
-        cmd += f" --init-from STAGE{i - 1}/ckpt"
+        cmd += f" --init-from STAGE{i - 1}"
     if a.get("mix"):
         cmd += f" --mix {a['mix']}"
     if a.get("max_len"):
