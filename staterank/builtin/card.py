@@ -101,7 +101,8 @@ Targets of issue #3, checked from the numbers above: {targets}
 Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
-Raw numbers: `eval_results.json`; training log: `train_log.jsonl`.
+Raw numbers: `eval_results.json`; training logs: `train_log.jsonl` (last stage) and
+`train_log_stage*.jsonl` (earlier stages); stage notes: `stage_notes.json`.
 
 ## Data and licences
 
