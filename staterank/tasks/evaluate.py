@@ -30,7 +30,7 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     for _, idx in sorted(groups.items()):
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            x = torch.tensor([enc[i] for i in chunk], dtype=torch.long)
+            x = torch.tensor([enc[i] for i in chunk], dtype=torch.long, device=model.device)
             y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                do_sample=False, eos_token_id=eos, pad_token_id=pad)
             for r, i in enumerate(chunk):
@@ -58,7 +58,10 @@ def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[floa
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves float dust there
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return p, lo, hi
 
 
 @torch.no_grad()
@@ -77,7 +80,7 @@ def perplexity(model, tokenizer, text: str, max_tokens: int = 16384, window: int
         chunk = ids[s:s + window - 1]
         if not chunk:
             break
-        x = torch.tensor([[bos] + chunk] if bos is not None else [chunk])
+        x = torch.tensor([[bos] + chunk] if bos is not None else [chunk], device=model.device)
         logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
         lp = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])
         nll -= lp.sum().item()
