@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/staterank run --model builtin --out $(DEMO_OUT)
+	$(VENV)/bin/staterank run --model builtin --threads 1 --out $(DEMO_OUT)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
