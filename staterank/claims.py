@@ -8,8 +8,8 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
   beats the layer-matched random control);
 * ``artefact`` — ours passes, but so does the untrained model: the gates alone produce it;
 * ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign);
-* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, or the model does
-  not solve the task (base accuracy < 0.2) so there is nothing to lose (the reason says which).
+* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, or the unmodified
+  model's accuracy CI does not clear chance, so there is no skill to lose (the reason says which).
 
 CIs: bimodality by a bootstrap over heads; Spearman, cosines by a t interval over the per-layer
 (resp. per-context-pair) values — pairs share contexts, so that interval is optimistic, said in
@@ -29,9 +29,22 @@ from .errors import UserError
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive")
 BC_REF = 5 / 9
-# An ablation or pruning effect needs accuracy to lose: below this base accuracy the verdict is
-# "inconclusive" whatever the differences.
-MIN_BASE_ACCURACY = 0.2
+
+
+def _chance(task: str) -> float:
+    """Chance accuracy of a builtin task (0 for open-ended ones such as GSM8K)."""
+    from .tasks import TASKS
+
+    return float(TASKS[task].chance) if task in TASKS else 0.0
+
+
+def _no_skill(task: str, acc: float | None, ci_low: float | None) -> str | None:
+    """An ablation or pruning effect needs accuracy to lose: when the unmodified model's Wilson CI
+    does not clear chance, the verdict is "inconclusive" whatever the differences."""
+    ch = _chance(task)
+    if acc is None or ci_low is None or ci_low <= ch:
+        return f"the unmodified model scores {_f(acc)} (CI low {_f(ci_low)} <= chance {ch:.3g}): no skill to lose"
+    return None
 
 
 def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, float | None, float | None]:
@@ -166,9 +179,8 @@ def probe_claims(p: dict) -> list[dict]:
                 "vs_high": _cmp(v.get("vs_other")), "vs_layer_random": _cmp(v.get("vs_control"))}
         wo, wc = v.get("worse_than_other"), v.get("worse_than_control")
         vo, vc = v.get("vs_other"), v.get("vs_control")
-        if base.get("accuracy") is None or base["accuracy"] < MIN_BASE_ACCURACY:
-            verdict, why = "inconclusive", (f"the unablated model scores {_f(base.get('accuracy'))} "
-                                            f"(< {MIN_BASE_ACCURACY}): no accuracy to lose")
+        if _no_skill(task, base.get("accuracy"), base.get("ci_low")):
+            verdict, why = "inconclusive", _no_skill(task, base.get("accuracy"), base.get("ci_low"))
         elif wo is None or wc is None:
             verdict, why = "inconclusive", "a comparison is missing (see probe.json comparisons)"
         elif wo and wc:
@@ -216,9 +228,8 @@ def prune_claims(q: dict) -> list[dict]:
         ours = {"state_saved": saved, "heads_removed": q.get("head_fraction_removed"), "before": b.get("acc"),
                 "after": a.get("acc"), "after_ci": [a.get("lo"), a.get("hi")], "n": a.get("n"),
                 "random_controls": {k: (v or {}).get("mean") for k, v in cs.items()}}
-        if b.get("acc") is None or b["acc"] < MIN_BASE_ACCURACY:
-            verdict, why = "inconclusive", (f"the unpruned model scores {_f(b.get('acc'))} (< {MIN_BASE_ACCURACY}): "
-                                            "no accuracy to keep")
+        if _no_skill(task, b.get("acc"), b.get("lo")):
+            verdict, why = "inconclusive", _no_skill(task, b.get("acc"), b.get("lo"))
         elif a.get("acc") is None or lm is None:
             verdict, why = "inconclusive", "accuracy after pruning or the random control is missing"
         elif lm["mean"] < a["lo"]:

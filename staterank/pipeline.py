@@ -28,7 +28,7 @@ from .errors import UserError
 @dataclass
 class StratifySection:
     suite: str = "default"
-    max_tokens: int = 512
+    max_tokens: int = 2048
     stride: int = 4
     rule: str = "two_cluster"
     init: bool = True
@@ -39,11 +39,11 @@ class StratifySection:
 
 @dataclass
 class ProbeSection:
-    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar"])
+    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar", "multihop"])
     groups: list[str] = field(default_factory=lambda: ["low", "high", "random", "layer_random"])
     fraction: float = 7 / 18
-    seeds: int = 3
-    limit: int | None = 48
+    seeds: int = 5
+    limit: int | None = 64
     mode: str = "zero"
     single_head: bool = True
     single_limit: int | None = 24
@@ -57,9 +57,9 @@ class PruneSection:
     alpha: float = 0.5
     fraction: float = 7 / 18
     ranking: str = "per_layer"
-    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar"])
-    eval_n: int = 64
-    random_seeds: int = 3
+    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar", "multihop"])
+    eval_n: int = 100
+    random_seeds: int = 5
     calib_suite: str = "natural"
     calib_tokens: int = 512
     state_context: int = 2048

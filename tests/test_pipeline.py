@@ -68,7 +68,7 @@ def _probe_json(base, low, high, rnd, p_lo_hi, p_lo_rnd):
     ((0.9, 0.85, 0.3, 0.8, 1e-4, 0.5), "fails"),  # low-rank removal hurts less than high-rank
     ((0.9, 0.88, 0.88, 0.88, 1.0, 1.0), "fails"),  # no effect at all
     ((0.9, 0.3, 0.85, 0.3, 1e-4, 1.0), "inconclusive"),  # worse than high, same as layer-matched random
-    ((0.05, 0.0, 0.05, 0.05, 1.0, 1.0), "inconclusive"),  # nothing to lose
+    ((0.0, 0.0, 0.0, 0.0, 1.0, 1.0), "inconclusive"),  # nothing to lose
 ])
 def test_probe_claim_verdicts(args, expect):
     (row,) = [r for r in C.probe_claims(_probe_json(*args)) if not r.get("informational")]
