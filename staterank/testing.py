@@ -72,3 +72,30 @@ def tiny_model(family: str, seed: int = 0, *, memory_gates: bool = True, **kw):
                 dt = torch.exp(torch.empty_like(fg.dt_bias).uniform_(-7, -2.3, generator=g))
                 fg.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
     return model.eval()
+
+
+def char_tokenizer():
+    """97 tokens: <pad>, <unk> and the 95 printable ASCII characters, one token per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{chr(c): c - 30 for c in range(32, 127)}}
+    tok = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with no merges (256 byte ids + bos/eos/pad): real text in, no files needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    for s in ("<|bos|>", "<|eos|>", "<|pad|>"):
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")

@@ -7,18 +7,7 @@ import pytest
 
 from staterank import contexts as cx
 from staterank.errors import UserError
-
-
-def char_tokenizer():
-    """97 tokens: <pad>, <unk> and the 95 printable ASCII characters, one token per character."""
-    from tokenizers import Regex, Tokenizer, decoders, models as tm, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1, **{chr(c): c - 30 for c in range(32, 127)}}
-    tok = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+from staterank.testing import char_tokenizer
 
 
 def bpe_tokenizer():

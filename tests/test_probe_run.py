@@ -15,22 +15,7 @@ from staterank.errors import UserError
 from staterank.probes.run import HeadScores, ItemLog, mcnemar, probe, verdict, wilson
 from staterank.probes.tasks import ProbeTask
 from staterank.tasks import Item
-from staterank.testing import tiny_model
-
-
-def byte_tokenizer():
-    """A byte-level tokenizer with no merges (259 ids): real text in, no files needed."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    for s in ("<|bos|>", "<|eos|>", "<|pad|>"):
-        vocab[s] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+from staterank.testing import byte_tokenizer, tiny_model
 
 
 @dataclass

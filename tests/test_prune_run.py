@@ -13,24 +13,9 @@ from staterank.prune.export import reload
 from staterank.prune.run import PruneConfig, SweepConfig, run_prune, run_sweep
 from staterank.report.prune import pareto_front, render
 from staterank.runio import read_json
-from staterank.testing import tiny_model
+from staterank.testing import byte_tokenizer, tiny_model
 
 import numpy as np
-
-
-def byte_tokenizer():
-    """A byte-level tokenizer with no merges (259 ids + 3 specials): real text in, no files needed."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    for s in ("<|bos|>", "<|eos|>", "<|pad|>"):
-        vocab[s] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
 
 
 def _loaded(family="qwen3_next", **kw):
