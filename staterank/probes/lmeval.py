@@ -30,9 +30,8 @@ def _import_lm_eval():
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise UserError("lm-evaluation-harness is not installed; pip install 'staterank[eval]' "
-                        "(or pip install lm-eval)") from None
+    except ImportError as e:
+        raise UserError(f"lm-evaluation-harness is not usable ({e}); pip install 'staterank[eval]'") from None
     return lm_eval, HFLM, TaskManager
 
 
