@@ -154,14 +154,10 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
     from .models import load_model
 
     say = _say if progress else (lambda m: None)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)  # bad --model: no folder left behind
     folder = runio.new_run_dir(out, {"stage": "run", **cfg.to_dict()})
     if not (folder / "run.yaml").exists():
         runio.atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    def fresh():
-        return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-
-    loaded = fresh()
     say(f"model {cfg.model}: {loaded.config.get('model_type')}, {len(loaded.adapter.linear_layers(loaded.model))} linear-attention layers")
 
     if "stratify" in cfg.stages:

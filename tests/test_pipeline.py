@@ -27,6 +27,12 @@ def test_config_overrides_and_errors(tmp_path):
         RunConfig.load(tmp_path / "missing.yaml")
 
 
+def test_bad_model_leaves_no_run_folder(tmp_path, capsys):
+    assert main(["run", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("val,lo,hi,init,expect", [
     (0.95, 0.93, 0.97, 0.40, "holds"),
     (0.95, 0.93, 0.97, 0.96, "artefact"),
