@@ -160,49 +160,47 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
         runio.atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     say(f"model {cfg.model}: {loaded.config.get('model_type')}, {len(loaded.adapter.linear_layers(loaded.model))} linear-attention layers")
 
-    if "stratify" in cfg.stages:
+    def stratify_stage():
         from .contexts import suite
         from .stratify import StratifyConfig, run_stratify
 
         s = cfg.stratify
-        if (folder / "stratify" / "stratify.json").exists():
-            say("stratify: done already")
-        else:
-            say(f"stratify: suite {s.suite!r}, {s.max_tokens} tokens per context, init baseline {s.init}")
-            ctx = suite(s.suite, tokens=s.max_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
-            t_late = min(s.t_late, s.max_tokens)
-            scfg = StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
-                                  t_early=min(s.t_early, t_late // 2), t_late=t_late)
-            run_stratify(loaded, ctx, folder / "stratify", scfg, log=say, progress=progress)
+        say(f"stratify: suite {s.suite!r}, {s.max_tokens} tokens per context, init baseline {s.init}")
+        ctx = suite(s.suite, tokens=s.max_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
+        t_late = min(s.t_late, s.max_tokens)
+        scfg = StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
+                              t_early=min(s.t_early, t_late // 2), t_late=t_late)
+        run_stratify(loaded, ctx, folder / "stratify", scfg, log=say, progress=progress)
 
-    if "probe" in cfg.stages:
+    def probe_stage():
         from .probes.run import probe
 
         p = cfg.probe
-        if (folder / "probe" / "probe.json").exists():
-            say("probe: done already")
-        else:
-            scores = folder / "stratify" / "stratify.json"
-            say(f"probe: tasks {p.tasks}, groups {p.groups}, fraction {p.fraction:.3f}, {p.seeds} seeds")
-            probe(loaded, p.tasks, p.groups, out=folder / "probe", fraction=p.fraction, seeds=p.seeds, seed=cfg.seed,
-                  limit=p.limit, mode=p.mode, single_head=p.single_head, single_limit=p.single_limit,
-                  scores=scores if scores.exists() else None, data_dir=cfg.data_dir,
-                  niah_lengths=p.niah_lengths, niah_depths=p.niah_depths, progress=progress)
+        scores = folder / "stratify" / "stratify.json"
+        say(f"probe: tasks {p.tasks}, groups {p.groups}, fraction {p.fraction:.3f}, {p.seeds} seeds")
+        probe(loaded, p.tasks, p.groups, out=folder / "probe", fraction=p.fraction, seeds=p.seeds, seed=cfg.seed,
+              limit=p.limit, mode=p.mode, single_head=p.single_head, single_limit=p.single_limit,
+              scores=scores if scores.exists() else None, data_dir=cfg.data_dir,
+              niah_lengths=p.niah_lengths, niah_depths=p.niah_depths, progress=progress)
 
-    if "prune" in cfg.stages:
+    def prune_stage():  # prunes ``loaded`` in place: it must stay the last stage
         from .prune.run import PruneConfig, run_prune
 
         q = cfg.prune
-        if (folder / "prune" / "prune.json").exists():
-            say("prune: done already")
+        say(f"prune: {q.method} (alpha {q.alpha}) at fraction {q.fraction:.3f}, {q.ranking} ranking")
+        pcfg = PruneConfig(method=q.method, alpha=q.alpha, fraction=q.fraction, ranking=q.ranking,
+                           tasks=tuple(q.tasks), eval_n=q.eval_n, random_seeds=q.random_seeds,
+                           calib_suite=q.calib_suite, calib_tokens=q.calib_tokens, state_context=q.state_context,
+                           seed=cfg.seed, data_dir=cfg.data_dir)
+        run_prune(loaded, pcfg, folder / "prune", progress=progress)
+
+    for name, stage in (("stratify", stratify_stage), ("probe", probe_stage), ("prune", prune_stage)):
+        if name not in cfg.stages:
+            continue
+        if (folder / name / f"{name}.json").exists():
+            say(f"{name}: done already")
         else:
-            say(f"prune: {q.method} (alpha {q.alpha}) at fraction {q.fraction:.3f}, {q.ranking} ranking")
-            pcfg = PruneConfig(method=q.method, alpha=q.alpha, fraction=q.fraction, ranking=q.ranking,
-                               tasks=tuple(q.tasks), eval_n=q.eval_n, random_seeds=q.random_seeds,
-                               calib_suite=q.calib_suite, calib_tokens=q.calib_tokens, state_context=q.state_context,
-                               seed=cfg.seed, data_dir=cfg.data_dir)
-            run_prune(loaded, pcfg, folder / "prune", progress=progress)
-            loaded = None  # pruned in place
+            stage()
 
     from .claims import write_claims
 
