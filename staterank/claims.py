@@ -26,6 +26,7 @@ import scipy.stats
 
 from . import runio
 from .errors import UserError
+from .stratify import HeadStats, bimodality_coefficient
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive")
 BC_REF = 5 / 9
@@ -60,12 +61,8 @@ def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, f
 
 
 def _bc(x: np.ndarray) -> float:
-    n = len(x)
-    if n < 4 or np.ptp(x) == 0:
-        return np.nan
-    g = scipy.stats.skew(x, bias=False)
-    k = scipy.stats.kurtosis(x, fisher=True, bias=False)
-    return float((g**2 + 1) / (k + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
+    v = bimodality_coefficient(x)["value"]  # the statistic stratify.json reports
+    return np.nan if v is None else v
 
 
 def _bc_ci(norm_rank, seed: int = 0, n_boot: int = 2000) -> tuple[float | None, float | None, float | None]:
@@ -113,13 +110,8 @@ def stratify_claims(s: dict) -> list[dict]:
     rows = []
     src = "stratify/stratify.json"
 
-    nr = np.asarray(s["head_stats"]["mean_rank"], float) / np.asarray(s["head_stats"]["bound"], float)[:, None]
-    v, lo, hi = _bc_ci(nr)
-    iv = None
-    if init:
-        inr = np.asarray(init["head_stats"]["mean_rank"], float) / np.asarray(init["head_stats"]["bound"], float)[:, None]
-        iv = _bc(inr[np.isfinite(inr)])
-        iv = None if not np.isfinite(iv) else iv
+    v, lo, hi = _bc_ci(HeadStats.from_dict(s["head_stats"]).norm_rank)
+    iv = init["bimodality_coefficient"]["value"] if init else None
     verdict, why = _threshold_verdict(v, lo, hi, BC_REF, iv)
     rows.append(_row("State rank stratification (bimodal split of r̄_h/d)",
                      "heads split into rank ≈ 0 and rank → bound (Fig. 1); BC reference 5/9",
@@ -142,8 +134,7 @@ def stratify_claims(s: dict) -> list[dict]:
 
     for key, ref, label in (("cosine_rank", 0.97, "rank vectors"), ("cosine_nuclear", 0.98, "nuclear-norm vectors")):
         mat = np.asarray(s[key]["matrix"], dtype=float)
-        iu = np.triu_indices(len(mat), 1) if mat.ndim == 2 else None
-        vals = mat[iu] if iu is not None and len(mat) > 1 else np.array([])
+        vals = mat[np.triu_indices(len(mat), 1)] if mat.ndim == 2 else np.array([])
         m, lo, hi = _t_ci(vals)
         im = (init or {}).get(key, {}).get("mean_offdiag") if init else None
         verdict, why = _threshold_verdict(m, lo, hi, ref, im)

@@ -170,14 +170,10 @@ class ItemLog:
 # ---------------------------------------------------------------- statistics
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    d = 1 + Z95**2 / n
-    c = (p + Z95**2 / (2 * n)) / d
-    h = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / d
-    # at k = 0 or k = n one end is exactly 0 or 1; say so rather than leave round-off
-    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
+    """Wilson 95 % interval of k of n (NaN when n = 0)."""
+    from ..tasks.evaluate import wilson_interval
+
+    return (float("nan"), float("nan")) if n == 0 else wilson_interval(k, n)
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:

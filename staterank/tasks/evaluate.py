@@ -48,12 +48,8 @@ def evaluate(model, tokenizer, items: list[Item], max_new_tokens: int = 8, batch
     return rows
 
 
-def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[float, float, float]:
-    """Accuracy and its Wilson score 95 % interval (acc, lo, hi)."""
-    n = len(correct)
-    if n == 0:
-        return float("nan"), 0.0, 1.0
-    k = sum(bool(c) for c in correct)
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of k successes in n > 0 trials (95 % by default)."""
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -61,7 +57,16 @@ def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[floa
     # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves float dust there
     lo = 0.0 if k == 0 else max(0.0, centre - half)
     hi = 1.0 if k == n else min(1.0, centre + half)
-    return p, lo, hi
+    return lo, hi
+
+
+def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """Accuracy and its Wilson score 95 % interval (acc, lo, hi)."""
+    n = len(correct)
+    if n == 0:
+        return float("nan"), 0.0, 1.0
+    k = sum(bool(c) for c in correct)
+    return (k / n, *wilson_interval(k, n, z))
 
 
 @torch.no_grad()
