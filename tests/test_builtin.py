@@ -78,3 +78,16 @@ def test_fla_gate_init_gives_long_memory():
             # decay at zero input: exp(-A * softplus(dt_bias))
             decays += torch.exp(-m.A_log.exp() * torch.nn.functional.softplus(m.dt_bias)).tolist()
     assert 0.8 < statistics.median(decays) < 0.999
+
+
+@needs_model
+def test_copy_drill_repeats_distinct_single_token_words():
+    from staterank.builtin.train import DataStream
+
+    _, tok = load_builtin()
+    ids, _ = DataStream(tok, seed=0, mix={"copy": 1.0}).batch(step=0, T=256, B=1)
+    doc = tok.decode(ids[0], skip_special_tokens=False).split("<|eos|>")[0].removeprefix("<|bos|>")
+    first, second = doc.removeprefix("Copy:").split("\nAgain:")
+    words = first.split()
+    assert second == first and len(words) >= 4 and len(set(words)) == len(words)
+    assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)

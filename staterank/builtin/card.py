@@ -55,32 +55,28 @@ A ~ U(1, 16) (A_log = log A), dt ~ logUniform(1e-3, 1e-1), dt_bias = dt + log(-e
 
 ## Training
 
-Training ran in {n_stages} stage(s) on a shared 2-core CPU:
+{training_intro}
 
 {stages}
 
-- `--init-from STAGEn` means the previous stage's last checkpoint (`ckpt/` of a stopped stage, `final/` of a finished one).
 - Totals: {tokens:,} tokens, {minutes:.1f} minutes of training, {steps_total} optimizer steps.
 - AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
-  peak LR, gradient clipping 1.0; next-token loss on every token unless a stage says `--loss answers`
-  (then only on task answers, their EOS, and the values MQAR recalls in its query section).
-- {tokens_per_step} tokens per step; each stage runs a curriculum of sequence lengths {phases}
-  (capped by `--max-len` where given).
-  Schedule progress is max(step / steps, elapsed / minutes): on a contended machine the time budget
-  drives the curriculum and LR, so runs are reproducible from the seed only approximately.
-- Each training row packs documents (`<|bos|> text <|eos|>`): NIAH needles in training prose (length
-  and depth random), MQAR (2–16 pairs, every query answered in the text), variable-binding chains
-  (1–3 hops, 0–3 distractor chains), addition (1–2 digits), GSM8K train question+answer text, plain
-  prose spans.
+  peak LR, gradient clipping 1.0; {loss_text}
+- {curriculum}
+  Schedule progress is max(step / steps, elapsed / minutes): when the machine keeps up the run is
+  deterministic from its seed; on a slower or busier machine the time budget drives the curriculum
+  and LR, so a rerun reproduces the accuracies within their intervals rather than bit for bit.
+- Each training row packs documents (`<|bos|> text <|eos|>`) drawn with the mixture weights above:
+{doc_kinds}
 - Task items used seeds < 10^6; every evaluation below uses seeds >= 10^9. Prose: the first 90 % of
   each file is training text, the last 10 % is held out (evaluation haystacks, perplexity).
   Addition: a fixed tenth of all problems ((31a + b) mod 10 = 0) was excluded from training and is
   the only set evaluated.
-- Tokenizer: byte-level BPE trained with `tokenizers` (stage 1) on the training prose, GSM8K train
+- Tokenizer: byte-level BPE trained with `tokenizers` at the start of the (first) run on the training prose, GSM8K train
   and task text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`,
   `<|pad|>`.
 
-Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during the last stage
+Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during training
 (16 eval-seed items per task; NIAH at 256 tokens; all answer tokens must be the argmax):
 
 {tf_table}
@@ -101,8 +97,8 @@ Targets of issue #3, checked from the numbers above: {targets}
 Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
-Raw numbers: `eval_results.json`; training logs: `train_log.jsonl` (last stage) and
-`train_log_stage*.jsonl` (earlier stages); stage notes: `stage_notes.json`.
+Raw numbers: `eval_results.json`; training log: `train_log.jsonl`; `training_state.json` holds the
+exact arguments.
 
 ## Data and licences
 
@@ -121,10 +117,26 @@ analysis machinery, not to draw conclusions about large models.
 """
 
 
-def _stage_line(i: int, st: dict, note: str) -> str:
+DOC_KINDS = {
+    "niah": "NIAH needles (\"The special magic number is NNNN.\") in training prose, haystack length and "
+            "needle depth random, question last",
+    "mqar": "MQAR: 2-16 key=value pairs, then queries, every query answered in the text",
+    "multihop": "variable-binding chains (1-3 hops, 0-3 distractor chains)",
+    "arith": "addition of 1- or 2-digit numbers",
+    "copy": "copy drill: 4-32 distinct single-token words, then the same words again (an induction "
+            "drill with a dense signal)",
+    "prose": "plain prose spans from the training split",
+    "gsm8k": "GSM8K train question + answer text",
+}
+
+
+def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
     a = st["args"]
-    cmd = f"python -m staterank.builtin.train --out STAGE{i} --seed {a['seed']} --steps {a['steps']} " \
+    out = "DIR" if single else f"STAGE{i}"
+    cmd = f"python -m staterank.builtin.train --out {out} --seed {a['seed']} --steps {a['steps']} " \
           f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
+    if a.get("tokens_per_step", 4096) != 4096:
+        cmd += f" --tokens-per-step {a['tokens_per_step']}"
     if a.get("init_from"):
         cmd += f" --init-from STAGE{i - 1}"
     if a.get("mix"):
@@ -134,7 +146,8 @@ def _stage_line(i: int, st: dict, note: str) -> str:
     if a.get("loss", "all") != "all":
         cmd += f" --loss {a['loss']}"
     mix = st.get("mix") or {}
-    return (f"{i}. `{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
+    prefix = "" if single else f"{i}. "
+    return (f"{prefix}`{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
             f"{st['train_seconds'] / 60:.1f} min; mixture (document weights) "
             + (", ".join(f"{k} {v:g}" for k, v in mix.items()) or "default") + f". {note}")
 
@@ -155,7 +168,31 @@ def write_card(folder: Path) -> str:
     while stages[0].get("previous"):
         stages.insert(0, stages[0]["previous"])
     notes = json.loads((folder / "stage_notes.json").read_text()) if (folder / "stage_notes.json").is_file() else {}
-    stage_text = "\n".join(_stage_line(i + 1, s_, notes.get(str(i + 1), "")) for i, s_ in enumerate(stages))
+    single = len(stages) == 1
+    stage_text = "\n".join(_stage_line(i + 1, s_, notes.get(str(i + 1), ""), single) for i, s_ in enumerate(stages))
+    if single:
+        intro = ("One command, from scratch (it trains the tokenizer, builds the model and applies the gate "
+                 "initialisation), on a shared 2-core CPU:")
+    else:
+        intro = (f"Training ran in {len(stages)} stages on a shared 2-core CPU; `--init-from STAGEn` means the "
+                 "previous stage's last checkpoint:")
+    kinds = [k for s_ in stages for k, w in (s_.get("mix") or {}).items() if w > 0]
+    doc_kinds = "\n".join(f"  - {DOC_KINDS[k]}" for k in dict.fromkeys(kinds) if k in DOC_KINDS)
+    losses = {s_["args"].get("loss", "all") for s_ in stages}
+    loss_text = ("next-token loss on every token." if losses == {"all"} else
+                 "next-token loss on every token unless a stage says `--loss answers` (then only on task "
+                 "answers, their EOS, and the values MQAR recalls in its query section).")
+    caps = {s_["args"].get("max_len") or 0 for s_ in stages}
+    cap = max(caps) if 0 not in caps else 0
+    phases = [(end, min(T, cap) if cap else T) for end, T in PHASES]
+    merged = []
+    for end, T in phases:
+        if merged and merged[-1][1] == T:
+            merged[-1] = (end, T)
+        else:
+            merged.append((end, T))
+    curriculum = (f"{a['tokens_per_step']} tokens per step; sequence-length curriculum: "
+                  + ", ".join(f"{T} tokens until {int(end * 100)} % of the schedule" for end, T in merged) + ".")
     checks = []
     for name, c in res["tasks"].items():
         verdict = "beats chance (CI lower bound above chance)" if c["lo"] > c["chance"] else "does NOT clearly beat chance"
@@ -170,14 +207,13 @@ def write_card(folder: Path) -> str:
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],
         gva=cfg["linear_num_value_heads"] // cfg["linear_num_key_heads"], K=cfg["linear_key_head_dim"],
         V=cfg["linear_value_head_dim"], conv=cfg["linear_conv_kernel_dim"], n_heads=cfg["num_attention_heads"],
-        n_kv=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], vocab=cfg["vocab_size"], stages=stage_text, n_stages=len(stages), steps_total=sum(x["step"] for x in stages),
+        n_kv=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], vocab=cfg["vocab_size"], stages=stage_text, training_intro=intro, doc_kinds=doc_kinds,
+        loss_text=loss_text, curriculum=curriculum, steps_total=sum(x["step"] for x in stages),
         tokens=sum(x["tokens"] for x in stages), minutes=sum(x["train_seconds"] for x in stages) / 60,
-        tokens_per_step=a["tokens_per_step"],
-        phases=", ".join(f"{T} tokens until {int(end * 100)} % of steps" for end, T in PHASES),
         final_ema=f"{ema[-1]:.3f}" if ema else "n/a",
         tf_table=tf_table, n=res["args"]["n"], eval_minutes=res["seconds"] / 60, results=to_markdown(res),
         ppl_tokens=res["perplexity_setup"]["max_tokens_per_file"], ppl_window=res["perplexity_setup"]["window"],
-        max_T=max(T for _, T in PHASES),
+        max_T=max(T for _, T in merged),
     )
     (folder / "README.md").write_text(text)
     return text

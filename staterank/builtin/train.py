@@ -106,6 +106,10 @@ def fla_gate_init(model, generator: torch.Generator) -> int:
 # Curriculum: (fraction of steps where the phase ends, sequence length); tokens per step fixed.
 PHASES = [(0.15, 128), (0.40, 256), (0.75, 512), (1.0, 1024)]
 MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.20, "gsm8k": 0.10}
+# "copy" (distinct random words, then the same words again) is a pure induction drill: the skill
+# NIAH and MQAR retrieval need, with a dense signal (every copied token). Words are distinct
+# single tokens so one-token matching suffices - the first step towards multi-token matching.
+KINDS = (*MIX, "copy")
 
 
 def seq_len_at(progress: float) -> int:
@@ -127,6 +131,10 @@ class DataStream:
         self.gsm = gsm8k_texts("train")
         mix = mix or MIX
         self.kinds = list(mix)
+        # single-token words (" word" as one BPE token) for the copy drill, in vocabulary order
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        self.words = [tokenizer.convert_tokens_to_string([t]) for t, _ in vocab
+                      if t.startswith("\u0120") and t[1:].isalpha() and t[1:].islower() and len(t) >= 4]
         self.weights = [mix[k] for k in self.kinds]
 
     def _ids(self, text: str) -> list[int]:
@@ -159,6 +167,9 @@ class DataStream:
             return self._task_doc(it)
         elif kind == "arith":
             return self._task_doc(TASKS["arith"].generate(1, tseed, digits=rng.choice([1, 2, 2, 2]))[0])
+        elif kind == "copy":
+            seq = "".join(rng.sample(self.words, rng.randint(4, min(32, max(4, room // 3)))))
+            text = f"Copy:{seq}\nAgain:{seq}"
         elif kind == "gsm8k":
             text = rng.choice(self.gsm)
         else:  # prose span starting at a paragraph
@@ -252,12 +263,15 @@ def main(argv=None) -> None:
     ap.add_argument("--init-from", default=None, help="continue from this HF folder (its weights and "
                     "tokenizer; no new tokenizer, no gate re-init) - stage 2 of a two-stage recipe")
     ap.add_argument("--mix", default=None, help="document mixture override, e.g. 'mqar=0.3,niah=0.25,...' "
-                    f"(kinds: {', '.join(MIX)})")
+                    f"(kinds: {', '.join(KINDS)})")
     ap.add_argument("--loss", choices=["all", "answers", "answers+prose"], default="all",
                     help="next-token loss on every token, only on task answers (and MQAR's recalled values), "
                     "or on task answers plus every token of prose / GSM8K documents")
     ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
+    ap.add_argument("--evaluate", type=int, default=0, metavar="N",
+                    help="after training, evaluate DIR/final on the built-in tasks with N items each "
+                    "(eval_results.json) and write its model card (README.md): a shippable folder")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -278,9 +292,9 @@ def main(argv=None) -> None:
     mix = None
     if args.mix:
         mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
-        unknown = set(mix) - set(MIX)
+        unknown = set(mix) - set(KINDS)
         if unknown:
-            raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(MIX)}")
+            raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(KINDS)}")
     previous = None
     if args.init_from:
         tok = AutoTokenizer.from_pretrained(args.init_from)
@@ -368,6 +382,17 @@ def main(argv=None) -> None:
     model.eval()
     save_folder(model, tok, out / "final", state)
     log({"event": "done", **state})
+    logf.close()
+    if args.evaluate:
+        from . import card, evaluate
+
+        final = out / "final"
+        shutil.copy(out / "train_log.jsonl", final / "train_log.jsonl")
+        res = evaluate.run(final, n=args.evaluate)
+        res["args"] = {"n": args.evaluate}
+        (final / "eval_results.json").write_text(json.dumps(res, indent=1))
+        card.write_card(final)
+        print(evaluate.to_markdown(res), flush=True)
 
 
 if __name__ == "__main__":
