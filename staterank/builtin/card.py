@@ -135,8 +135,9 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
     out = "DIR" if single else f"STAGE{i}"
     cmd = f"python -m staterank.builtin.train --out {out} --seed {a['seed']} --steps {a['steps']} " \
           f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
-    if a.get("tokens_per_step", 4096) != 4096:
-        cmd += f" --tokens-per-step {a['tokens_per_step']}"
+    cmd += f" --tokens-per-step {a['tokens_per_step']}"
+    if not a.get("init_from"):
+        cmd += f" --vocab {a['vocab']}"
     if a.get("init_from"):
         cmd += f" --init-from STAGE{i - 1}"
     if a.get("mix"):
