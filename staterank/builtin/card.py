@@ -63,9 +63,9 @@ A ~ U(1, 16) (A_log = log A), dt ~ logUniform(1e-3, 1e-1), dt_bias = dt + log(-e
 - AdamW (betas 0.9/0.95, weight decay 0.01 on matrices), linear warm-up then cosine to 10 % of the
   peak LR, gradient clipping 1.0; {loss_text}
 - {curriculum}
-  Schedule progress is max(step / steps, elapsed / minutes): when the machine keeps up the run is
-  deterministic from its seed; on a slower or busier machine the time budget drives the curriculum
-  and LR, so a rerun reproduces the accuracies within their intervals rather than bit for bit.
+  Schedule progress is max(step / steps, elapsed / minutes): when the machine keeps up, a run is
+  deterministic from its seed; when the time budget takes over (a slow or busy machine), curriculum
+  and LR follow the clock, so reruns match only approximately.
 - Each training row packs documents (`<|bos|> text <|eos|>`) drawn with the mixture weights above:
 {doc_kinds}
 - Task items used seeds < 10^6; every evaluation below uses seeds >= 10^9. Prose: the first 90 % of
@@ -76,7 +76,7 @@ A ~ U(1, 16) (A_log = log A), dt ~ logUniform(1e-3, 1e-1), dt_bias = dt + log(-e
   and task text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`,
   `<|pad|>`.
 
-Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during training
+Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accuracy during {tf_scope}
 (16 eval-seed items per task; NIAH at 256 tokens; all answer tokens must be the argmax):
 
 {tf_table}
@@ -97,8 +97,7 @@ Targets of issue #3, checked from the numbers above: {targets}
 Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
-Raw numbers: `eval_results.json`; training log: `train_log.jsonl`; `training_state.json` holds the
-exact arguments.
+Raw numbers: `eval_results.json`; {logs_text}; `training_state.json` holds the exact arguments.
 
 ## Data and licences
 
@@ -144,13 +143,17 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
         cmd += f" --mix {a['mix']}"
     if a.get("max_len"):
         cmd += f" --max-len {a['max_len']}"
+    if a.get("early_mix"):
+        cmd += f" --early-mix {a['early_mix']} --early-until {a['early_until']:g}"
     if a.get("loss", "all") != "all":
         cmd += f" --loss {a['loss']}"
     mix = st.get("mix") or {}
     prefix = "" if single else f"{i}. "
     return (f"{prefix}`{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
             f"{st['train_seconds'] / 60:.1f} min; mixture (document weights) "
-            + (", ".join(f"{k} {v:g}" for k, v in mix.items()) or "default") + f". {note}")
+            + (", ".join(f"{k} {v:g}" for k, v in mix.items()) or "default")
+            + (f" (before {a['early_until']:.0%} of the schedule: {a['early_mix']})" if a.get("early_mix") else "")
+            + f". {note}")
 
 
 def write_card(folder: Path) -> str:
@@ -176,13 +179,15 @@ def write_card(folder: Path) -> str:
                  "initialisation), on a shared 2-core CPU:")
     else:
         intro = (f"Training ran in {len(stages)} stages on a shared 2-core CPU; `--init-from STAGEn` means the "
-                 "previous stage's last checkpoint:")
+                 "previous stage's last checkpoint (`ckpt/` of a stopped stage, `final/` of a finished one):")
     kinds = [k for s_ in stages for k, w in (s_.get("mix") or {}).items() if w > 0]
     doc_kinds = "\n".join(f"  - {DOC_KINDS[k]}" for k in dict.fromkeys(kinds) if k in DOC_KINDS)
     losses = {s_["args"].get("loss", "all") for s_ in stages}
     loss_text = ("next-token loss on every token." if losses == {"all"} else
                  "next-token loss on every token unless a stage says `--loss answers` (then only on task "
                  "answers, their EOS, and the values MQAR recalls in its query section).")
+    logs_text = ("training log: `train_log.jsonl`" if single else "training logs: `train_log.jsonl` (last stage) and "
+                 "`train_log_stage*.jsonl` (earlier stages); stage notes: `stage_notes.json`")
     caps = {s_["args"].get("max_len") or 0 for s_ in stages}
     cap = max(caps) if 0 not in caps else 0
     phases = [(end, min(T, cap) if cap else T) for end, T in PHASES]
@@ -193,7 +198,8 @@ def write_card(folder: Path) -> str:
         else:
             merged.append((end, T))
     curriculum = (f"{a['tokens_per_step']} tokens per step; sequence-length curriculum: "
-                  + ", ".join(f"{T} tokens until {int(end * 100)} % of the schedule" for end, T in merged) + ".")
+                  + ", ".join(f"{T} tokens until {int(end * 100)} % of the schedule" for end, T in merged)
+                  + (" (capped by `--max-len` where a stage gives it)." if len(caps) > 1 else "."))
     checks = []
     for name, c in res["tasks"].items():
         verdict = "beats chance (CI lower bound above chance)" if c["lo"] > c["chance"] else "does NOT clearly beat chance"
@@ -209,7 +215,8 @@ def write_card(folder: Path) -> str:
         gva=cfg["linear_num_value_heads"] // cfg["linear_num_key_heads"], K=cfg["linear_key_head_dim"],
         V=cfg["linear_value_head_dim"], conv=cfg["linear_conv_kernel_dim"], n_heads=cfg["num_attention_heads"],
         n_kv=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], vocab=cfg["vocab_size"], stages=stage_text, training_intro=intro, doc_kinds=doc_kinds,
-        loss_text=loss_text, curriculum=curriculum, steps_total=sum(x["step"] for x in stages),
+        loss_text=loss_text, curriculum=curriculum, logs_text=logs_text,
+        tf_scope="training" if single else "the last stage", steps_total=sum(x["step"] for x in stages),
         tokens=sum(x["tokens"] for x in stages), minutes=sum(x["train_seconds"] for x in stages) / 60,
         final_ema=f"{ema[-1]:.3f}" if ema else "n/a",
         tf_table=tf_table, n=res["args"]["n"], eval_minutes=res["seconds"] / 60, results=to_markdown(res),

@@ -1,8 +1,8 @@
 """Train the built-in Gated-DeltaNet LM (a small 3:1 hybrid Qwen3-Next) on CPU.
 
-    python -m staterank.builtin.train --out DIR --evaluate 64     # the shipped recipe (make builtin-model)
+    python -m staterank.builtin.train --out DIR --seed 0 [--steps N] [--minutes M] [--threads N] [--evaluate 64]
 
-The defaults are the recipe of the shipped model (one run from scratch, 50 minutes on one core).
+The shipped model's exact stage commands are in its card (``staterank/builtin/model/README.md``).
 
 The data of step s depends only on (seed, s). Curriculum and learning rate follow the training
 progress p = max(step / steps, elapsed / minutes): when the machine keeps up, p = step / steps and a
@@ -107,11 +107,10 @@ def fla_gate_init(model, generator: torch.Generator) -> int:
 
 # Curriculum: (fraction of steps where the phase ends, sequence length); tokens per step fixed.
 PHASES = [(0.15, 128), (0.40, 256), (0.75, 512), (1.0, 1024)]
-# Document mixture of the recipe. "copy" (distinct random words, then the same words again) is a
-# pure induction drill: the skill NIAH and MQAR retrieval need, with a dense signal (every copied
-# token). Words are distinct single tokens so one-token matching suffices.
-MIX = {"niah": 0.35, "mqar": 0.25, "copy": 0.10, "multihop": 0.10, "arith": 0.10, "prose": 0.10}
-KINDS = (*MIX, "gsm8k")
+MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.20, "gsm8k": 0.10}
+# "copy" (distinct random words, then the same words again) is an induction drill: the skill NIAH
+# and MQAR retrieval need, with a dense signal (every copied token); opt-in through --mix.
+KINDS = (*MIX, "copy")
 
 
 def seq_len_at(progress: float) -> int:
@@ -123,7 +122,7 @@ def seq_len_at(progress: float) -> int:
 
 class DataStream:
     def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False,
-                 prose_loss: bool = False):
+                 prose_loss: bool = False, early_mix: dict | None = None, early_until: float = 0.0):
         self.tok = tokenizer
         self.prose_loss = prose_loss
         self.answers_only = answers_only
@@ -138,6 +137,8 @@ class DataStream:
         self.words = [tokenizer.convert_tokens_to_string([t]) for t, _ in vocab
                       if t.startswith("\u0120") and t[1:].isalpha() and t[1:].islower() and len(t) >= 4]
         self.weights = [mix[k] for k in self.kinds]
+        self.early_until = early_until if early_mix else 0.0
+        self.early_weights = [(early_mix or {}).get(k, 0.0) for k in self.kinds]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -154,8 +155,8 @@ class DataStream:
                 mask[j] = int(ids[j] in self.digit_ids)
         return ids, mask
 
-    def _doc(self, rng: random.Random, room: int, T: int, tseed: int) -> tuple[list[int], list[int]]:
-        kind = rng.choices(self.kinds, self.weights)[0]
+    def _doc(self, rng: random.Random, room: int, T: int, tseed: int, early: bool = False) -> tuple[list[int], list[int]]:
+        kind = rng.choices(self.kinds, self.early_weights if early else self.weights)[0]
         if kind == "niah" and room >= 96:
             L = rng.randint(min(64, room - 40), room - 24)
             it = TASKS["niah"].generate(1, tseed, context_tokens=L, depth=rng.random(), tokenizer=self.tok)[0]
@@ -184,8 +185,10 @@ class DataStream:
         ids = [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
         return ids, [int(self.prose_loss)] * len(ids)
 
-    def batch(self, step: int, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers."""
+    def batch(self, step: int, T: int, B: int, progress: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers.
+        Before ``early_until`` of the schedule, documents follow the early mixture."""
+        early = progress < self.early_until
         rng = random.Random(f"train:{self.seed}:{step}")
         rows, masks = [], []
         for b in range(B):
@@ -195,7 +198,7 @@ class DataStream:
             while len(row) < T:
                 # task seeds stay below TRAIN_SEED_LIMIT; evaluation uses seeds >= 10**9
                 tseed = (self.seed * 7919 + step * 256 + b * 16 + j) % TRAIN_SEED_LIMIT
-                ids, m = self._doc(rng, T - len(row), T, tseed)
+                ids, m = self._doc(rng, T - len(row), T, tseed, early)
                 row += ids
                 mrow += m
                 j += 1
@@ -251,27 +254,29 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (HF model folder + logs)")
     ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and tokenizer corpus")
-    ap.add_argument("--steps", type=int, default=3000, help="optimizer steps (sets the curriculum and LR schedule)")
-    ap.add_argument("--tokens-per-step", type=int, default=2048, help="batch size x sequence length")
-    ap.add_argument("--minutes", type=float, default=50, help="time budget; the schedule follows whichever of "
+    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps (sets the curriculum and LR schedule)")
+    ap.add_argument("--tokens-per-step", type=int, default=4096, help="batch size x sequence length")
+    ap.add_argument("--minutes", type=float, default=0, help="time budget; the schedule follows whichever of "
                     "steps or minutes runs out first (0 = steps only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
     ap.add_argument("--hidden", type=int, default=256, help="hidden size")
     ap.add_argument("--intermediate", type=int, default=512, help="MLP width (512 keeps fp32 weights < 16 MB)")
-    ap.add_argument("--vocab", type=int, default=512, help="BPE vocabulary size (small: every token is frequent, "
-                    "which is what lets in-context copying emerge within the CPU budget)")
+    ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
     ap.add_argument("--init-from", default=None, help="continue from this HF folder (its weights and "
                     "tokenizer; no new tokenizer, no gate re-init) - stage 2 of a two-stage recipe")
     ap.add_argument("--mix", default=None, help="document mixture override, e.g. 'mqar=0.3,niah=0.25,...' "
                     f"(kinds: {', '.join(KINDS)})")
+    ap.add_argument("--early-mix", default=None, help="mixture for the start of the schedule (same syntax as "
+                    "--mix; its kinds must appear in the main mixture), e.g. a copy-heavy phase")
+    ap.add_argument("--early-until", type=float, default=0.0, help="schedule fraction using --early-mix")
     ap.add_argument("--loss", choices=["all", "answers", "answers+prose"], default="all",
                     help="next-token loss on every token, only on task answers (and MQAR's recalled values), "
                     "or on task answers plus every token of prose / GSM8K documents")
-    ap.add_argument("--max-len", type=int, default=512, help="cap the curriculum's sequence length (0 = no cap)")
-    ap.add_argument("--eval-every", type=int, default=200, help="steps between teacher-forced probes")
+    ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     ap.add_argument("--evaluate", type=int, default=0, metavar="N",
                     help="after training, evaluate DIR/final on the built-in tasks with N items each "
                     "(eval_results.json) and write its model card (README.md): a shippable folder")
@@ -294,12 +299,17 @@ def main(argv=None) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    mix = None
-    if args.mix:
-        mix = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
-        unknown = set(mix) - set(KINDS)
+    def parse_mix(text: str) -> dict:
+        m = {k: float(v) for k, v in (kv.split("=") for kv in text.split(","))}
+        unknown = set(m) - set(KINDS)
         if unknown:
             raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(KINDS)}")
+        return m
+
+    mix = parse_mix(args.mix) if args.mix else None
+    early_mix = parse_mix(args.early_mix) if args.early_mix else None
+    if early_mix and set(early_mix) - set(mix or MIX):
+        raise SystemExit("--early-mix kinds must also appear in the main mixture")
     previous = None
     if args.init_from:
         tok = AutoTokenizer.from_pretrained(args.init_from)
@@ -339,7 +349,8 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed, mix, answers_only=args.loss != "all", prose_loss=args.loss == "answers+prose")
+    data = DataStream(tok, args.seed, mix, answers_only=args.loss != "all", prose_loss=args.loss == "answers+prose",
+                      early_mix=early_mix, early_until=args.early_until)
     model.train()
     t_train = time.time()
     last_ckpt = t_train
@@ -353,7 +364,7 @@ def main(argv=None) -> None:
             stopped_early = True  # time budget ran out before the planned steps
             break
         T = min(seq_len_at(p), args.max_len) if args.max_len else seq_len_at(p)
-        x, labels = data.batch(step, T, max(1, args.tokens_per_step // T))
+        x, labels = data.batch(step, T, max(1, args.tokens_per_step // T), p)
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, p)
         loss = model(input_ids=x, labels=labels, use_cache=False).loss
