@@ -91,3 +91,59 @@ def test_copy_drill_repeats_distinct_single_token_words():
     words = first.split()
     assert second == first and len(words) >= 4 and len(set(words)) == len(words)
     assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+
+
+@needs_model
+def test_early_mixture_applies_before_early_until_only():
+    from staterank.builtin.train import DataStream
+
+    _, tok = load_builtin()
+    ds = DataStream(tok, seed=0, mix={"arith": 1.0, "copy": 0.0}, early_mix={"copy": 1.0}, early_until=0.3)
+    early, _ = ds.batch(step=0, T=128, B=2, progress=0.1)
+    late, _ = ds.batch(step=0, T=128, B=2, progress=0.5)
+    assert tok.decode(early[0]).count("Again:") >= 1
+    assert "Again:" not in tok.decode(late[0]) and "+" in tok.decode(late[0])
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--mix", "mqar"], "bad mixture"),
+    (["--mix", "mqar=0.5,bogus=0.5"], "unknown mixture kinds"),
+    (["--mix", "mqar=1", "--early-mix", "copy=1"], "--early-mix kinds must also appear"),
+])
+def test_train_bad_arguments_one_line_and_nothing_written(tmp_path, argv, msg):
+    from staterank.builtin.train import main
+
+    with pytest.raises(SystemExit, match=msg):
+        main(["--out", str(tmp_path / "run"), *argv])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_folder_holding_a_run(tmp_path):
+    from staterank.builtin.train import main
+
+    (tmp_path / "train_log.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="already holds a training run"):
+        main(["--out", str(tmp_path)])
+    assert (tmp_path / "train_log.jsonl").read_text() == "{}\n"
+
+
+@needs_model
+def test_card_single_stage_recipe(tmp_path):
+    import shutil
+
+    from staterank.builtin.card import write_card
+
+    folder = tmp_path / "m"
+    shutil.copytree(BUILTIN_DIR, folder)
+    st = json.loads((folder / "training_state.json").read_text())
+    st["previous"] = None
+    st["args"].update(init_from=None, mix="mqar=0.5,copy=0.5", early_mix="copy=1", early_until=0.25, max_len=256)
+    st["mix"] = {"mqar": 0.5, "copy": 0.5}
+    (folder / "training_state.json").write_text(json.dumps(st))
+    text = write_card(folder)
+    assert "One command, from scratch" in text and "STAGE" not in text
+    assert f"--out DIR --seed {st['args']['seed']}" in text and f"--vocab {st['args']['vocab']}" in text
+    assert "--early-mix copy=1 --early-until 0.25" in text and "(before 25% of the schedule: copy=1)" in text
+    assert "copy drill" in text and "GSM8K train question" not in text
+    curriculum = next(line for line in text.splitlines() if "sequence-length curriculum" in line)
+    assert curriculum.endswith("128 tokens until 15 % of the schedule, 256 tokens until 100 % of the schedule.")

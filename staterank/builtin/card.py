@@ -135,10 +135,8 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
     cmd = f"python -m staterank.builtin.train --out {out} --seed {a['seed']} --steps {a['steps']} " \
           f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
     cmd += f" --tokens-per-step {a['tokens_per_step']}"
-    if not a.get("init_from"):
-        cmd += f" --vocab {a['vocab']}"
-    if a.get("init_from"):
-        cmd += f" --init-from STAGE{i - 1}"
+    # a continued stage inherits its tokenizer; only a fresh run chooses the vocabulary
+    cmd += f" --init-from STAGE{i - 1}" if a.get("init_from") else f" --vocab {a['vocab']}"
     if a.get("mix"):
         cmd += f" --mix {a['mix']}"
     if a.get("max_len"):

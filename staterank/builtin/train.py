@@ -113,6 +113,18 @@ MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.2
 KINDS = (*MIX, "copy")
 
 
+def parse_mix(text: str) -> dict:
+    """'mqar=0.3,niah=0.25' -> {kind: weight}; a one-line SystemExit on bad input."""
+    try:
+        m = {k.strip(): float(v) for k, v in (kv.split("=") for kv in text.split(","))}
+    except ValueError:
+        raise SystemExit(f"bad mixture {text!r}; expected kind=weight,kind=weight,...") from None
+    unknown = set(m) - set(KINDS)
+    if unknown:
+        raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(KINDS)}")
+    return m
+
+
 def seq_len_at(progress: float) -> int:
     for end, T in PHASES:
         if progress < end:
@@ -282,6 +294,11 @@ def main(argv=None) -> None:
                     "(eval_results.json) and write its model card (README.md): a shippable folder")
     args = ap.parse_args(argv)
 
+    # arguments are checked before anything is written, so a typo leaves no half-made run behind
+    mix = parse_mix(args.mix) if args.mix else None
+    early_mix = parse_mix(args.early_mix) if args.early_mix else None
+    if early_mix and set(early_mix) - set(mix or MIX):
+        raise SystemExit("--early-mix kinds must also appear in the main mixture")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -299,17 +316,6 @@ def main(argv=None) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    def parse_mix(text: str) -> dict:
-        m = {k: float(v) for k, v in (kv.split("=") for kv in text.split(","))}
-        unknown = set(m) - set(KINDS)
-        if unknown:
-            raise SystemExit(f"unknown mixture kinds {sorted(unknown)}; choose from {list(KINDS)}")
-        return m
-
-    mix = parse_mix(args.mix) if args.mix else None
-    early_mix = parse_mix(args.early_mix) if args.early_mix else None
-    if early_mix and set(early_mix) - set(mix or MIX):
-        raise SystemExit("--early-mix kinds must also appear in the main mixture")
     previous = None
     if args.init_from:
         tok = AutoTokenizer.from_pretrained(args.init_from)
