@@ -109,6 +109,7 @@ def test_early_mixture_applies_before_early_until_only():
     (["--mix", "mqar"], "bad mixture"),
     (["--mix", "mqar=0.5,bogus=0.5"], "unknown mixture kinds"),
     (["--mix", "mqar=1", "--early-mix", "copy=1"], "--early-mix kinds must also appear"),
+    (["--early-loss", "answers"], "--early-loss applies to the --early-mix phase"),
 ])
 def test_train_bad_arguments_one_line_and_nothing_written(tmp_path, argv, msg):
     from staterank.builtin.train import main
@@ -147,3 +148,37 @@ def test_card_single_stage_recipe(tmp_path):
     assert "copy drill" in text and "GSM8K train question" not in text
     curriculum = next(line for line in text.splitlines() if "sequence-length curriculum" in line)
     assert curriculum.endswith("128 tokens until 15 % of the schedule, 256 tokens until 100 % of the schedule.")
+
+
+@needs_model
+@pytest.mark.parametrize("T,niah_min", [(128, 8), (256, 64)])
+def test_niah_training_docs_keep_their_whole_answer(T, niah_min):
+    # a haystack sized without the question used to push the answer past the row end
+    from staterank.builtin.train import DataStream
+
+    _, tok = load_builtin()
+    ds = DataStream(tok, seed=0, mix={"niah": 1.0}, answers_only=True, niah_min=niah_min)
+    n_docs = 0
+    for step in range(3):
+        x, y = ds.batch(step=step, T=T, B=4)
+        for row in x.tolist():
+            text = tok.decode(row, skip_special_tokens=False)
+            for doc in text.split("<|bos|>")[1:]:
+                if "What is the special magic number?" in doc:
+                    n_docs += 1
+                    needle = doc.split("The special magic number is ")[1][:4]
+                    assert doc.endswith(f"The special magic number is {needle}<|eos|>"), doc[-80:]
+    assert n_docs >= 8
+
+
+@needs_model
+def test_early_loss_masks_prose_only_in_the_early_phase():
+    from staterank.builtin.train import DataStream
+
+    _, tok = load_builtin()
+    ds = DataStream(tok, seed=0, mix={"prose": 1.0}, answers_only=True, prose_loss=True,
+                    early_mix={"prose": 1.0}, early_until=0.5, early_loss="answers")
+    x, early = ds.batch(step=0, T=64, B=2, progress=0.1)
+    _, late = ds.batch(step=0, T=64, B=2, progress=0.9)
+    assert bool((early == -100).all())  # prose carries no loss while answers-only
+    assert bool((late != -100).all()) and torch.equal(late, x)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..tasks import TASKS, TRAIN_SEED_LIMIT, train_text
+from ..tasks.niah import QUESTION as NIAH_QUESTION
 from ..tasks.prose import prose_texts
 from ..data import data_dir
 
@@ -111,6 +112,8 @@ MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.2
 # "copy" (distinct random words, then the same words again) is an induction drill: the skill NIAH
 # and MQAR retrieval need, with a dense signal (every copied token); opt-in through --mix.
 KINDS = (*MIX, "copy")
+# --loss choices -> (answers_only, prose_loss)
+_LOSSES = {"all": (False, False), "answers": (True, False), "answers+prose": (True, True)}
 
 
 def parse_mix(text: str) -> dict:
@@ -134,8 +137,11 @@ def seq_len_at(progress: float) -> int:
 
 class DataStream:
     def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False,
-                 prose_loss: bool = False, early_mix: dict | None = None, early_until: float = 0.0):
+                 prose_loss: bool = False, early_mix: dict | None = None, early_until: float = 0.0,
+                 niah_min: int = 64, early_loss: str | None = None):
         self.tok = tokenizer
+        self.niah_min = niah_min
+        self.niah_tail = len(self._ids(NIAH_QUESTION + " 0000")) + 2  # + BOS, EOS
         self.prose_loss = prose_loss
         self.answers_only = answers_only
         self.digit_ids = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
@@ -151,6 +157,8 @@ class DataStream:
         self.weights = [mix[k] for k in self.kinds]
         self.early_until = early_until if early_mix else 0.0
         self.early_weights = [(early_mix or {}).get(k, 0.0) for k in self.kinds]
+        # (answers_only, prose_loss) before early_until; by default the same as afterwards
+        self.early_loss = _LOSSES[early_loss] if early_loss else (answers_only, prose_loss)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -167,10 +175,12 @@ class DataStream:
                 mask[j] = int(ids[j] in self.digit_ids)
         return ids, mask
 
-    def _doc(self, rng: random.Random, room: int, T: int, tseed: int, early: bool = False) -> tuple[list[int], list[int]]:
+    def _doc(self, rng: random.Random, room: int, T: int, tseed: int, early: bool = False,
+             prose_loss: bool = False) -> tuple[list[int], list[int]]:
         kind = rng.choices(self.kinds, self.early_weights if early else self.weights)[0]
-        if kind == "niah" and room >= 96:
-            L = rng.randint(min(64, room - 40), room - 24)
+        if kind == "niah" and room - self.niah_tail >= 32:
+            # the haystack budget leaves room for the question and the answer: a cut-off answer teaches nothing
+            L = rng.randint(min(self.niah_min, room - self.niah_tail - 16), room - self.niah_tail)
             it = TASKS["niah"].generate(1, tseed, context_tokens=L, depth=rng.random(), tokenizer=self.tok)[0]
             return self._task_doc(it)
         elif kind == "mqar":
@@ -193,14 +203,15 @@ class DataStream:
             nl = t.find("\n", s)
             s = nl + 1 if nl >= 0 else s
             ids = self._ids(t[s:s + 6 * min(room, T)])[:room]
-            return [self.tok.bos_token_id] + ids, [int(self.prose_loss)] * (len(ids) + 1)
+            return [self.tok.bos_token_id] + ids, [int(prose_loss)] * (len(ids) + 1)
         ids = [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
-        return ids, [int(self.prose_loss)] * len(ids)
+        return ids, [int(prose_loss)] * len(ids)
 
     def batch(self, step: int, T: int, B: int, progress: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers.
         Before ``early_until`` of the schedule, documents follow the early mixture."""
         early = progress < self.early_until
+        answers_only, prose_loss = self.early_loss if early else (self.answers_only, self.prose_loss)
         rng = random.Random(f"train:{self.seed}:{step}")
         rows, masks = [], []
         for b in range(B):
@@ -210,14 +221,14 @@ class DataStream:
             while len(row) < T:
                 # task seeds stay below TRAIN_SEED_LIMIT; evaluation uses seeds >= 10**9
                 tseed = (self.seed * 7919 + step * 256 + b * 16 + j) % TRAIN_SEED_LIMIT
-                ids, m = self._doc(rng, T - len(row), T, tseed, early)
+                ids, m = self._doc(rng, T - len(row), T, tseed, early, prose_loss)
                 row += ids
                 mrow += m
                 j += 1
             rows.append(row[:T])
             masks.append(mrow[:T])
         x = torch.tensor(rows, dtype=torch.long)
-        if not self.answers_only:
+        if not answers_only:
             return x, x
         return x, x.masked_fill(torch.tensor(masks) == 0, -100)
 
@@ -287,6 +298,10 @@ def main(argv=None) -> None:
     ap.add_argument("--loss", choices=["all", "answers", "answers+prose"], default="all",
                     help="next-token loss on every token, only on task answers (and MQAR's recalled values), "
                     "or on task answers plus every token of prose / GSM8K documents")
+    ap.add_argument("--niah-min", type=int, default=64, help="shortest NIAH haystack in training (tokens); "
+                    "short haystacks put the needle near the question, an easier start")
+    ap.add_argument("--early-loss", choices=["all", "answers", "answers+prose"], default=None,
+                    help="loss before --early-until (default: --loss); e.g. answers-only while a skill forms")
     ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     ap.add_argument("--evaluate", type=int, default=0, metavar="N",
@@ -299,6 +314,8 @@ def main(argv=None) -> None:
     early_mix = parse_mix(args.early_mix) if args.early_mix else None
     if early_mix and set(early_mix) - set(mix or MIX):
         raise SystemExit("--early-mix kinds must also appear in the main mixture")
+    if args.early_loss and not early_mix:
+        raise SystemExit("--early-loss applies to the --early-mix phase; give --early-mix and --early-until too")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -355,8 +372,8 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed, mix, answers_only=args.loss != "all", prose_loss=args.loss == "answers+prose",
-                      early_mix=early_mix, early_until=args.early_until)
+    data = DataStream(tok, args.seed, mix, *_LOSSES[args.loss], early_loss=args.early_loss,
+                      early_mix=early_mix, early_until=args.early_until, niah_min=args.niah_min)
     model.train()
     t_train = time.time()
     last_ckpt = t_train
