@@ -182,3 +182,18 @@ def test_early_loss_masks_prose_only_in_the_early_phase():
     _, late = ds.batch(step=0, T=64, B=2, progress=0.9)
     assert bool((early == -100).all())  # prose carries no loss while answers-only
     assert bool((late != -100).all()) and torch.equal(late, x)
+
+
+def test_balanced_loss_averages_the_answer_and_prose_means():
+    from staterank.builtin.train import balanced_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, 5, generator=g)
+    x = torch.tensor([[1, 2, 3, 4, 0, 1]])
+    kind = torch.tensor([[0, 1, 0, 2, 2, 2]])  # one answer token (pos 1), three prose tokens
+    labels = x.masked_fill(kind == 0, -100)
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:], reduction="none")  # predicts pos 1..5
+    expected = (ce[0] + ce[2:].mean()) / 2
+    torch.testing.assert_close(balanced_loss(logits, labels, kind), expected)
+    only = torch.tensor([[0, 1, 0, 0, 0, 0]])
+    torch.testing.assert_close(balanced_loss(logits, x.masked_fill(only == 0, -100), only), ce[0])

@@ -129,28 +129,35 @@ DOC_KINDS = {
 }
 
 
+# always written out, so a command stays exact even if a default changes later
+_EXPLICIT = ("seed", "steps", "minutes", "threads", "lr", "tokens_per_step")
+# bookkeeping flags that do not change the trained weights
+_NOT_RECIPE = {"out", "init_from", "vocab", "evaluate", "eval_every", "ckpt_minutes"}
+
+
+def _flag(dest: str, value) -> str:
+    return f"--{dest.replace('_', '-')} {value:g}" if isinstance(value, float) else f"--{dest.replace('_', '-')} {value}"
+
+
 def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
+    from .train import build_parser
+
     a = st["args"]
+    defaults = {act.dest: act.default for act in build_parser()._actions}
     out = "DIR" if single else f"STAGE{i}"
-    cmd = f"python -m staterank.builtin.train --out {out} --seed {a['seed']} --steps {a['steps']} " \
-          f"--minutes {a['minutes']:g} --threads {a['threads']} --lr {a['lr']:g}"
-    cmd += f" --tokens-per-step {a['tokens_per_step']}"
+    cmd = f"python -m staterank.builtin.train --out {out} " + " ".join(_flag(k, a[k]) for k in _EXPLICIT)
     # a continued stage inherits its tokenizer; only a fresh run chooses the vocabulary
-    cmd += f" --init-from STAGE{i - 1}" if a.get("init_from") else f" --vocab {a['vocab']}"
-    if a.get("mix"):
-        cmd += f" --mix {a['mix']}"
-    if a.get("max_len"):
-        cmd += f" --max-len {a['max_len']}"
-    if a.get("early_mix"):
-        cmd += f" --early-mix {a['early_mix']} --early-until {a['early_until']:g}"
-    if a.get("loss", "all") != "all":
-        cmd += f" --loss {a['loss']}"
+    cmd += f" --init-from STAGE{i - 1}" if a.get("init_from") else f" {_flag('vocab', a['vocab'])}"
+    for k, v in a.items():
+        if k in defaults and k not in _EXPLICIT and k not in _NOT_RECIPE and v != defaults[k]:
+            cmd += f" {_flag(k, v)}"
     mix = st.get("mix") or {}
     prefix = "" if single else f"{i}. "
     return (f"{prefix}`{cmd}`\n   seed {a['seed']}; {st['step']} steps; {st['tokens']:,} tokens; "
             f"{st['train_seconds'] / 60:.1f} min; mixture (document weights) "
             + (", ".join(f"{k} {v:g}" for k, v in mix.items()) or "default")
-            + (f" (before {a['early_until']:.0%} of the schedule: {a['early_mix']})" if a.get("early_mix") else "")
+            + (f" (before {a['early_until']:.0%} of the schedule: {a['early_mix']}"
+               + (f", loss {a['early_loss']}" if a.get("early_loss") else "") + ")" if a.get("early_mix") else "")
             + f". {note}")
 
 
@@ -180,10 +187,13 @@ def write_card(folder: Path) -> str:
                  "previous stage's last checkpoint (`ckpt/` of a stopped stage, `final/` of a finished one):")
     kinds = [k for s_ in stages for k, w in (s_.get("mix") or {}).items() if w > 0]
     doc_kinds = "\n".join(f"  - {DOC_KINDS[k]}" for k in dict.fromkeys(kinds) if k in DOC_KINDS)
-    losses = {s_["args"].get("loss", "all") for s_ in stages}
+    losses = {s_["args"].get("loss", "all") for s_ in stages} | {s_["args"]["early_loss"] for s_ in stages
+                                                               if s_["args"].get("early_loss")}
     loss_text = ("next-token loss on every token." if losses == {"all"} else
-                 "next-token loss on every token unless a stage says `--loss answers` (then only on task "
-                 "answers, their EOS, and the values MQAR recalls in its query section).")
+                 "next-token loss as each command's `--loss` / `--early-loss` says: `all` = every token; "
+                 "`answers` = only task answers, their EOS and the values MQAR recalls in its query section; "
+                 "`answers+prose` = those plus every token of prose and GSM8K documents (task prompts such as "
+                 "NIAH haystacks carry no loss).")
     logs_text = ("training log: `train_log.jsonl`" if single else "training logs: `train_log.jsonl` (last stage) and "
                  "`train_log_stage*.jsonl` (earlier stages); stage notes: `stage_notes.json`")
     caps = {s_["args"].get("max_len") or 0 for s_ in stages}

@@ -49,12 +49,16 @@ def run(model_dir, n: int = 64, seed: int = EVAL_SEED_BASE, niah_lengths=(256, 5
             res["niah_grid"].append({"context_tokens": L, "depth": d, **_cell(sel)})
         res["niah_by_length"] = res.get("niah_by_length", {})
         res["niah_by_length"][str(L)] = _cell([r for r, it in zip(rows, items) if it.meta["context_tokens"] == L])
-    logs = []
+    logs, bpc = [], []
     for f, text in zip(prose_files(), prose_texts("heldout")):
         p = perplexity(model, tok, text, max_tokens=ppl_tokens, window=512)
         res["perplexity"][f.name] = p
         logs.append(math.log(p))
+        # bits per character: comparable across tokenizers, unlike per-token perplexity
+        ids = tok(text[: 16 * ppl_tokens], add_special_tokens=False)["input_ids"][:ppl_tokens]  # as perplexity()
+        bpc.append(len(ids) * math.log2(p) / len(tok.decode(ids)))
     res["perplexity"]["geomean"] = math.exp(sum(logs) / len(logs))
+    res["bits_per_char"] = sum(bpc) / len(bpc)
     res["perplexity_setup"] = {"split": "held-out last 10 % of each file", "max_tokens_per_file": ppl_tokens,
                                "window": 512}
     res["seconds"] = round(time.time() - t0, 1)
@@ -76,7 +80,8 @@ def to_markdown(res: dict) -> str:
         cells = {c["depth"]: c for c in res["niah_grid"] if c["context_tokens"] == L}
         out.append(f"| {L} | " + " | ".join(f"{cells[d]['acc']:.2f}" for d in depths)
                    + f" | {f(res['niah_by_length'][str(L)])} (n={res['niah_by_length'][str(L)]['n']}) |")
-    out += ["", "Held-out prose perplexity (" + ", ".join(f"{k} {v:.1f}" for k, v in res["perplexity"].items()) + ")"]
+    out += ["", "Held-out prose perplexity per token (" + ", ".join(f"{k} {v:.1f}" for k, v in res["perplexity"].items())
+            + ")" + (f"; {res['bits_per_char']:.2f} bits per character (mean over files)" if "bits_per_char" in res else "")]
     return "\n".join(out)
 
 

@@ -113,7 +113,18 @@ MIX = {"niah": 0.30, "mqar": 0.15, "multihop": 0.15, "arith": 0.10, "prose": 0.2
 # and MQAR retrieval need, with a dense signal (every copied token); opt-in through --mix.
 KINDS = (*MIX, "copy")
 # --loss choices -> (answers_only, prose_loss)
-_LOSSES = {"all": (False, False), "answers": (True, False), "answers+prose": (True, True)}
+_LOSSES = {"all": (False, False), "answers": (True, False), "answers+prose": (True, True),
+           "balanced": (True, True)}
+
+
+def balanced_loss(logits: torch.Tensor, labels: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE over answer tokens plus mean over prose tokens, halved: long prose
+    documents cannot drown the few answer tokens (as one mean over all of them does)."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                           ignore_index=-100, reduction="none")
+    k = kind[:, 1:].flatten()
+    parts = [ce[k == c].mean() for c in (1, 2) if bool((k == c).any())]
+    return sum(parts) / len(parts)
 
 
 def parse_mix(text: str) -> dict:
@@ -203,13 +214,18 @@ class DataStream:
             nl = t.find("\n", s)
             s = nl + 1 if nl >= 0 else s
             ids = self._ids(t[s:s + 6 * min(room, T)])[:room]
-            return [self.tok.bos_token_id] + ids, [int(prose_loss)] * (len(ids) + 1)
+            return [self.tok.bos_token_id] + ids, [2 * int(prose_loss)] * (len(ids) + 1)
         ids = [self.tok.bos_token_id] + self._ids(text) + [self.tok.eos_token_id]
-        return ids, [int(prose_loss)] * len(ids)
+        return ids, [2 * int(prose_loss)] * len(ids)
 
     def batch(self, step: int, T: int, B: int, progress: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels); labels are the inputs, or with answers_only -100 outside answers.
         Before ``early_until`` of the schedule, documents follow the early mixture."""
+        return self.batch_with_mask(step, T, B, progress)[:2]
+
+    def batch_with_mask(self, step: int, T: int, B: int, progress: float = 1.0):
+        """(input_ids, labels, kind) with kind [B, T]: 1 on task answers, 2 on prose/GSM8K tokens that
+        carry loss, 0 elsewhere (for the balanced loss)."""
         early = progress < self.early_until
         answers_only, prose_loss = self.early_loss if early else (self.answers_only, self.prose_loss)
         rng = random.Random(f"train:{self.seed}:{step}")
@@ -228,9 +244,10 @@ class DataStream:
             rows.append(row[:T])
             masks.append(mrow[:T])
         x = torch.tensor(rows, dtype=torch.long)
+        kind = torch.tensor(masks)
         if not answers_only:
-            return x, x
-        return x, x.masked_fill(torch.tensor(masks) == 0, -100)
+            return x, x, kind
+        return x, x.masked_fill(kind == 0, -100), kind
 
 
 # ---------------------------------------------------------------- monitoring
@@ -273,7 +290,7 @@ def save_folder(model, tok, folder: Path, extra: dict) -> None:
 
 # ---------------------------------------------------------------- main
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (HF model folder + logs)")
     ap.add_argument("--seed", type=int, default=0, help="seed for init, data order and tokenizer corpus")
@@ -295,19 +312,24 @@ def main(argv=None) -> None:
     ap.add_argument("--early-mix", default=None, help="mixture for the start of the schedule (same syntax as "
                     "--mix; its kinds must appear in the main mixture), e.g. a copy-heavy phase")
     ap.add_argument("--early-until", type=float, default=0.0, help="schedule fraction using --early-mix")
-    ap.add_argument("--loss", choices=["all", "answers", "answers+prose"], default="all",
+    ap.add_argument("--loss", choices=list(_LOSSES), default="all",
                     help="next-token loss on every token, only on task answers (and MQAR's recalled values), "
-                    "or on task answers plus every token of prose / GSM8K documents")
+                    "on task answers plus every token of prose / GSM8K documents (one mean), or 'balanced': "
+                    "the mean over answers plus the mean over prose tokens, halved")
     ap.add_argument("--niah-min", type=int, default=64, help="shortest NIAH haystack in training (tokens); "
                     "short haystacks put the needle near the question, an easier start")
-    ap.add_argument("--early-loss", choices=["all", "answers", "answers+prose"], default=None,
+    ap.add_argument("--early-loss", choices=list(_LOSSES), default=None,
                     help="loss before --early-until (default: --loss); e.g. answers-only while a skill forms")
     ap.add_argument("--max-len", type=int, default=0, help="cap the curriculum's sequence length (0 = no cap)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     ap.add_argument("--evaluate", type=int, default=0, metavar="N",
                     help="after training, evaluate DIR/final on the built-in tasks with N items each "
                     "(eval_results.json) and write its model card (README.md): a shippable folder")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
 
     # arguments are checked before anything is written, so a typo leaves no half-made run behind
     mix = parse_mix(args.mix) if args.mix else None
@@ -387,10 +409,14 @@ def main(argv=None) -> None:
             stopped_early = True  # time budget ran out before the planned steps
             break
         T = min(seq_len_at(p), args.max_len) if args.max_len else seq_len_at(p)
-        x, labels = data.batch(step, T, max(1, args.tokens_per_step // T), p)
+        x, labels, kind = data.batch_with_mask(step, T, max(1, args.tokens_per_step // T), p)
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, p)
-        loss = model(input_ids=x, labels=labels, use_cache=False).loss
+        balanced = (args.early_loss if p < data.early_until and args.early_loss else args.loss) == "balanced"
+        if balanced:
+            loss = balanced_loss(model(input_ids=x, use_cache=False).logits, labels, kind)
+        else:
+            loss = model(input_ids=x, labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
