@@ -234,9 +234,17 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None 
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise UserError(f"text {i} is empty")
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
         if max_tokens is not None:
+            # a book-length file need not be tokenized whole: grow a prefix until it yields enough tokens
+            n = 64 * max_tokens
+            while True:
+                ids = tokenizer(text[:n], return_tensors="pt")["input_ids"]
+                if ids.shape[1] > max_tokens + 64 or n >= len(text):  # margin: the cut word
+                    break
+                n *= 4
             ids = ids[:, :max_tokens]
+        else:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
         if ids.shape[1] == 0:
             raise UserError(f"text {i} has no tokens")
         out.append(ids.long())

@@ -146,3 +146,16 @@ def test_cpu_rebinds_reference_of_kernel_bound_functions(monkeypatch):
     assert mod.torch_rule(1) == 2 and mod.torch_only(3) == 6 and mod.other is len
     assert models.bind_reference_kernels(mod, cpu=False) == ["torch_rule"]
     assert mod.torch_rule is torch_rule
+
+
+def test_tokenize_texts_prefix_equals_whole_text():
+    # long files are tokenized by growing prefixes; the kept tokens must be those of the whole text
+    from staterank.builtin import BUILTIN_DIR
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(BUILTIN_DIR)
+    text = " ".join(f"word{i} of a longish sentence, number {i * 7919 % 10007}." for i in range(3000))
+    whole = tok(text, return_tensors="pt")["input_ids"]
+    for m in (1, 7, 100, 999):
+        (ids,) = tokenize_texts(tok, [text], max_tokens=m)
+        assert torch.equal(ids, whole[:, :m])

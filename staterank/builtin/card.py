@@ -94,7 +94,7 @@ answered in the prompt, the last scored); multihop 2 hops with 2 distractor chai
 
 Targets of issue #3, checked from the numbers above: {targets}
 
-Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
+{ranks_section}Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
 Raw numbers: `eval_results.json`; {logs_text}; `training_state.json` holds the exact arguments.
@@ -161,6 +161,42 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
             + f". {note}")
 
 
+def _ranks_section(r: dict) -> str:
+    """Card text for ranks.json (``evaluate --ranks``): the trained model next to its own initialisation."""
+    bc = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+
+    def verdict(x):
+        if x is None:
+            return "undefined"
+        return "above 5/9, i.e. bimodal-looking" if x > 5 / 9 else "below 5/9, i.e. not bimodal"
+
+    rows = "\n".join(
+        f"| {a['layer']} | {a['bound']:g} | {a['min']:.1f} / {a['median']:.1f} / {a['max']:.1f} | "
+        f"{b['min']:.1f} / {b['median']:.1f} / {b['max']:.1f} |"
+        for a, b in zip(r["trained"]["per_layer"], r["init"]["per_layer"]))
+    t, i = r["trained"], r["init"]
+    return f"""## State ranks (what `staterank analyze --model builtin` shows)
+
+Threshold rank (ε = {r['eps']:g}) of every Gated DeltaNet value head, averaged over the first {r['tokens']}
+tokens of held-out {' and '.join(r['texts'])}; the control is the same architecture at initialisation
+(fresh weights, same gate initialisation). Measured by
+`python -m staterank.builtin.evaluate --model DIR --ranks ranks.json`.
+
+| layer | bound d | trained: mean rank min / median / max over heads | at initialisation |
+|---|---|---|---|
+{rows}
+
+Share of heads whose mean rank is below d/4: trained {t['share_below_quarter']:.0%}, at initialisation
+{i['share_below_quarter']:.0%}; above 3d/4: trained {t['share_above_three_quarters']:.0%}, at initialisation
+{i['share_above_three_quarters']:.0%}. Sarle's bimodality coefficient of rank/d over all heads: trained
+{bc(t['bimodality_coefficient'])} ({verdict(t['bimodality_coefficient'])}), at initialisation
+{bc(i['bimodality_coefficient'])} ({verdict(i['bimodality_coefficient'])}). A split at initialisation comes from
+the gates alone (each head's decay sets how much it can hold), so only differences from the control
+say something about training.
+
+"""
+
+
 def write_card(folder: Path) -> str:
     cfg = json.loads((folder / "config.json").read_text())
     st = json.loads((folder / "training_state.json").read_text())
@@ -216,7 +252,9 @@ def write_card(folder: Path) -> str:
     nc = res["niah_by_length"][shortest]
     checks.append(f"NIAH at the shortest length ({shortest} tokens) {nc['acc']:.2f} "
                   + ("meets" if nc["acc"] >= 0.8 else "does NOT meet") + " the >= 0.80 target")
-    text = TEMPLATE.format(targets="; ".join(checks) + ".",
+    ranks = folder / "ranks.json"
+    ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
+    text = TEMPLATE.format(ranks_section=ranks_section, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],

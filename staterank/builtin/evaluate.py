@@ -8,10 +8,12 @@ All items come from evaluation seeds (>= 10**9) and held-out material, disjoint 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 
+import numpy as np
 import torch
 
 from ..tasks import EVAL_SEED_BASE, TASKS, niah_grid
@@ -65,6 +67,41 @@ def run(model_dir, n: int = 64, seed: int = EVAL_SEED_BASE, niah_lengths=(256, 5
     return res
 
 
+def _rank_summary(hs) -> dict:
+    from ..stratify import bimodality_coefficient
+
+    nr = hs.norm_rank  # [L, H] mean rank / bound
+    return {
+        "per_layer": [{"layer": int(l), "bound": float(b), "min": float(r.min()), "median": float(np.median(r)),
+                       "max": float(r.max())} for l, b, r in zip(hs.layers, hs.bound, hs.mean_rank)],
+        "norm_rank": nr.round(4).tolist(),
+        "share_below_quarter": float((nr < 0.25).mean()),
+        "share_above_three_quarters": float((nr > 0.75).mean()),
+        "bimodality_coefficient": bimodality_coefficient(nr)["value"],
+    }
+
+
+def analysis_summary(model_dir, tokens: int = 1024, seed: int = 0) -> dict:
+    """Per-head threshold ranks of the model on held-out prose (``staterank analyze``), and of the same
+    architecture at initialisation (fresh weights, same gate init) as the control the card compares to."""
+    from ..analyze import analyze
+    from ..models import load_model
+    from ..stratify import head_stats
+    from .train import fla_gate_init
+
+    texts = {f.stem: t for f, t in zip(prose_files(), prose_texts("heldout")) if f.stem in ("kjv", "emma")}
+    loaded = load_model(str(model_dir), dtype="float32")
+    out = {"tokens": tokens, "texts": sorted(texts), "eps": 1e-4}
+    out["trained"] = _rank_summary(head_stats(analyze(loaded, texts, max_tokens=tokens, progress=False).arrays()))
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(loaded.model.config).eval()
+    fla_gate_init(fresh, torch.Generator().manual_seed(seed))
+    out["init"] = _rank_summary(head_stats(analyze(dataclasses.replace(loaded, model=fresh), texts, max_tokens=tokens, progress=False).arrays()))
+    return out
+
+
 def to_markdown(res: dict) -> str:
     f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
     out = ["| task | params | n | accuracy [Wilson 95 % CI] | chance |", "|---|---|---|---|---|"]
@@ -95,6 +132,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help="evaluation seed (>= 10**9: held out)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--ranks", default=None, metavar="FILE", help="also write the state-rank summary (trained vs "
+                    "at initialisation, held-out prose) to FILE, as the model card reads it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     res = run(args.model, args.n, args.seed, tuple(args.niah_lengths), tuple(args.niah_depths), args.niah_n)
@@ -103,6 +142,9 @@ def main(argv=None) -> None:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(res, fh, indent=1)
+    if args.ranks:
+        with open(args.ranks, "w") as fh:
+            json.dump(analysis_summary(args.model), fh, indent=1)
 
 
 if __name__ == "__main__":

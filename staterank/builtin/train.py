@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-every", type=int, default=100, help="steps between teacher-forced probes")
     ap.add_argument("--evaluate", type=int, default=0, metavar="N",
                     help="after training, evaluate DIR/final on the built-in tasks with N items each "
-                    "(eval_results.json) and write its model card (README.md): a shippable folder")
+                    "(eval_results.json), summarise its state ranks (ranks.json) and write its model card "
+                    "(README.md): a shippable folder")
     return ap
 
 
@@ -456,6 +457,7 @@ def main(argv=None) -> None:
         res = evaluate.run(final, n=args.evaluate)
         res["args"] = {"n": args.evaluate}
         (final / "eval_results.json").write_text(json.dumps(res, indent=1))
+        (final / "ranks.json").write_text(json.dumps(evaluate.analysis_summary(final), indent=1))
         card.write_card(final)
         print(evaluate.to_markdown(res), flush=True)
 
