@@ -197,3 +197,20 @@ def test_balanced_loss_averages_the_answer_and_prose_means():
     torch.testing.assert_close(balanced_loss(logits, labels, kind), expected)
     only = torch.tensor([[0, 1, 0, 0, 0, 0]])
     torch.testing.assert_close(balanced_loss(logits, x.masked_fill(only == 0, -100), only), ce[0])
+
+
+def test_copy_stage_logs_numbers_earlier_stages(tmp_path):
+    from staterank.builtin.train import copy_stage_logs
+
+    s1 = tmp_path / "s1"
+    (s1 / "final").mkdir(parents=True)
+    (s1 / "train_log.jsonl").write_text("one\n")
+    s2 = tmp_path / "s2" / "final"
+    s2.mkdir(parents=True)
+    copy_stage_logs(s1 / "final", s2)
+    (s2 / "train_log.jsonl").write_text("two\n")
+    s3 = tmp_path / "s3" / "final"
+    s3.mkdir(parents=True)
+    copy_stage_logs(s2, s3)
+    assert (s3 / "train_log_stage1.jsonl").read_text() == "one\n"
+    assert (s3 / "train_log_stage2.jsonl").read_text() == "two\n"

@@ -221,6 +221,9 @@ def write_card(folder: Path) -> str:
     else:
         intro = (f"Training ran in {len(stages)} stages on a shared 2-core CPU; `--init-from STAGEn` means the "
                  "previous stage's last checkpoint (`ckpt/` of a stopped stage, `final/` of a finished one):")
+    # the Makefile target is the one documented retraining command
+    intro += ("\n\n`make builtin-model` runs the repository's current recipe from a clean checkout (the `Makefile` "
+              "holds its commands) and writes a new folder with its own evaluation and card.")
     kinds = [k for s_ in stages for k, w in (s_.get("mix") or {}).items() if w > 0]
     doc_kinds = "\n".join(f"  - {DOC_KINDS[k]}" for k in dict.fromkeys(kinds) if k in DOC_KINDS)
     losses = {s_["args"].get("loss", "all") for s_ in stages} | {s_["args"]["early_loss"] for s_ in stages

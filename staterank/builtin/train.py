@@ -288,6 +288,18 @@ def save_folder(model, tok, folder: Path, extra: dict) -> None:
         tmp.rename(folder)
 
 
+def copy_stage_logs(init_from: Path, final: Path) -> None:
+    """Copy the logs of the stages behind ``init_from`` (a stage's final/ or ckpt/ folder, its log one level
+    up) into ``final`` as train_log_stage1.jsonl, train_log_stage2.jsonl, ..."""
+    earlier = sorted(init_from.glob("train_log_stage*.jsonl"), key=lambda f: int(f.stem.removeprefix("train_log_stage")))
+    for f in earlier:
+        shutil.copy(f, final / f.name)
+    log = init_from / "train_log.jsonl"
+    log = log if log.is_file() else init_from.parent / "train_log.jsonl"
+    if log.is_file():
+        shutil.copy(log, final / f"train_log_stage{len(earlier) + 1}.jsonl")
+
+
 # ---------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,6 +466,8 @@ def main(argv=None) -> None:
 
         final = out / "final"
         shutil.copy(out / "train_log.jsonl", final / "train_log.jsonl")
+        if args.init_from:  # earlier stages' logs travel with the model (the card cites them)
+            copy_stage_logs(Path(args.init_from), final)
         res = evaluate.run(final, n=args.evaluate)
         res["args"] = {"n": args.evaluate}
         (final / "eval_results.json").write_text(json.dumps(res, indent=1))
