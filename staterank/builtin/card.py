@@ -92,14 +92,14 @@ answered in the prompt, the last scored); multihop 2 hops with 2 distractor chai
 
 {results}
 
-Targets of issue #3, checked from the numbers above: {targets}
+{cpt_text}Targets of issue #3, checked from the numbers above: {targets}
 
-{ranks_section}Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
+Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
 
 Raw numbers: `eval_results.json`; {logs_text}; `training_state.json` holds the exact arguments.
 
-## Data and licences
+{ranks_section}## Data and licences
 
 - Jane Austen's six novels and the King James Bible: public domain (texts from the Debian packages
   `r-cran-janeaustenr` and `bible-kjv-text`).
@@ -110,7 +110,7 @@ The weights are released under the project's MIT licence.
 
 ## Limitations
 
-A few-million-parameter model trained for under an hour: its prose is poor, it knows no facts, and
+A {params_m:.2f}M-parameter model trained for about an hour: its prose is poor, it knows no facts, and
 NIAH beyond the longest training length ({max_T} tokens) is extrapolation. Use it to exercise the
 analysis machinery, not to draw conclusions about large models.
 """
@@ -234,7 +234,11 @@ def write_card(folder: Path) -> str:
                  "`answers+prose` = those plus every token of prose and GSM8K documents (task prompts such as "
                  "NIAH haystacks carry no loss).")
     logs_text = ("training log: `train_log.jsonl`" if single else "training logs: `train_log.jsonl` (last stage) and "
-                 "`train_log_stage*.jsonl` (earlier stages); stage notes: `stage_notes.json`")
+                 "`train_log_stage*.jsonl` (earlier stages)"
+                 + ("; stage notes: `stage_notes.json`" if (folder / "stage_notes.json").is_file() else ""))
+    cpt = res.get("chars_per_token")
+    cpt_text = (f"Lengths are in tokens of this model's tokenizer: held-out prose averages {cpt:.2f} characters "
+                f"per token, so a 256-token haystack is about {256 * cpt:.0f} characters of text.\n\n" if cpt else "")
     caps = {s_["args"].get("max_len") or 0 for s_ in stages}
     cap = max(caps) if 0 not in caps else 0
     phases = [(end, min(T, cap) if cap else T) for end, T in PHASES]
@@ -257,7 +261,7 @@ def write_card(folder: Path) -> str:
                   + ("meets" if nc["acc"] >= 0.8 else "does NOT meet") + " the >= 0.80 target")
     ranks = folder / "ranks.json"
     ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
-    text = TEMPLATE.format(ranks_section=ranks_section, targets="; ".join(checks) + ".",
+    text = TEMPLATE.format(ranks_section=ranks_section, cpt_text=cpt_text, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],

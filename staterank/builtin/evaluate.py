@@ -51,16 +51,18 @@ def run(model_dir, n: int = 64, seed: int = EVAL_SEED_BASE, niah_lengths=(256, 5
             res["niah_grid"].append({"context_tokens": L, "depth": d, **_cell(sel)})
         res["niah_by_length"] = res.get("niah_by_length", {})
         res["niah_by_length"][str(L)] = _cell([r for r, it in zip(rows, items) if it.meta["context_tokens"] == L])
-    logs, bpc = [], []
+    logs, bpc, cpt = [], [], []
     for f, text in zip(prose_files(), prose_texts("heldout")):
         p = perplexity(model, tok, text, max_tokens=ppl_tokens, window=512)
         res["perplexity"][f.name] = p
         logs.append(math.log(p))
         # bits per character: comparable across tokenizers, unlike per-token perplexity
         ids = tok(text[: 16 * ppl_tokens], add_special_tokens=False)["input_ids"][:ppl_tokens]  # as perplexity()
-        bpc.append(len(ids) * math.log2(p) / len(tok.decode(ids)))
+        cpt.append(len(tok.decode(ids)) / len(ids))
+        bpc.append(math.log2(p) / cpt[-1])
     res["perplexity"]["geomean"] = math.exp(sum(logs) / len(logs))
     res["bits_per_char"] = sum(bpc) / len(bpc)
+    res["chars_per_token"] = sum(cpt) / len(cpt)
     res["perplexity_setup"] = {"split": "held-out last 10 % of each file", "max_tokens_per_file": ppl_tokens,
                                "window": 512}
     res["seconds"] = round(time.time() - t0, 1)

@@ -165,6 +165,9 @@ class DataStream:
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
         self.words = [tokenizer.convert_tokens_to_string([t]) for t, _ in vocab
                       if t.startswith("\u0120") and t[1:].isalpha() and t[1:].islower() and len(t) >= 4]
+        if (mix.get("copy", 0) > 0 or (early_mix or {}).get("copy", 0) > 0) and len(self.words) < 8:
+            raise SystemExit(f"the copy drill needs >= 8 single-token words; this {len(tokenizer)}-token vocabulary "
+                             f"has {len(self.words)} (use a larger --vocab or drop copy from the mixture)")
         self.weights = [mix[k] for k in self.kinds]
         self.early_until = early_until if early_mix else 0.0
         self.early_weights = [(early_mix or {}).get(k, 0.0) for k in self.kinds]
