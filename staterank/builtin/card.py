@@ -261,6 +261,13 @@ def write_card(folder: Path) -> str:
                   + ("meets" if nc["acc"] >= 0.8 else "does NOT meet") + " the >= 0.80 target")
     ranks = folder / "ranks.json"
     ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
+    tr = res.get("arith_training_split")
+    if tr:
+        cpt_text += (f"Addition caveat: the held-out tenth of problems ((31a + b) mod 10 = 0, i.e. a + b ≡ 0 mod 10) "
+                     f"is exactly the problems whose sum ends in 0, a units digit no training sum has, so the "
+                     f"addition row measures generalisation to an unseen answer digit. On training-split problems "
+                     f"(which the model may have seen; not a held-out score) it scores {tr['acc']:.3f} "
+                     f"[{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
     text = TEMPLATE.format(ranks_section=ranks_section, cpt_text=cpt_text, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
