@@ -167,7 +167,7 @@ def test_niah_training_docs_keep_their_whole_answer(T, niah_min):
     from staterank.builtin.train import DataStream
 
     _, tok = load_builtin()
-    ds = DataStream(tok, seed=0, mix={"niah": 1.0}, answers_only=True, niah_min=niah_min)
+    ds = DataStream(tok, seed=0, mix={"niah": 1.0}, loss="answers", niah_min=niah_min)
     n_docs = 0
     for step in range(3):
         x, y = ds.batch(step=step, T=T, B=4)
@@ -186,7 +186,7 @@ def test_early_loss_masks_prose_only_in_the_early_phase():
     from staterank.builtin.train import DataStream
 
     _, tok = load_builtin()
-    ds = DataStream(tok, seed=0, mix={"prose": 1.0}, answers_only=True, prose_loss=True,
+    ds = DataStream(tok, seed=0, mix={"prose": 1.0}, loss="answers+prose",
                     early_mix={"prose": 1.0}, early_until=0.5, early_loss="answers")
     x, early = ds.batch(step=0, T=64, B=2, progress=0.1)
     _, late = ds.batch(step=0, T=64, B=2, progress=0.9)

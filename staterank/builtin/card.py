@@ -92,7 +92,7 @@ answered in the prompt, the last scored); multihop 2 hops with 2 distractor chai
 
 {results}
 
-{cpt_text}Targets of issue #3, checked from the numbers above: {targets}
+{notes_text}Targets of issue #3, checked from the numbers above: {targets}
 
 Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapping windows of
 {ppl_window} tokens each starting fresh from `<|bos|>`.
@@ -136,7 +136,7 @@ _NOT_RECIPE = {"out", "init_from", "vocab", "evaluate", "eval_every", "ckpt_minu
 
 
 def _flag(dest: str, value) -> str:
-    return f"--{dest.replace('_', '-')} {value:g}" if isinstance(value, float) else f"--{dest.replace('_', '-')} {value}"
+    return f"--{dest.replace('_', '-')} " + (f"{value:g}" if isinstance(value, float) else str(value))
 
 
 def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
@@ -237,7 +237,7 @@ def write_card(folder: Path) -> str:
                  "`train_log_stage*.jsonl` (earlier stages)"
                  + ("; stage notes: `stage_notes.json`" if (folder / "stage_notes.json").is_file() else ""))
     cpt = res.get("chars_per_token")
-    cpt_text = (f"Lengths are in tokens of this model's tokenizer: held-out prose averages {cpt:.2f} characters "
+    notes_text = (f"Lengths are in tokens of this model's tokenizer: held-out prose averages {cpt:.2f} characters "
                 f"per token, so a 256-token haystack is about {256 * cpt:.0f} characters of text.\n\n" if cpt else "")
     caps = {s_["args"].get("max_len") or 0 for s_ in stages}
     cap = max(caps) if 0 not in caps else 0
@@ -263,12 +263,12 @@ def write_card(folder: Path) -> str:
     ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
     tr = res.get("arith_training_split")
     if tr:
-        cpt_text += (f"Addition caveat: the held-out tenth of problems ((31a + b) mod 10 = 0, i.e. a + b ≡ 0 mod 10) "
+        notes_text += (f"Addition caveat: the held-out tenth of problems ((31a + b) mod 10 = 0, i.e. a + b ≡ 0 mod 10) "
                      f"is exactly the problems whose sum ends in 0, a units digit no training sum has, so the "
                      f"addition row measures generalisation to an unseen answer digit. On training-split problems "
                      f"(which the model may have seen; not a held-out score) it scores {tr['acc']:.3f} "
                      f"[{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
-    text = TEMPLATE.format(ranks_section=ranks_section, cpt_text=cpt_text, targets="; ".join(checks) + ".",
+    text = TEMPLATE.format(ranks_section=ranks_section, notes_text=notes_text, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..tasks import EVAL_SEED_BASE, TASKS, niah_grid
-from ..tasks.evaluate import accuracy_ci, evaluate, perplexity
+from ..tasks.evaluate import accuracy_ci, evaluate, perplexity, perplexity_ids
 from ..tasks.prose import prose_texts
 from ..data import prose_files
 from . import BUILTIN_DIR, load_builtin
@@ -63,7 +63,7 @@ def run(model_dir, n: int = 64, seed: int = EVAL_SEED_BASE, niah_lengths=(256, 5
         res["perplexity"][f.name] = p
         logs.append(math.log(p))
         # bits per character: comparable across tokenizers, unlike per-token perplexity
-        ids = tok(text[: 16 * ppl_tokens], add_special_tokens=False)["input_ids"][:ppl_tokens]  # as perplexity()
+        ids = perplexity_ids(tok, text, ppl_tokens)
         cpt.append(len(tok.decode(ids)) / len(ids))
         bpc.append(math.log2(p) / cpt[-1])
     res["perplexity"]["geomean"] = math.exp(sum(logs) / len(logs))
@@ -100,13 +100,17 @@ def analysis_summary(model_dir, tokens: int = 1024, seed: int = 0) -> dict:
     texts = {f.stem: t for f, t in zip(prose_files(), prose_texts("heldout")) if f.stem in ("kjv", "emma")}
     loaded = load_model(str(model_dir), dtype="float32")
     out = {"tokens": tokens, "texts": sorted(texts), "eps": 1e-4}
-    out["trained"] = _rank_summary(head_stats(analyze(loaded, texts, max_tokens=tokens, progress=False).arrays()))
+
+    def ranks(ld) -> dict:
+        return _rank_summary(head_stats(analyze(ld, texts, max_tokens=tokens, progress=False).arrays()))
+
+    out["trained"] = ranks(loaded)
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     fresh = AutoModelForCausalLM.from_config(loaded.model.config).eval()
     fla_gate_init(fresh, torch.Generator().manual_seed(seed))
-    out["init"] = _rank_summary(head_stats(analyze(dataclasses.replace(loaded, model=fresh), texts, max_tokens=tokens, progress=False).arrays()))
+    out["init"] = ranks(dataclasses.replace(loaded, model=fresh))
     return out
 
 

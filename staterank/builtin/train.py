@@ -147,14 +147,13 @@ def seq_len_at(progress: float) -> int:
 
 
 class DataStream:
-    def __init__(self, tokenizer, seed: int, mix: dict | None = None, answers_only: bool = False,
-                 prose_loss: bool = False, early_mix: dict | None = None, early_until: float = 0.0,
-                 niah_min: int = 64, early_loss: str | None = None):
+    def __init__(self, tokenizer, seed: int, mix: dict | None = None, loss: str = "all",
+                 early_mix: dict | None = None, early_until: float = 0.0, niah_min: int = 64,
+                 early_loss: str | None = None):
         self.tok = tokenizer
         self.niah_min = niah_min
         self.niah_tail = len(self._ids(NIAH_QUESTION + " 0000")) + 2  # + BOS, EOS
-        self.prose_loss = prose_loss
-        self.answers_only = answers_only
+        self.loss = loss
         self.digit_ids = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
         self.seed = seed
         self.prose = prose_texts("train")
@@ -171,8 +170,7 @@ class DataStream:
         self.weights = [mix[k] for k in self.kinds]
         self.early_until = early_until if early_mix else 0.0
         self.early_weights = [(early_mix or {}).get(k, 0.0) for k in self.kinds]
-        # (answers_only, prose_loss) before early_until; by default the same as afterwards
-        self.early_loss = _LOSSES[early_loss] if early_loss else (answers_only, prose_loss)
+        self.early_loss = early_loss or loss
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -226,11 +224,15 @@ class DataStream:
         Before ``early_until`` of the schedule, documents follow the early mixture."""
         return self.batch_with_mask(step, T, B, progress)[:2]
 
+    def loss_at(self, progress: float) -> str:
+        """The --loss choice in force at this point of the schedule (the early one before early_until)."""
+        return self.early_loss if progress < self.early_until else self.loss
+
     def batch_with_mask(self, step: int, T: int, B: int, progress: float = 1.0):
         """(input_ids, labels, kind) with kind [B, T]: 1 on task answers, 2 on prose/GSM8K tokens that
         carry loss, 0 elsewhere (for the balanced loss)."""
         early = progress < self.early_until
-        answers_only, prose_loss = self.early_loss if early else (self.answers_only, self.prose_loss)
+        answers_only, prose_loss = _LOSSES[self.loss_at(progress)]
         rng = random.Random(f"train:{self.seed}:{step}")
         rows, masks = [], []
         for b in range(B):
@@ -410,7 +412,7 @@ def main(argv=None) -> None:
             p = max(p, (time.time() - t_train) / (args.minutes * 60))
         return p
 
-    data = DataStream(tok, args.seed, mix, *_LOSSES[args.loss], early_loss=args.early_loss,
+    data = DataStream(tok, args.seed, mix, args.loss, early_loss=args.early_loss,
                       early_mix=early_mix, early_until=args.early_until, niah_min=args.niah_min)
     model.train()
     t_train = time.time()
@@ -428,8 +430,7 @@ def main(argv=None) -> None:
         x, labels, kind = data.batch_with_mask(step, T, max(1, args.tokens_per_step // T), p)
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, p)
-        balanced = (args.early_loss if p < data.early_until and args.early_loss else args.loss) == "balanced"
-        if balanced:
+        if data.loss_at(p) == "balanced":
             loss = balanced_loss(model(input_ids=x, use_cache=False).logits, labels, kind)
         else:
             loss = model(input_ids=x, labels=labels, use_cache=False).loss

@@ -70,6 +70,12 @@ def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[floa
 
 
 @torch.no_grad()
+def perplexity_ids(tokenizer, text: str, max_tokens: int = 16384) -> list[int]:
+    """The token ids ``perplexity`` scores: the first ``max_tokens`` of ``text``, no special tokens."""
+    # tokenise only a prefix long enough for max_tokens (>= 1 char per token)
+    return tokenizer(text[: 16 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens]
+
+
 def perplexity(model, tokenizer, text: str, max_tokens: int = 16384, window: int = 512) -> float:
     """Perplexity of the first ``max_tokens`` tokens of ``text`` over non-overlapping windows.
 
@@ -77,8 +83,7 @@ def perplexity(model, tokenizer, text: str, max_tokens: int = 16384, window: int
     context <= ``window``; every token after the window's first is scored once.
     """
     model.eval()
-    # tokenise only a prefix long enough for max_tokens (>= 1 char per token)
-    ids = tokenizer(text[: 16 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = perplexity_ids(tokenizer, text, max_tokens)
     bos = tokenizer.bos_token_id
     nll, count = 0.0, 0
     for s in range(0, len(ids), window - 1):
