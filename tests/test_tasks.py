@@ -93,6 +93,18 @@ def test_arith_eval_problems_never_trained_on():
     assert not any(_arith_heldout(*map(int, it.prompt[:-1].split("+"))) for it in TASKS["arith"].generate(50, 1))
 
 
+def test_arith_heldout_split_is_independent_of_the_answer():
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    held = [(a, b) for a, b in pairs if _arith_heldout(a, b)]
+    assert 0.08 < len(held) / len(pairs) < 0.12
+    assert all(_arith_heldout(b, a) for a, b in held)  # b+a is held out with a+b
+    # every units digit and every sum length appears among held-out answers, in roughly training's proportions
+    for digit in range(10):
+        share = sum((a + b) % 10 == digit for a, b in held) / len(held)
+        assert 0.05 < share < 0.15, (digit, share)
+    assert {len(str(a + b)) for a, b in held} == {2, 3}
+
+
 def test_scorer_exact():
     assert extract_answer(" 4821\nThe rest") == "4821"
     assert score("4821", " 4821 ") and not score("482", "4821") and not score("48210", "4821")

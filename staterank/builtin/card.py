@@ -70,7 +70,7 @@ A ~ U(1, 16) (A_log = log A), dt ~ logUniform(1e-3, 1e-1), dt_bias = dt + log(-e
 {doc_kinds}
 - Task items used seeds < 10^6; every evaluation below uses seeds >= 10^9. Prose: the first 90 % of
   each file is training text, the last 10 % is held out (evaluation haystacks, perplexity).
-  Addition: a fixed tenth of all problems ((31a + b) mod 10 = 0) was excluded from training and is
+  Addition: a fixed tenth of all problems (a hash of the unordered pair, independent of the answer) was excluded from training and is
   the only set evaluated.
 - Tokenizer: byte-level BPE trained with `tokenizers` at the start of the (first) run on the training prose, GSM8K train
   and task text; digits split one per token; `<|bos|>` (prepended by the tokenizer), `<|eos|>`,
@@ -263,11 +263,8 @@ def write_card(folder: Path) -> str:
     ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
     tr = res.get("arith_training_split")
     if tr:
-        notes_text += (f"Addition caveat: the held-out tenth of problems ((31a + b) mod 10 = 0, i.e. a + b ≡ 0 mod 10) "
-                     f"is exactly the problems whose sum ends in 0, a units digit no training sum has, so the "
-                     f"addition row measures generalisation to an unseen answer digit. On training-split problems "
-                     f"(which the model may have seen; not a held-out score) it scores {tr['acc']:.3f} "
-                     f"[{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
+        notes_text += (f"Addition on training-split problems (which the model may have seen; a diagnostic, not a "
+                       f"held-out score): {tr['acc']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
     text = TEMPLATE.format(ranks_section=ranks_section, notes_text=notes_text, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
