@@ -9,7 +9,8 @@ saturate and some stay low rank; (b) if the builtin model folder exists, its cap
 For each block of tokens the same states go to the engine (``spectra.threshold_rank`` with the token
 counts, one batched call) and to the baseline (``torch.linalg.svdvals`` in fp64, one call per token
 over all heads), alternately, so machine load hits both alike. ``spectrum_stats`` (all six stats)
-is timed too. The last line is ``speedup=<x> mismatches=<n>`` (threshold-rank engine, all states).
+is timed too, and so is the fp64 Gram product alone: the floor of any Gram-based engine. The last
+line is ``speedup=<x> mismatches=<n>`` (threshold-rank engine, all states).
 Shapes: T tokens, H heads, K key dim, V value dim.
 """
 
@@ -105,8 +106,13 @@ def builtin_blocks(tokens: int, block: int, device: torch.device, folder: str | 
         yield pos[i:i + block], states[i:i + block].to(device)
 
 
+def gram(S: torch.Tensor) -> torch.Tensor:
+    Sd = S.to(torch.float64)
+    return Sd.mT @ Sd
+
+
 def run(name: str, blocks, eps: float, threads: int, device: torch.device, stats: bool):
-    eng, base, st = Timer(device), Timer(device), Timer(device)
+    eng, base, st, floor = Timer(device), Timer(device), Timer(device), Timer(device)
     mism = mism_stats = n = 0
     ranks = []
     for i, (t, S) in enumerate(blocks):
@@ -120,6 +126,7 @@ def run(name: str, blocks, eps: float, threads: int, device: torch.device, stats
             ref = base(baseline_ranks, S, eps)
             r = eng(spectra.threshold_rank, S, eps, tokens=t, threads=threads)
         mism += int((r != ref).sum())
+        floor(gram, S)
         if stats:
             s = st(spectra.spectrum_stats, S, eps, threads=threads)
             mism_stats += int((s["threshold_rank"] != ref).sum())
@@ -129,6 +136,8 @@ def run(name: str, blocks, eps: float, threads: int, device: torch.device, stats
     last = ranks[-1].tolist()
     print(f"[{name}] {n} matrices {K}x{V}: per-token fp64 svdvals {base.total:.2f} s, "
           f"threshold_rank engine {eng.total:.2f} s -> {base.total / eng.total:.2f}x, mismatches {mism}")
+    print(f"[{name}] the fp64 Gram product alone {floor.total:.2f} s: no engine that forms it "
+          f"can beat svdvals by more than {base.total / floor.total:.2f}x here")
     if stats:
         print(f"[{name}] spectrum_stats (all {len(spectra.STAT_NAMES)} stats) {st.total:.2f} s -> "
               f"{base.total / st.total:.2f}x vs svdvals, rank mismatches {mism_stats}")
