@@ -32,7 +32,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # Retrain the shipped model from scratch (about an hour on 2 CPU cores): both stages of the recipe in
-# its card, then evaluation, state-rank summary and card in $(BUILTIN_RUN)/stage2/final.
+# its card, then evaluation, state-rank summary and card in $(BUILTIN_RUN)/stage2/final, and the
+# comparison with the shipped model's accuracies (python -m staterank.builtin.compare).
 builtin-model: $(STAMP)
 	@test ! -e $(BUILTIN_RUN) || { echo "$(BUILTIN_RUN) exists (runs are never overwritten); use make builtin-model BUILTIN_RUN=runs/another"; exit 1; }
 	$(TRAIN) --out $(BUILTIN_RUN)/stage1 --seed 0 --steps 3000 --minutes 45 --lr 0.003 --vocab 320 \
@@ -40,4 +41,4 @@ builtin-model: $(STAMP)
 	  --mix niah=0.3,mqar=0.25,multihop=0.15,arith=0.15,prose=0.15 --loss answers+prose
 	$(TRAIN) --out $(BUILTIN_RUN)/stage2 --init-from $(BUILTIN_RUN)/stage1/final --seed 1 --steps 2000 \
 	  --minutes 15 --lr 0.002 --mix niah=0.15,mqar=0.3,multihop=0.15,arith=0.3,prose=0.1 --loss balanced --evaluate 64
-	@echo "retrained: $(BUILTIN_RUN)/stage2/final (compare its README.md with staterank/builtin/model/README.md)"
+	$(PY) -m staterank.builtin.compare $(BUILTIN_RUN)/stage2/final

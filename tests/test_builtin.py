@@ -224,3 +224,20 @@ def test_copy_stage_logs_numbers_earlier_stages(tmp_path):
     copy_stage_logs(s2, s3)
     assert (s3 / "train_log_stage1.jsonl").read_text() == "one\n"
     assert (s3 / "train_log_stage2.jsonl").read_text() == "two\n"
+
+
+def test_compare_reproduction_verdict(tmp_path, capsys):
+    from staterank.builtin.compare import compare, main
+
+    ref = json.loads((BUILTIN_DIR / "eval_results.json").read_text())
+    rows, ok = compare(ref, ref)
+    assert ok and {"task niah", "task mqar"} <= {r["name"] for r in rows}
+    worse = json.loads(json.dumps(ref))
+    worse["tasks"]["niah"].update(acc=0.5, lo=0.38, hi=0.62)
+    rows, ok = compare(worse, ref)
+    assert not ok and [r["name"] for r in rows if not r["new_in_ref_ci"]] == ["task niah"]
+    (tmp_path / "eval_results.json").write_text(json.dumps(worse))
+    assert main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "does NOT reproduce: task niah outside the reference CI"
+    with pytest.raises(SystemExit, match="eval_results.json not found"):
+        main([str(tmp_path / "missing")])

@@ -1,0 +1,74 @@
+"""Does a retrained model reproduce the shipped one? Accuracies side by side with Wilson 95 % CIs.
+
+    python -m staterank.builtin.compare runs/builtin-model/stage2/final [--against staterank/builtin/model]
+
+Reads both folders' ``eval_results.json`` (written by ``train --evaluate`` / ``builtin.evaluate``).
+A row reproduces when the new accuracy lies inside the reference's confidence interval; the
+reverse check (reference inside the new CI) is printed too. Bits per character has no CI: both
+values and their difference are shown. The last line is the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from staterank.builtin import BUILTIN_DIR
+
+
+def _cells(res: dict) -> dict[str, dict]:
+    cells = {f"task {k}": v for k, v in res.get("tasks", {}).items()}
+    cells.update({f"NIAH {k} tokens (grid)": v for k, v in res.get("niah_by_length", {}).items()})
+    if "arith_training_split" in res:
+        cells["addition, training split (diagnostic)"] = res["arith_training_split"]
+    return cells
+
+
+def compare(new: dict, ref: dict) -> tuple[list[dict], bool]:
+    """Rows for every accuracy both results have; ``ok`` when each new value is in the reference CI."""
+    a, b = _cells(new), _cells(ref)
+    rows = []
+    for name in [k for k in b if k in a]:
+        n, r = a[name], b[name]
+        rows.append({"name": name, "new": n, "ref": r,
+                     "new_in_ref_ci": r["lo"] <= n["acc"] <= r["hi"],
+                     "ref_in_new_ci": n["lo"] <= r["acc"] <= n["hi"]})
+    return rows, bool(rows) and all(x["new_in_ref_ci"] for x in rows)
+
+
+def _load(folder: Path) -> dict:
+    f = folder / "eval_results.json"
+    if not f.is_file():
+        raise SystemExit(f"error: {f} not found (evaluate the model first: python -m staterank.builtin.evaluate "
+                         f"--model {folder} --n 64)")
+    return json.loads(f.read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog="example: python -m staterank.builtin.compare runs/b/stage2/final")
+    p.add_argument("model", type=Path, help="folder of the retrained model (holds eval_results.json)")
+    p.add_argument("--against", type=Path, default=BUILTIN_DIR, help="reference folder (default: the shipped model)")
+    a = p.parse_args(argv)
+    new, ref = _load(a.model), _load(a.against)
+    if new.get("args", {}).get("n") != ref.get("args", {}).get("n"):
+        print(f"note: evaluated with different --n ({new.get('args', {}).get('n')} vs {ref.get('args', {}).get('n')})")
+    rows, ok = compare(new, ref)
+    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] n={c['n']}"  # noqa: E731
+    print(f"{'':38s} {'new':28s} {'reference':28s} new in ref CI / ref in new CI")
+    for x in rows:
+        print(f"{x['name']:38s} {f(x['new']):28s} {f(x['ref']):28s} "
+              f"{'yes' if x['new_in_ref_ci'] else 'NO'} / {'yes' if x['ref_in_new_ci'] else 'NO'}")
+    if "bits_per_char" in new and "bits_per_char" in ref:
+        print(f"{'bits per character (held-out prose)':38s} {new['bits_per_char']:<28.3f} {ref['bits_per_char']:<28.3f} "
+              f"difference {new['bits_per_char'] - ref['bits_per_char']:+.3f}")
+    missed = [x["name"] for x in rows if not x["new_in_ref_ci"]]
+    print("reproduces: every accuracy lies inside the reference's 95 % CI" if ok else
+          "does NOT reproduce: " + (", ".join(missed) if missed else "no accuracy in common") + " outside the reference CI")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
