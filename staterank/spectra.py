@@ -15,6 +15,11 @@ every matrix with an eigenvalue inside that error band around ε²σ_1² is reco
 Threads. ``threads`` (default ``torch.get_num_threads()``) CPU workers each take a slice of the
 batch with torch's intra-op threads set to 1 for the duration of the call (process-wide; restored
 after). Cost on one core, 128x128: ~0.6 ms/matrix vs ~0.85-1.2 ms for fp64 ``svdvals``.
+
+Why not faster on one core: the fp64 Gram product alone costs about a third of ``svdvals``
+(``benchmarks/spectra.py`` prints that ceiling), and every certificate we know for an exact count
+(eigvalsh, Cholesky/LDLᵀ inertia at a bracket of shifts) needs that product or another O(K³) step
+per state. Speed-ups beyond ~1.4x come from parallel hardware: batch-parallel CPU workers or a GPU.
 """
 
 from __future__ import annotations
