@@ -241,3 +241,24 @@ def test_compare_reproduction_verdict(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "does NOT reproduce: task niah outside the reference CI"
     with pytest.raises(SystemExit, match="eval_results.json not found"):
         main([str(tmp_path / "missing")])
+
+
+def test_card_reproduction_section_from_compare(tmp_path):
+    import shutil
+
+    from staterank.builtin.card import write_card
+    from staterank.builtin.compare import main
+
+    folder, rerun = tmp_path / "m", tmp_path / "rerun"
+    shutil.copytree(BUILTIN_DIR, folder)
+    (folder / "reproduction.json").unlink(missing_ok=True)
+    assert "## Reproduction" not in write_card(folder)
+    rerun.mkdir()
+    res = json.loads((folder / "eval_results.json").read_text())
+    res["tasks"]["mqar"].update(acc=0.9, lo=0.8, hi=0.95)
+    (rerun / "eval_results.json").write_text(json.dumps(res))
+    main([str(rerun), "--against", str(folder), "--out", str(folder / "reproduction.json")])
+    text = write_card(folder)
+    assert "## Reproduction" in text and "(rows marked no)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| task mqar |"))
+    assert row.endswith("| 0.900 [0.800, 0.950] | **no** |")

@@ -99,7 +99,7 @@ Perplexity: first {ppl_tokens} tokens of each file's held-out 10 %, non-overlapp
 
 Raw numbers: `eval_results.json`; {logs_text}; `training_state.json` holds the exact arguments.
 
-{ranks_section}## Data and licences
+{reproduction_section}{ranks_section}## Data and licences
 
 - Jane Austen's six novels and the King James Bible: public domain (texts from the Debian packages
   `r-cran-janeaustenr` and `bible-kjv-text`).
@@ -159,6 +159,25 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
             + (f" (before {a['early_until']:.0%} of the schedule: {a['early_mix']}"
                + (f", loss {a['early_loss']}" if a.get("early_loss") else "") + ")" if a.get("early_mix") else "")
             + f". {note}")
+
+
+def _reproduction_section(r: dict) -> str:
+    """From ``reproduction.json`` (``python -m staterank.builtin.compare --out``)."""
+    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
+    rows = "\n".join(f"| {x['name']} | {f(x['ref'])} | {f(x['new'])} | {'yes' if x['new_in_ref_ci'] else '**no**'} |"
+                     for x in r["rows"])
+    stages = r.get("new_training", {}).get("stages", [])
+    how = ("; ".join(f"stage {i + 1}: {s['step']} of {s['steps_planned']} steps, {s['minutes']} min"
+                     for i, s in enumerate(stages)) + "; ") if stages else ""
+    b = r.get("bits_per_char") or {}
+    bpc = (f"Bits per character: {b['reference']:.3f} here, {b['new']:.3f} in the rerun.\n\n"
+           if b.get("new") is not None and b.get("reference") is not None else "")
+    verdict = ("Every accuracy of the rerun lies inside this model's 95 % CI." if r["reproduces"] else
+               "Not every accuracy of the rerun lies inside this model's 95 % CI (rows marked no).")
+    return (f"## Reproduction\n\nA second, independent run of `make builtin-model` (same seeds, same kind of "
+            f"machine; {how}on a shared machine the time budget, not the step count, ends each stage, so reruns "
+            f"differ slightly), compared by `python -m staterank.builtin.compare` (`reproduction.json`):\n\n"
+            f"| | this model | rerun | rerun inside this CI |\n|---|---|---|---|\n{rows}\n\n{bpc}{verdict}\n\n")
 
 
 def _ranks_section(r: dict) -> str:
@@ -261,11 +280,13 @@ def write_card(folder: Path) -> str:
                   + ("meets" if nc["acc"] >= 0.8 else "does NOT meet") + " the >= 0.80 target")
     ranks = folder / "ranks.json"
     ranks_section = _ranks_section(json.loads(ranks.read_text())) if ranks.is_file() else ""
+    repro = folder / "reproduction.json"
+    reproduction_section = _reproduction_section(json.loads(repro.read_text())) if repro.is_file() else ""
     tr = res.get("arith_training_split")
     if tr:
         notes_text += (f"Addition on training-split problems (which the model may have seen; a diagnostic, not a "
                        f"held-out score): {tr['acc']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
-    text = TEMPLATE.format(ranks_section=ranks_section, notes_text=notes_text, targets="; ".join(checks) + ".",
+    text = TEMPLATE.format(ranks_section=ranks_section, reproduction_section=reproduction_section, notes_text=notes_text, targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],

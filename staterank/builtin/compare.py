@@ -1,11 +1,13 @@
 """Does a retrained model reproduce the shipped one? Accuracies side by side with Wilson 95 % CIs.
 
     python -m staterank.builtin.compare runs/builtin-model/stage2/final [--against staterank/builtin/model]
+        [--out reproduction.json]
 
 Reads both folders' ``eval_results.json`` (written by ``train --evaluate`` / ``builtin.evaluate``).
 A row reproduces when the new accuracy lies inside the reference's confidence interval; the
 reverse check (reference inside the new CI) is printed too. Bits per character has no CI: both
-values and their difference are shown. The last line is the verdict.
+values and their difference are shown. The last line is the verdict. ``--out`` writes the same as
+JSON; a ``reproduction.json`` in a model folder becomes the "Reproduction" section of its card.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from staterank.builtin import BUILTIN_DIR
+from staterank.runio import atomic_write_text
 
 
 def _cells(res: dict) -> dict[str, dict]:
@@ -38,6 +41,19 @@ def compare(new: dict, ref: dict) -> tuple[list[dict], bool]:
     return rows, bool(rows) and all(x["new_in_ref_ci"] for x in rows)
 
 
+def _training_summary(folder: Path) -> dict:
+    """Steps, tokens and minutes of every stage of the run in ``folder`` (training_state.json)."""
+    f = folder / "training_state.json"
+    if not f.is_file():
+        return {}
+    st, stages = json.loads(f.read_text()), []
+    while st:
+        stages.insert(0, {k: st.get(k) for k in ("step", "steps_planned", "tokens")}
+                          | {"minutes": round(st.get("train_seconds", 0) / 60, 1)})
+        st = st.get("previous")
+    return {"stages": stages}
+
+
 def _load(folder: Path) -> dict:
     f = folder / "eval_results.json"
     if not f.is_file():
@@ -51,6 +67,7 @@ def main(argv=None) -> int:
                                 epilog="example: python -m staterank.builtin.compare runs/b/stage2/final")
     p.add_argument("model", type=Path, help="folder of the retrained model (holds eval_results.json)")
     p.add_argument("--against", type=Path, default=BUILTIN_DIR, help="reference folder (default: the shipped model)")
+    p.add_argument("--out", type=Path, help="also write the comparison as JSON (e.g. REFERENCE/reproduction.json)")
     a = p.parse_args(argv)
     new, ref = _load(a.model), _load(a.against)
     if new.get("args", {}).get("n") != ref.get("args", {}).get("n"):
@@ -64,6 +81,11 @@ def main(argv=None) -> int:
     if "bits_per_char" in new and "bits_per_char" in ref:
         print(f"{'bits per character (held-out prose)':38s} {new['bits_per_char']:<28.3f} {ref['bits_per_char']:<28.3f} "
               f"difference {new['bits_per_char'] - ref['bits_per_char']:+.3f}")
+    if a.out:
+        atomic_write_text(a.out, json.dumps({
+            "new": str(a.model), "reference": str(a.against), "reproduces": ok, "rows": rows,
+            "bits_per_char": {"new": new.get("bits_per_char"), "reference": ref.get("bits_per_char")},
+            "new_training": _training_summary(a.model)}, indent=1))
     missed = [x["name"] for x in rows if not x["new_in_ref_ci"]]
     print("reproduces: every accuracy lies inside the reference's 95 % CI" if ok else
           "does NOT reproduce: " + (", ".join(missed) if missed else "no accuracy in common") + " outside the reference CI")
