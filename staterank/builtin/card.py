@@ -83,7 +83,7 @@ Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accurac
 
 ## Measured results
 
-`python -m staterank.builtin.evaluate --model {{folder}} --n {n}` ({eval_minutes:.1f} minutes on 1
+`python -m staterank.builtin.evaluate --model DIR --n {n}` ({eval_minutes:.1f} minutes on 1
 thread). Greedy decoding; the prediction is the continuation up to the first newline, stripped, and
 must equal the answer exactly. Accuracy with Wilson 95 % intervals; chance = uniform guess over the
 answer space. Default task parameters: NIAH 256 tokens at depth 0.5; MQAR 8 pairs, 4 queries (3
