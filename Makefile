@@ -36,9 +36,10 @@ clean:
 # comparison with the shipped model's accuracies (python -m staterank.builtin.compare).
 builtin-model: $(STAMP)
 	@test ! -e $(BUILTIN_RUN) || { echo "$(BUILTIN_RUN) exists (runs are never overwritten); use make builtin-model BUILTIN_RUN=runs/another"; exit 1; }
-	$(TRAIN) --out $(BUILTIN_RUN)/stage1 --seed 0 --steps 3000 --minutes 45 --lr 0.003 --vocab 320 \
+	$(TRAIN) --out $(BUILTIN_RUN)/stage1 --seed 0 --steps 3000 --minutes 40 --lr 0.003 --vocab 320 \
 	  --hidden 128 --intermediate 256 --early-mix niah=1.0 --early-until 0.35 --early-loss answers \
 	  --mix niah=0.3,mqar=0.25,multihop=0.15,arith=0.15,prose=0.15 --loss answers+prose
 	$(TRAIN) --out $(BUILTIN_RUN)/stage2 --init-from $(BUILTIN_RUN)/stage1/final --seed 1 --steps 2000 \
-	  --minutes 15 --lr 0.002 --mix niah=0.15,mqar=0.3,multihop=0.15,arith=0.3,prose=0.1 --loss balanced --evaluate 64
+	  --minutes 20 --lr 0.002 --early-mix mqar=1.0 --early-until 0.35 --early-loss answers \
+	  --mix niah=0.15,mqar=0.3,multihop=0.15,arith=0.3,prose=0.1 --loss balanced --evaluate 64
 	$(PY) -m staterank.builtin.compare $(BUILTIN_RUN)/stage2/final

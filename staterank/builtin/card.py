@@ -164,7 +164,8 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
 def _reproduction_section(r: dict) -> str:
     """From ``reproduction.json`` (``python -m staterank.builtin.compare --out``)."""
     f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
-    rows = "\n".join(f"| {x['name']} | {f(x['ref'])} | {f(x['new'])} | {'yes' if x['new_in_ref_ci'] else '**no**'} |"
+    rows = "\n".join(f"| {x['name']} | {f(x['ref'])} | {f(x['new'])} | {x['p_fisher']:.3g}"
+                     f"{' **differs**' if x['differs'] else ''} | {'yes' if x['new_in_ref_ci'] else 'no'} |"
                      for x in r["rows"])
     stages = r.get("new_training", {}).get("stages", [])
     how = ("; ".join(f"stage {i + 1}: {s['step']} of {s['steps_planned']} steps, {s['minutes']} min"
@@ -172,12 +173,16 @@ def _reproduction_section(r: dict) -> str:
     b = r.get("bits_per_char") or {}
     bpc = (f"Bits per character: {b['reference']:.3f} here, {b['new']:.3f} in the rerun.\n\n"
            if b.get("new") is not None and b.get("reference") is not None else "")
-    verdict = ("Every accuracy of the rerun lies inside this model's 95 % CI." if r["reproduces"] else
-               "Not every accuracy of the rerun lies inside this model's 95 % CI (rows marked no).")
+    verdict = ("Reproduced: no accuracy differs significantly between the two runs (Fisher's exact test, "
+               "two-sided, p >= 0.05 on every row)." if r["reproduces"] else
+               "Not reproduced: the rows marked **differs** differ significantly between the two runs (Fisher's "
+               "exact test, two-sided, p < 0.05).")
+    verdict += (" A rerun's accuracy can fall just outside this model's CI by chance: both numbers carry "
+                "sampling noise, which the CI of one run does not account for.")
     return (f"## Reproduction\n\nA second, independent run of `make builtin-model` (same seeds, same kind of "
             f"machine; {how}on a shared machine the time budget, not the step count, ends each stage, so reruns "
             f"differ slightly), compared by `python -m staterank.builtin.compare` (`reproduction.json`):\n\n"
-            f"| | this model | rerun | rerun inside this CI |\n|---|---|---|---|\n{rows}\n\n{bpc}{verdict}\n\n")
+            f"| | this model | rerun | Fisher p | rerun inside this CI |\n|---|---|---|---|---|\n{rows}\n\n{bpc}{verdict}\n\n")
 
 
 def _ranks_section(r: dict) -> str:
