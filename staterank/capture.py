@@ -27,12 +27,12 @@ import torch.nn as nn
 
 from . import spectra
 from .adapters import Adapter, LinearLayer, get_adapter
-from .errors import UserError
+from .errors import UserError, VerificationFailed
 from .hooks import intercept
 from .recurrence import RuleCall, replay
 
 
-class CaptureMismatch(RuntimeError):
+class CaptureMismatch(VerificationFailed):
     """The replayed recurrence disagrees with what the model computed."""
 
 

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from .errors import UserError
+from .errors import UserError, VerificationFailed
 
 EPILOG = """examples:
   staterank analyze --model builtin --prompt "The quick brown fox" --out runs/a1
@@ -528,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"staterank: error: {e}", file=sys.stderr)
         return 2
+    except VerificationFailed as e:
+        print(f"staterank: check failed: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("staterank: interrupted (finished pieces are saved; rerun the same command to resume)", file=sys.stderr)
         return 130

@@ -102,3 +102,17 @@ def test_subprocess_error_and_ls(tmp_path):
     assert r.returncode == 0
     for t in ("qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid"):
         assert f"  {t}\n" in r.stdout
+
+
+def test_failed_self_check_is_one_line_and_exit_3(monkeypatch, capsys):
+    from staterank import cli
+    from staterank.prune.run import CheckFailed
+
+    def boom(args):
+        raise CheckFailed("pruned model differs from the masked model by 0.5 > 0.0001 (see runs/x/prune.json)")
+
+    monkeypatch.setattr(cli, "_run_ls", boom)
+    assert cli.main(["ls"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["staterank: check failed: pruned model differs from the masked model by 0.5 > 0.0001 "
+                   "(see runs/x/prune.json)"]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import runio
-from ..errors import UserError
+from ..errors import UserError, VerificationFailed
 from ..models import Loaded
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
@@ -48,7 +48,7 @@ from .scores import Budget, get_method, select
 from .surgery import prune_heads
 
 
-class CheckFailed(RuntimeError):
+class CheckFailed(VerificationFailed):
     """The pruned model does not reproduce the masked model (a surgery bug): results are kept."""
 
 
@@ -72,7 +72,7 @@ class PruneConfig:
     state_batch: int = 1
     decode_tokens: int = 32
     export: bool = True
-    check_tol: float = 1e-4  # fp32; relative 1e-2 of max |logit| for half precision
+    check_tol: float = 1e-4  # absolute floor; the check allows max(this, 3e-5 (fp32) or 1e-2 (half) x max |logit|)
     seed: int = 0
     plan_file: str | None = None  # apply this plan instead of scoring
     data_dir: str | None = None  # calibration data (default: $STATERANK_DATA or ../shared/data)
@@ -277,7 +277,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     diff = float((logits(pruned, torch.from_numpy(z["ids"])) - torch.from_numpy(z["logits"])).abs().max())
     # half precision: the masked and the pruned model round differently (other shapes, other
     # reduction orders), so the tolerance is relative to the logit scale there (untested on GPU)
-    tol = cfg.check_tol if dtype == torch.float32 else max(cfg.check_tol, 1e-2 * float(np.abs(z["logits"]).max()))
+    scale = float(np.abs(z["logits"]).max())
+    # fp32: summing over fewer heads reorders the reductions, ~1e-6-1e-5 relative after a few layers
+    # (measured 1.4e-4 on logits up to 22 on the builtin model); a surgery bug is O(1)
+    tol = max(cfg.check_tol, (3e-5 if dtype == torch.float32 else 1e-2) * scale)
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
              "reloaded_with": "AutoModelForCausalLM.from_pretrained" if cfg.export else "in-memory surgery",
              "ids_shape": list(z["ids"].shape)}
