@@ -151,3 +151,11 @@ def test_evaluate_end_to_end_tiny_model(tok):
     assert greedy_continuations(model, tok, prompts, 4, batch_size=8) == greedy_continuations(model, tok, prompts, 4, 1)
     p = perplexity(model, tok, prose_texts("heldout")[0], max_tokens=200, window=64)
     assert 1 < p < 10 * len(tok)
+
+
+def test_perplexity_builds_no_autograd_graph(tok):
+    model = _tiny_model(tok)
+    seen = []
+    model.register_forward_hook(lambda m, a, out: seen.append(torch.is_grad_enabled()))
+    perplexity(model, tok, prose_texts("heldout")[0], max_tokens=100, window=64)
+    assert seen and not any(seen)
