@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..runio import atomic_write_text
 from .evaluate import to_markdown
 
 TEMPLATE = """---
@@ -306,7 +307,7 @@ def write_card(folder: Path) -> str:
         ppl_tokens=res["perplexity_setup"]["max_tokens_per_file"], ppl_window=res["perplexity_setup"]["window"],
         max_T=max(T for _, T in merged),
     )
-    (folder / "README.md").write_text(text)
+    atomic_write_text(folder / "README.md", text)
     return text
 
 

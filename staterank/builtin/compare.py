@@ -22,7 +22,7 @@ from pathlib import Path
 from scipy.stats import fisher_exact
 
 from staterank.builtin import BUILTIN_DIR
-from staterank.runio import atomic_write_text
+from staterank.runio import write_json
 
 
 ALPHA = 0.05
@@ -91,10 +91,10 @@ def main(argv=None) -> int:
         print(f"{'bits per character (held-out prose)':38s} {new['bits_per_char']:<28.3f} {ref['bits_per_char']:<28.3f} "
               f"difference {new['bits_per_char'] - ref['bits_per_char']:+.3f}")
     if a.out:
-        atomic_write_text(a.out, json.dumps({
+        write_json(a.out, {
             "new": str(a.model), "reference": str(a.against), "reproduces": ok, "rows": rows,
             "bits_per_char": {"new": new.get("bits_per_char"), "reference": ref.get("bits_per_char")},
-            "new_training": _training_summary(a.model)}, indent=1))
+            "new_training": _training_summary(a.model)})
     differs = [x["name"] for x in rows if x["differs"]]
     inside = sum(x["new_in_ref_ci"] for x in rows)
     print(f"reproduces: no accuracy differs significantly (Fisher exact, p >= {ALPHA}); {inside} of {len(rows)} "

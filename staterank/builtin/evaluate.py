@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 
@@ -20,6 +19,7 @@ from ..tasks import EVAL_SEED_BASE, TASKS, niah_grid
 from ..tasks.evaluate import accuracy_ci, evaluate, perplexity, perplexity_ids
 from ..tasks.prose import prose_texts
 from ..data import prose_files
+from .. import runio
 from . import BUILTIN_DIR, load_builtin
 
 
@@ -151,11 +151,9 @@ def main(argv=None) -> None:
     res["args"] = vars(args)
     print(to_markdown(res))
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        runio.write_json(args.out, res)
     if args.ranks:
-        with open(args.ranks, "w") as fh:
-            json.dump(analysis_summary(args.model), fh, indent=1)
+        runio.write_json(args.ranks, analysis_summary(args.model))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ..tasks import TASKS, TRAIN_SEED_LIMIT, train_text
 from ..tasks.niah import QUESTION as NIAH_QUESTION
 from ..tasks.prose import prose_texts
 from ..data import data_dir
+from .. import runio
 
 SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
@@ -474,8 +475,8 @@ def main(argv=None) -> None:
             copy_stage_logs(Path(args.init_from), final)
         res = evaluate.run(final, n=args.evaluate)
         res["args"] = {"n": args.evaluate}
-        (final / "eval_results.json").write_text(json.dumps(res, indent=1))
-        (final / "ranks.json").write_text(json.dumps(evaluate.analysis_summary(final), indent=1))
+        runio.write_json(final / "eval_results.json", res)
+        runio.write_json(final / "ranks.json", evaluate.analysis_summary(final))
         card.write_card(final)
         print(evaluate.to_markdown(res), flush=True)
 
