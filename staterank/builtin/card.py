@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..runio import atomic_write_text
-from .evaluate import to_markdown
+from .evaluate import fmt_acc, to_markdown
 
 TEMPLATE = """---
 license: mit
@@ -164,8 +164,7 @@ def _stage_line(i: int, st: dict, note: str, single: bool) -> str:
 
 def _reproduction_section(r: dict) -> str:
     """From ``reproduction.json`` (``python -m staterank.builtin.compare --out``)."""
-    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
-    rows = "\n".join(f"| {x['name']} | {f(x['ref'])} | {f(x['new'])} | {x['p_fisher']:.3g}"
+    rows = "\n".join(f"| {x['name']} | {fmt_acc(x['ref'])} | {fmt_acc(x['new'])} | {x['p_fisher']:.3g}"
                      f"{' **differs**' if x['differs'] else ''} | {'yes' if x['new_in_ref_ci'] else 'no'} |"
                      for x in r["rows"])
     stages = r.get("new_training", {}).get("stages", [])
@@ -292,7 +291,9 @@ def write_card(folder: Path) -> str:
     if tr:
         notes_text += (f"Addition on training-split problems (which the model may have seen; a diagnostic, not a "
                        f"held-out score): {tr['acc']:.3f} [{tr['lo']:.3f}, {tr['hi']:.3f}] (n={tr['n']}).\n\n")
-    text = TEMPLATE.format(ranks_section=ranks_section, reproduction_section=reproduction_section, notes_text=notes_text, targets="; ".join(checks) + ".",
+    text = TEMPLATE.format(
+        ranks_section=ranks_section, reproduction_section=reproduction_section, notes_text=notes_text,
+        targets="; ".join(checks) + ".",
         params_m=st["params"] / 1e6, params=st["params"], size_mb=(folder / "model.safetensors").stat().st_size / 2**20,
         layers=cfg["num_hidden_layers"], layer_types=", ".join(cfg["layer_types"]), hidden=cfg["hidden_size"],
         intermediate=cfg["intermediate_size"], hk=cfg["linear_num_key_heads"], hv=cfg["linear_num_value_heads"],

@@ -7,9 +7,10 @@ Reads both folders' ``eval_results.json`` (written by ``train --evaluate`` / ``b
 Two runs reproduce when no accuracy differs significantly: Fisher's exact test (two-sided) on each
 row's correct/incorrect counts, p >= 0.05 for every row. Whether the new accuracy lies inside the
 reference's confidence interval is printed too; it is a stricter check than it looks, since both
-numbers carry sampling noise (two runs with the same true accuracy miss it ~17 % of the time per row). Bits per character has no CI: both
-values and their difference are shown. The last line is the verdict. ``--out`` writes the same as
-JSON; a ``reproduction.json`` in a model folder becomes the "Reproduction" section of its card.
+numbers carry sampling noise (two runs with the same true accuracy miss it ~17 % of the time per
+row). Bits per character has no CI: both values and their difference are shown. The last line is
+the verdict. ``--out`` writes the same as JSON; a ``reproduction.json`` in a model folder becomes
+the "Reproduction" section of its card.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from scipy.stats import fisher_exact
 
 from staterank.builtin import BUILTIN_DIR
+from staterank.builtin.evaluate import fmt_acc
 from staterank.runio import write_json
 
 
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     if new.get("args", {}).get("n") != ref.get("args", {}).get("n"):
         print(f"note: evaluated with different --n ({new.get('args', {}).get('n')} vs {ref.get('args', {}).get('n')})")
     rows, ok = compare(new, ref)
-    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] n={c['n']}"  # noqa: E731
+    f = lambda c: f"{fmt_acc(c)} n={c['n']}"  # noqa: E731
     print(f"{'':38s} {'new':28s} {'reference':28s} Fisher p   new in ref CI / ref in new CI")
     for x in rows:
         print(f"{x['name']:38s} {f(x['new']):28s} {f(x['ref']):28s} {x['p_fisher']:<10.3g} "

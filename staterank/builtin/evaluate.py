@@ -113,11 +113,15 @@ def analysis_summary(model_dir, tokens: int = 1024, seed: int = 0) -> dict:
     return out
 
 
+def fmt_acc(c: dict) -> str:
+    """An accuracy cell (``acc``, ``lo``, ``hi``) as ``0.750 [0.632, 0.840]``."""
+    return f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
+
+
 def to_markdown(res: dict) -> str:
-    f = lambda c: f"{c['acc']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"  # noqa: E731
     out = ["| task | params | n | accuracy [Wilson 95 % CI] | chance |", "|---|---|---|---|---|"]
     for name, c in res["tasks"].items():
-        out.append(f"| {name} | {c['params']} | {c['n']} | {f(c)} | {c['chance']:.4f} |")
+        out.append(f"| {name} | {c['params']} | {c['n']} | {fmt_acc(c)} | {c['chance']:.4f} |")
     lengths = sorted({c["context_tokens"] for c in res["niah_grid"]})
     depths = sorted({c["depth"] for c in res["niah_grid"]})
     out += ["", "NIAH accuracy by context length (rows, tokens) x needle depth (columns); n per cell = "
@@ -127,7 +131,7 @@ def to_markdown(res: dict) -> str:
     for L in lengths:
         cells = {c["depth"]: c for c in res["niah_grid"] if c["context_tokens"] == L}
         out.append(f"| {L} | " + " | ".join(f"{cells[d]['acc']:.2f}" for d in depths)
-                   + f" | {f(res['niah_by_length'][str(L)])} (n={res['niah_by_length'][str(L)]['n']}) |")
+                   + f" | {fmt_acc(res['niah_by_length'][str(L)])} (n={res['niah_by_length'][str(L)]['n']}) |")
     out += ["", "Held-out prose perplexity per token (" + ", ".join(f"{k} {v:.1f}" for k, v in res["perplexity"].items())
             + ")" + (f"; {res['bits_per_char']:.2f} bits per character (mean over files)" if "bits_per_char" in res else "")]
     return "\n".join(out)
