@@ -235,16 +235,18 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None 
         if not text or not text.strip():
             raise UserError(f"text {i} is empty")
         if max_tokens is not None:
-            # a book-length file need not be tokenized whole: grow a prefix until it yields enough tokens
+            # a book-length file need not be tokenized whole: grow a prefix until it yields enough tokens.
+            # verbose=False here and wherever staterank cuts text: the tokenizer's model_max_length
+            # warning is about positional limits, and long texts are streamed in segments anyway.
             n = 64 * max_tokens
             while True:
-                ids = tokenizer(text[:n], return_tensors="pt")["input_ids"]
+                ids = tokenizer(text[:n], return_tensors="pt", verbose=False)["input_ids"]
                 if ids.shape[1] > max_tokens + 64 or n >= len(text):  # margin: the cut word
                     break
                 n *= 4
             ids = ids[:, :max_tokens]
         else:
-            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"]
         if ids.shape[1] == 0:
             raise UserError(f"text {i} has no tokens")
         out.append(ids.long())

@@ -159,3 +159,20 @@ def test_tokenize_texts_prefix_equals_whole_text():
     for m in (1, 7, 100, 999):
         (ids,) = tokenize_texts(tok, [text], max_tokens=m)
         assert torch.equal(ids, whole[:, :m])
+
+
+def test_cutting_long_texts_raises_no_max_length_warning():
+    # staterank cuts and streams long texts itself; the tokenizer's "indexing errors" warning
+    # about its model_max_length would only alarm users (it fired in make demo's NIAH haystacks)
+    from staterank.tasks.niah import _cut_to_tokens, _ntok
+
+    tok = char_tokenizer()
+    tok.model_max_length = 16
+    text = "a long haystack sentence " * 10
+    tokenize_texts(tok, [text], max_tokens=8)
+    tokenize_texts(tok, [text])
+    _ntok(tok, text)
+    _cut_to_tokens(tok, text, 20)
+    assert "sequence-length-is-longer-than-the-specified-maximum" not in tok.deprecation_warnings
+    tok(text)  # the flag this test reads is the one the warning sets
+    assert "sequence-length-is-longer-than-the-specified-maximum" in tok.deprecation_warnings

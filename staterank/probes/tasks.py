@@ -232,7 +232,7 @@ class PerplexityTask(ProbeTask):
 
         out = []
         for fi, text in enumerate(prose_texts("heldout")):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             for s in range(0, len(ids) - self.window + 1, self.window - 1):
                 out.append(Item(f"ppl-{fi}-{s}", "", "", {"ids": ids[s:s + self.window - 1]}))
         # interleave files so a small limit still covers every file

@@ -72,7 +72,7 @@ def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[floa
 def perplexity_ids(tokenizer, text: str, max_tokens: int = 16384) -> list[int]:
     """The token ids ``perplexity`` scores: the first ``max_tokens`` of ``text``, no special tokens."""
     # tokenise only a prefix long enough for max_tokens (>= 1 char per token)
-    return tokenizer(text[: 16 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens]
+    return tokenizer(text[: 16 * max_tokens], add_special_tokens=False, verbose=False)["input_ids"][:max_tokens]
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ CHARS_PER_TOKEN = 4  # only used when no tokenizer is given
 def _ntok(tokenizer, text: str) -> int:
     if tokenizer is None:
         return max(1, len(text) // CHARS_PER_TOKEN)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _cut_to_tokens(tokenizer, text: str, budget: int) -> str:
@@ -28,7 +28,7 @@ def _cut_to_tokens(tokenizer, text: str, budget: int) -> str:
     if tokenizer is None:
         cut = budget * CHARS_PER_TOKEN
     else:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offs = enc["offset_mapping"]
         cut = offs[budget][0] if len(offs) > budget else len(text)
     head = text[:cut]
