@@ -144,8 +144,7 @@ def _run_ls(args) -> int:
         return d[0] if d and not d[0].startswith(f"{getattr(reg[name], '__name__', '')}(") else ""
 
     lines = ["model types (adapters):", *[f"  {t}" for t in supported_types()], ""]
-    lines += _ls_optional("tasks", "staterank.tasks", "TASKS",
-                          lambda reg, n: getattr(reg[n], "description", ""))
+    lines += _ls_optional("probe tasks (--tasks)", "staterank.probes.tasks", "PROBE_TASKS", lambda reg, n: reg[n])
     lines += _ls_optional("pruning methods", "staterank.prune.scores", "METHODS", doc)
     lines += _ls_optional("context suites", "staterank.contexts", "SUITES",
                           lambda reg, n: ", ".join(reg[n]) if isinstance(reg[n], (list, tuple)) else "")

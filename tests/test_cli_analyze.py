@@ -102,6 +102,8 @@ def test_subprocess_error_and_ls(tmp_path):
     assert r.returncode == 0
     for t in ("qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid"):
         assert f"  {t}\n" in r.stdout
+    for t in ("niah", "mqar", "multihop", "arith", "gsm8k", "ppl"):  # every name --tasks accepts
+        assert f"\n  {t} " in r.stdout
 
 
 def test_failed_self_check_is_one_line_and_exit_3(monkeypatch, capsys):

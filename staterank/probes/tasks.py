@@ -253,7 +253,16 @@ class PerplexityTask(ProbeTask):
         return rows
 
 
-TASK_NAMES = ("niah", "mqar", "multihop", "arith", "gsm8k", "ppl")
+def _descriptions() -> dict[str, str]:
+    from ..tasks import TASKS
+
+    return {**{n: t.description for n, t in TASKS.items()},
+            "gsm8k": "GSM8K test questions, greedy, final-number exact match (needs the data dir or HF datasets)",
+            "ppl": f"perplexity of held-out public-domain prose in {PerplexityTask.window}-token windows"}
+
+
+PROBE_TASKS: dict[str, str] = _descriptions()  # name -> one line, for `staterank ls`
+TASK_NAMES = tuple(PROBE_TASKS)
 
 
 def make_task(name: str, *, limit: int | None = None, seed: int = 0, batch_size: int = 16, data_dir=None,
