@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import io
 import sys
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ import torch
 from . import runio, spectra
 from .capture import Schedule, capture
 from .errors import UserError
-from .models import Loaded, tokenize_texts
+from .models import Loaded, cache_kwarg, tokenize_texts
 
 STAT_NAMES = spectra.STAT_NAMES
 DEFAULT_MAX_STATE_BYTES = 2**30
@@ -137,8 +136,7 @@ def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: flo
     model = loaded.model
     ids = ids.to(loaded.device)
     T = ids.shape[1]
-    # transformers 5.24 renamed past_key_values to cache (the old name warns); older 5.x lack it
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model)
     with torch.no_grad(), capture(model, loaded.adapter, eps=eps, schedule=schedule, keep_states=keep_states,
                                   max_state_bytes=max_state_bytes) as trace:
         cache = None

@@ -9,7 +9,8 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
 * ``artefact`` — ours passes, but so does the untrained model: the gates alone produce it;
 * ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign);
 * ``inconclusive`` — the CI straddles the criterion, a needed number is missing, or the unmodified
-  model's accuracy CI does not clear chance, so there is no skill to lose (the reason says which).
+  model's accuracy CI does not clear chance, so there is no skill to lose (the reason says which);
+* ``informational`` — not a claim of the paper: measured beside the claims, with no criterion.
 
 CIs: bimodality by a bootstrap over heads; Spearman, cosines by a t interval over the per-layer
 (resp. per-context-pair) values — pairs share contexts, so that interval is optimistic, said in
@@ -28,7 +29,7 @@ from . import runio
 from .errors import UserError
 from .stratify import HeadStats, bimodality_coefficient
 
-VERDICTS = ("holds", "artefact", "fails", "inconclusive")
+VERDICTS = ("holds", "artefact", "fails", "inconclusive", "informational")
 BC_REF = 5 / 9
 
 
@@ -126,7 +127,8 @@ def stratify_claims(s: dict) -> list[dict]:
     isp = (init or {}).get("spearman_t_early_t_late", {}).get("mean") if init else None
     verdict, why = _threshold_verdict(m, lo, hi, 0.90, isp)
     t_used = sorted({x for x in (sp.get("t_late_used") or {}).values() if x is not None})
-    rows.append(_row(f"Rank order stable over time: Spearman ρ(t={sp.get('t_early')}, t={t_used or sp.get('t_late_requested')})",
+    t_late = (t_used[0] if len(t_used) == 1 else f"{t_used[0]}–{t_used[-1]}") if t_used else sp.get("t_late_requested")
+    rows.append(_row(f"Rank order stable over time: Spearman ρ(t={sp.get('t_early')}, t={t_late})",
                      "ρ > 0.90 per layer (t=128 vs t=2048)",
                      {"value": m, "ci": [lo, hi], "init": isp, "min_layer": sp.get("min"), "criterion": "> 0.90",
                       "per_layer": per_layer, "note": sp.get("note")},
@@ -148,9 +150,8 @@ def stratify_claims(s: dict) -> list[dict]:
     rows.append(_row("Gates alone predict rank (reproduction: R² ≈ 0.90)", "not claimed by the paper",
                      {"isotonic_r2": d.get("isotonic_r2"), "linear_r2": d.get("linear_r2"),
                       "spearman": d.get("spearman")},
-                     "inconclusive" if d.get("isotonic_r2") is None else
-                     ("holds" if d["isotonic_r2"] >= 0.5 else "fails"),
-                     "informational: how much of r̄_h/d the per-head decay explains (isotonic R² ≥ 0.5 → 'holds')",
+                     "informational",
+                     "how much of r̄_h/d the per-head decay alone explains (monotone fit over heads)",
                      src + " decay_rank_r2", informational=True))
     return rows
 
@@ -193,7 +194,7 @@ def probe_claims(p: dict) -> list[dict]:
                           "rho_cost_nuclear": (sh.get("spearman_nuclear") or {}).get("rho"),
                           "p_nuclear": (sh.get("spearman_nuclear") or {}).get("p_value"),
                           "heads": sh.get("n_heads"), "mean_cost": sh.get("mean_cost"), "max_cost": sh.get("max_cost")},
-                         "inconclusive", "informational (issue #9): does a head's rank predict its cost?",
+                         "informational", "does a head's rank (or nuclear norm) predict what removing it alone costs? Spearman over heads",
                          "probe/probe.json single_head", informational=True))
     return rows
 

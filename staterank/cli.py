@@ -295,7 +295,7 @@ def _add_probe(sub) -> None:
     p.add_argument("--limit", type=int, default=None,
                    help="items per task (defaults: niah 60 spread over the grid, others 100, ppl 32 windows)")
     p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
-    p.add_argument("--single-head", action="store_true", help="also ablate every head alone (issue #9 per-head costs)")
+    p.add_argument("--single-head", action="store_true", help="also ablate every head alone (per-head costs, correlated with rank and nuclear norm)")
     p.add_argument("--single-limit", type=int, default=None, help="items per task for single-head ablations (default: all)")
     p.add_argument("--scores", default=None, metavar="JSON",
                    help="per-head mean_rank / mean_nuclear (stratify HeadStats JSON) instead of measuring them on prose")

@@ -225,6 +225,14 @@ def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
                   config=_summary(model, adapter, cfg, dt, dev))
 
 
+def cache_kwarg(model: nn.Module) -> str:
+    """The forward keyword that takes a cache: transformers 5.24 renamed ``past_key_values`` to
+    ``cache`` (the old name warns and goes in 5.40); older 5.x releases only know the old one."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> list[torch.Tensor]:
     """Each text -> input ids [1, T] (T ≤ max_tokens, special tokens as the tokenizer adds them).
     Texts are tokenized one by one: no padding ever reaches the recurrence."""

@@ -6,6 +6,7 @@ import torch
 
 from staterank.adapters import get_adapter
 from staterank.errors import UserError
+from staterank.models import cache_kwarg
 from staterank.probes.ablate import ablate, calibrate_means
 from staterank.testing import FAMILIES, tiny_model
 
@@ -90,7 +91,7 @@ def test_ablated_state_is_zero_in_capture_and_cache_prefill_and_decode():
     ids = _ids(b=1, t=9)
     with ablate(model, {li: [2]}), capture(model, keep_states=True, stats=False) as trace, torch.no_grad():
         out = model(ids, use_cache=True)
-        out2 = model(ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
+        out2 = model(ids[:, :1], **{cache_kwarg(model): out.past_key_values}, use_cache=True)
     S = trace.states(li)  # [B, H, P, K, V] prefill then decode
     assert S.shape[2] == 10
     assert torch.count_nonzero(S[:, 2]) == 0
@@ -108,7 +109,7 @@ def test_zero_ablation_of_a_nonzero_initial_state():
         cache = model(ids, use_cache=True).past_key_values
         assert torch.count_nonzero(cache.layers[l.index].recurrent_states[0][:, 3]) > 0
         with ablate(model, {l.index: [3]}):
-            out = model(ids[:, :3], past_key_values=cache, use_cache=True)
+            out = model(ids[:, :3], **{cache_kwarg(model): cache}, use_cache=True)
     assert torch.count_nonzero(out.past_key_values.layers[l.index].recurrent_states[0][:, 3]) == 0
 
 

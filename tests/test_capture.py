@@ -6,6 +6,7 @@ import torch
 from staterank.adapters import get_adapter
 from staterank.capture import Schedule, capture
 from staterank.errors import UserError
+from staterank.models import cache_kwarg
 from staterank.hooks import intercept
 from staterank.recurrence import RuleCall, replay
 from staterank.testing import FAMILIES, tiny_model
@@ -44,7 +45,7 @@ def test_prefill_states_equal_decode_states(family):
     per_token = {i: [] for i in prefill}
     with capture(model, keep_states=True, stats=False) as dtrace:
         for t in range(ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], **{cache_kwarg(model): cache}, use_cache=True)
             cache = out.past_key_values
             for i in per_token:
                 per_token[i].append(_cache_state(cache, i).clone())

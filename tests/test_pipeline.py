@@ -108,3 +108,18 @@ def test_run_end_to_end_and_resume(tmp_path, capsys):
     assert "different config" in capsys.readouterr().err
     assert main(["verify", str(out)]) == 0
     assert "| claim |" in capsys.readouterr().out
+
+
+def test_claims_table_keeps_measurements_apart_and_rules_are_a_list():
+    from staterank.report.claims import _p, _rules, claims_table
+
+    claim = C._row("A claim", "paper says", {"value": 0.5, "ci": [0.4, 0.6]}, "fails", "why", "src")
+    extra = C._row("A measurement", "not claimed", {"rho": 0.3}, "informational", "what it asks", "src",
+                   informational=True)
+    text = claims_table({"rows": [extra, claim]})
+    head, tail = text.split("Also measured")
+    assert "A claim" in head and "**FAILS**" in head and "A measurement" not in head
+    assert "| A measurement | rho 0.300 | what it asks |" in tail
+    rules = _rules(C.__doc__.split("Verdicts:")[1].split("CIs:")[0])
+    assert [r.split(" ")[1] for r in rules[2:]] == [f"`{v}`" for v in C.VERDICTS]  # one item per verdict
+    assert _p(0.0) == "p=0.0e+00" and _p(2.5e-16) == "p=2.5e-16" and _p(0.0312) == "p=0.031"

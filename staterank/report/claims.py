@@ -3,11 +3,13 @@ Reads ``claims.json`` and the stage folders only."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .. import runio
 
-MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive"}
+MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
+        "informational": "informational"}
 
 
 def _f(x, nd=3) -> str:
@@ -16,6 +18,13 @@ def _f(x, nd=3) -> str:
     if isinstance(x, float):
         return f"{x:.{nd}f}"
     return str(x)
+
+
+def _p(p) -> str:
+    """A p-value as a reader wants it: 'p=0.000' would claim certainty a finite test never has."""
+    if p is None:
+        return "p=—"
+    return f"p={p:.3f}" if p >= 0.001 else f"p={p:.1e}"
 
 
 def _ours(o: dict) -> str:
@@ -29,7 +38,7 @@ def _ours(o: dict) -> str:
         s = f"base {_f(o.get('base'))} → low-rank removed {_f(o.get('low'))}, high-rank removed {_f(o.get('high'))} (n={o.get('n')})"
         lr = o.get("vs_layer_random") or {}
         if lr.get("diff") is not None:
-            s += f"; low − layer-matched random {lr['diff']:+.3f} (p={_f(lr.get('p_items'))})"
+            s += f"; low − layer-matched random {lr['diff']:+.3f} ({_p(lr.get('p_items'))})"
         return s
     if "state_saved" in o:
         rc = o.get("random_controls") or {}
@@ -40,12 +49,25 @@ def _ours(o: dict) -> str:
 
 
 def claims_table(c: dict) -> str:
+    """The paper's claims with verdicts; then, apart, what was measured beside them (no verdict)."""
     lines = ["| claim | paper | ours (95 % CI; controls) | verdict |", "|---|---|---|---|"]
     for r in c["rows"]:
-        lines.append(f"| {r['claim']} | {r['paper']} | {_ours(r['ours'])} | **{MARK[r['verdict']]}** — {r['why']} |")
+        if not r.get("informational"):
+            lines.append(f"| {r['claim']} | {r['paper']} | {_ours(r['ours'])} | **{MARK[r['verdict']]}** — {r['why']} |")
+    extra = [r for r in c["rows"] if r.get("informational")]
+    if extra:
+        lines += ["", "Also measured (not claims of the paper, so no verdict):", "",
+                  "| measurement | ours | what it asks |", "|---|---|---|"]
+        lines += [f"| {r['claim']} | {_ours(r['ours'])} | {r['why']} |" for r in extra]
     if c.get("missing_stages"):
         lines.append(f"\nStages not run: {', '.join(c['missing_stages'])}.")
     return "\n".join(lines)
+
+
+def _rules(text: str) -> list[str]:
+    """claims.py's docstring bullets -> a markdown list."""
+    items = [" ".join(b.split()).replace("``", "`") for b in re.split(r"(?m)^\s*\* ", text) if b.strip()]
+    return ["Verdict rules:", "", *[f"- {i}" for i in items]] if items else []
 
 
 def render(folder: str | Path) -> Path:
@@ -55,7 +77,7 @@ def render(folder: str | Path) -> Path:
     out = [f"# staterank run — {cfg['config'].get('model')}", "",
            "Every number below is read from a file in this folder; the file is named in the table's rows "
            "(`claims.json` holds them all).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
-           "Verdict rules: " + " ".join(c.get("verdict_rules", "").split()), ""]
+           *_rules(c.get("verdict_rules", "")), ""]
     for stage in ("stratify", "probe", "prune"):
         rep = folder / stage / "report.md"
         if rep.is_file():
