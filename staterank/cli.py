@@ -11,6 +11,31 @@ import sys
 
 from .errors import UserError, VerificationFailed
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage stays in --help); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(kind, minimum, what):
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not (x >= minimum if kind is int else x > minimum):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return x
+    return parse
+
+
+# Checked while parsing, before a model (minutes for a real checkpoint) is loaded.
+_POS = _checked(int, 1, ">= 1")
+_NONNEG = _checked(int, 0, ">= 0")
+_POSF = _checked(float, 0.0, "> 0")
+
 EPILOG = """examples:
   staterank analyze --model builtin --prompt "The quick brown fox" --out runs/a1
   staterank stratify --model builtin --out runs/s1
@@ -24,7 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="builtin", help="HF id, local folder, or 'builtin' (default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on cpu, bfloat16 on cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -103,16 +128,16 @@ def _add_analyze(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="analyze this string")
     src.add_argument("--text", nargs="+", metavar="FILE", help="analyze these UTF-8 text files (one forward each)")
-    p.add_argument("--max-tokens", type=int, default=None, help="truncate each text to N tokens (default: all)")
+    p.add_argument("--max-tokens", type=_POS, default=None, help="truncate each text to N tokens (default: all)")
     sched = p.add_mutually_exclusive_group()
-    sched.add_argument("--stride", type=int, default=1, help="measure every N-th token (default 1: all)")
+    sched.add_argument("--stride", type=_POS, default=1, help="measure every N-th token (default 1: all)")
     sched.add_argument("--log-positions", action="store_true", help="measure at t = 1, 2, 4, 8, ... only")
-    p.add_argument("--eps", type=float, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
+    p.add_argument("--eps", type=_POSF, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
     p.add_argument("--keep-states", action="store_true",
                    help="also write the measured states as safetensors (states/NNNN.safetensors)")
-    p.add_argument("--max-state-mb", type=float, default=1024,
+    p.add_argument("--max-state-mb", type=_POSF, default=1024,
                    help="refuse to keep more than this many MiB of states per text (default 1024)")
-    p.add_argument("--prefill-chunk", type=int, default=256,
+    p.add_argument("--prefill-chunk", type=_POS, default=256,
                    help="tokens per forward through the cache; bounds activation memory (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
@@ -173,10 +198,10 @@ def _add_stratify(sub) -> None:
     p.add_argument("--context-file", action="append", default=[], metavar="PATH", help="add a UTF-8 text file as a context (repeatable)")
     p.add_argument("--hf-context", action="append", default=[], metavar="DATASET[:CONFIG]:SPLIT:COLUMN",
                    help="add a context from an HF dataset (needs `datasets` and network or cache; repeatable)")
-    p.add_argument("--max-tokens", type=int, default=2048, help="tokens per context (default 2048)")
-    p.add_argument("--stride", type=int, default=4, help="measure every STRIDE-th token, plus t-early, t-late, last (default 4)")
-    p.add_argument("--t-early", type=int, default=128, help="early position for the rank-order Spearman (default 128)")
-    p.add_argument("--t-late", type=int, default=2048, help="late position (default 2048; shorter contexts use their last)")
+    p.add_argument("--max-tokens", type=_POS, default=2048, help="tokens per context (default 2048)")
+    p.add_argument("--stride", type=_POS, default=4, help="measure every STRIDE-th token, plus t-early, t-late, last (default 4)")
+    p.add_argument("--t-early", type=_POS, default=128, help="early position for the rank-order Spearman (default 128)")
+    p.add_argument("--t-late", type=_POS, default=2048, help="late position (default 2048; shorter contexts use their last)")
     p.add_argument("--rule", default="two_cluster", choices=["two_cluster", "threshold"],
                    help="class rule on mean rank / bound: optimal two-cluster split (default) or a fixed --threshold")
     p.add_argument("--threshold", type=float, default=None, help="with --rule threshold: low iff mean rank / bound < this")
@@ -187,7 +212,7 @@ def _add_stratify(sub) -> None:
     p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="use finished analyze run folders instead of a model")
     p.add_argument("--init-runs", nargs="+", default=None, metavar="DIR",
                    help="with --from-runs: analyze folders of the same texts on the model at initialisation")
-    p.add_argument("--eps", type=float, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
+    p.add_argument("--eps", type=_POSF, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
 
     def run(a) -> int:
@@ -291,24 +316,24 @@ def _add_probe(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=float, default=None, help="group size as a fraction of all value heads (default 7/18)")
     size.add_argument("--count", type=int, default=None, help="group size in heads")
-    p.add_argument("--seeds", type=int, default=5, help="random draws per control (default 5)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--seeds", type=_POS, default=5, help="random draws per control (default 5)")
+    p.add_argument("--limit", type=_POS, default=None,
                    help="items per task (defaults: niah 60 spread over the grid, others 100, ppl 32 windows)")
     p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
     p.add_argument("--single-head", action="store_true", help="also ablate every head alone (per-head costs, correlated with rank and nuclear norm)")
-    p.add_argument("--single-limit", type=int, default=None, help="items per task for single-head ablations (default: all)")
+    p.add_argument("--single-limit", type=_POS, default=None, help="items per task for single-head ablations (default: all)")
     p.add_argument("--scores", default=None, metavar="JSON",
                    help="per-head mean_rank / mean_nuclear (stratify HeadStats JSON) instead of measuring them on prose")
     p.add_argument("--niah-lengths", default=None, help="NIAH context lengths in tokens, e.g. 256,512,1024 (default)")
     p.add_argument("--niah-depths", default=None, help="NIAH needle depths in [0,1], e.g. 0,0.25,0.5,0.75,1 (default)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (defaults: 8; gsm8k 256 — Thinking models need thousands)")
-    p.add_argument("--n-shot", type=int, default=0, help="GSM8K few-shot examples for prompts without a chat template")
-    p.add_argument("--batch-size", type=int, default=16, help="items per batch (equal-length prompts batch without padding)")
-    p.add_argument("--calib-texts", type=int, default=8, help="prose segments for scores / mean calibration (default 8)")
-    p.add_argument("--calib-tokens", type=int, default=512, help="tokens per calibration segment (default 512)")
+    p.add_argument("--max-new-tokens", type=_POS, default=None, help="generation budget (defaults: 8; gsm8k 256 — Thinking models need thousands)")
+    p.add_argument("--n-shot", type=_NONNEG, default=0, help="GSM8K few-shot examples for prompts without a chat template")
+    p.add_argument("--batch-size", type=_POS, default=16, help="items per batch (equal-length prompts batch without padding)")
+    p.add_argument("--calib-texts", type=_POS, default=8, help="prose segments for scores / mean calibration (default 8)")
+    p.add_argument("--calib-tokens", type=_POS, default=512, help="tokens per calibration segment (default 512)")
     p.add_argument("--lm-eval", default=None, metavar="TASKS",
                    help="also run these lm-evaluation-harness tasks per condition (gsm8k_local runs offline)")
-    p.add_argument("--lm-eval-limit", type=int, default=None, help="lm-eval --limit per task")
+    p.add_argument("--lm-eval-limit", type=_POS, default=None, help="lm-eval --limit per task")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=_run_probe)
@@ -401,14 +426,14 @@ def _add_prune(sub) -> None:
     p.add_argument("--ranking", default="global", choices=["global", "per_layer"],
                    help="global top-k (default) or the same count from every layer (exportable)")
     p.add_argument("--calib", default="natural", help="calibration context suite (default natural)")
-    p.add_argument("--calib-tokens", type=int, default=512, help="tokens per calibration context (default 512)")
-    p.add_argument("--calib-stride", type=int, default=8, help="measure the rank every N tokens (default 8)")
+    p.add_argument("--calib-tokens", type=_POS, default=512, help="tokens per calibration context (default 512)")
+    p.add_argument("--calib-stride", type=_POS, default=8, help="measure the rank every N tokens (default 8)")
     p.add_argument("--eval", default="mqar,niah", help="comma-separated builtin tasks (default mqar,niah)")
-    p.add_argument("--eval-n", type=int, default=100, help="items per task (default 100)")
-    p.add_argument("--random-seeds", type=int, default=5, help="seeds per random control (default 5)")
-    p.add_argument("--state-context", type=int, default=2048, help="context length for state bytes (default 2048)")
-    p.add_argument("--state-batch", type=int, default=1, help="batch size for state bytes (default 1)")
-    p.add_argument("--decode-tokens", type=int, default=32, help="tokens for the decode-speed measurement (default 32)")
+    p.add_argument("--eval-n", type=_POS, default=100, help="items per task (default 100)")
+    p.add_argument("--random-seeds", type=_NONNEG, default=5, help="seeds per random control (default 5)")
+    p.add_argument("--state-context", type=_POS, default=2048, help="context length for state bytes (default 2048)")
+    p.add_argument("--state-batch", type=_POS, default=1, help="batch size for state bytes (default 1)")
+    p.add_argument("--decode-tokens", type=_POS, default=32, help="tokens for the decode-speed measurement (default 32)")
     p.add_argument("--no-export", action="store_true", help="prune in memory only (any plan; no DIR/model/)")
     p.add_argument("--plan", default=None, help="apply this plan.json instead of scoring")
     p.add_argument("--sweep", action="store_true", help="sweep --alphas x --fractions (zero-ablated), Pareto plot")
@@ -488,7 +513,7 @@ def _add_run(sub) -> None:
     p.add_argument("--device", default=None, help="torch device")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=_cmd_run)
@@ -500,7 +525,7 @@ def _add_run(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="staterank",
         description="Per-head recurrent-state rank dynamics of linear-attention LLMs (arXiv 2602.02195), measured with controls.",
         epilog=EPILOG,

@@ -88,8 +88,27 @@ def test_errors_are_one_line(case, model_dir, tmp_path, capsys):
         assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
-    if case != "no_source":
-        assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["analyze", "--prompt", "hi", "--max-tokens", "-3"], "argument --max-tokens: must be >= 1, got -3"),
+    (["analyze", "--prompt", "hi", "--stride", "0"], "argument --stride: must be >= 1, got 0"),
+    (["analyze", "--prompt", "hi", "--eps", "abc"], "argument --eps: 'abc' is not a number"),
+    (["probe", "--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
+    (["prune", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["nope"], "invalid choice: 'nope'"),
+])
+def test_argument_errors_are_one_line_before_any_model_loads(argv, msg, tmp_path, capsys, monkeypatch):
+    from staterank import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model for a bad argument"))
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "run")] if argv[0] != "nope" else argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "usage:" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_subprocess_error_and_ls(tmp_path):

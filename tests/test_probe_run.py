@@ -223,3 +223,17 @@ def test_cli_end_to_end_with_measured_scores(tmp_path):
     assert "Table 1" in (run / "report.md").read_text()
     assert main(argv) == 0 and len(_lines(run)) == 5 * 7
     assert main(argv[:-1] + [str(tmp_path / "m")]) == 2  # a non-run folder is never written into
+
+
+def test_task_whose_data_is_missing_fails_before_a_run_folder_exists(tmp_path):
+    loaded, hs = _setup()
+
+    @dataclass
+    class NoData(NextToken):
+        def items(self, tokenizer):
+            raise UserError("no gsm8k/test.jsonl under /x, and downloading openai/gsm8k failed")
+
+    with pytest.raises(UserError, match="gsm8k"):
+        probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
+              task_objects=[NoData(loaded.model, n=3)], progress=False)
+    assert not (tmp_path / "p").exists()

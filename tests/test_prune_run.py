@@ -123,3 +123,9 @@ def test_check_catches_wrong_surgery(tmp_path, monkeypatch):
     assert not r["check"]["passed"] and r["check"]["max_abs_logit_diff_vs_masked"] > 1e-4
     with pytest.raises(CheckFailed):  # a resumed failed run stays failed
         run_prune(_loaded(), _cfg(export=False, random_seeds=0), tmp_path / "run")
+
+
+def test_budget_the_model_cannot_meet_fails_before_a_run_folder_exists(tmp_path):
+    with pytest.raises(UserError, match="cannot free"):
+        run_prune(_loaded(), _cfg(fraction=None, bytes=10**9), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -405,6 +405,8 @@ def probe(
         "single_head": single_head, "single_limit": single_limit, "scores": score_src,
         "calib": [calib_texts, calib_tokens], "lm_eval": [list(lm_eval_tasks), lm_eval_limit],
     }
+    # items first: a missing dataset fails here, before a run folder exists
+    task_items = [(task, task.items(tok)) for task in task_objects]
     folder = runio.new_run_dir(out, config)
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
@@ -446,8 +448,7 @@ def probe(
             runio.write_npz(mp, **{f"L{k}": v.numpy() for k, v in means.items()})
 
     log = ItemLog(folder / "items.jsonl")
-    for task in task_objects:
-        items = task.items(tok)
+    for task, items in task_items:
         for cond, group in conds.items():
             if cond.startswith(SINGLE):
                 todo_items = items[: single_limit] if single_limit else items

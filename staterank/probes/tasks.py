@@ -13,6 +13,7 @@ has one, greedy, final-number exact match) and perplexity on held-out prose.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -142,16 +143,24 @@ def load_gsm8k(split: str = "test", data_dir=None) -> list[dict]:
     dataset ``openai/gsm8k`` (``datasets`` is imported only then)."""
     from ..data import data_dir as resolve
 
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir}: no such directory")
     root = resolve(data_dir, required=False)
     path = root / "gsm8k" / f"{split}.jsonl" if root else None
     if path is not None and path.is_file():
         return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    where = f"no gsm8k/{split}.jsonl under {root}" if root else "no data directory"
     try:
         import datasets
     except ImportError:
-        raise UserError(f"no local gsm8k/{split}.jsonl (data dir: {root}) and the `datasets` package is not "
-                        "installed to download openai/gsm8k; pip install datasets or pass --data-dir") from None
-    return [dict(r) for r in datasets.load_dataset("openai/gsm8k", "main", split=split)]
+        raise UserError(f"{where}, and the `datasets` package is not installed to download openai/gsm8k; "
+                        "pip install datasets or pass --data-dir") from None
+    try:
+        return [dict(r) for r in datasets.load_dataset("openai/gsm8k", "main", split=split)]
+    except Exception as e:  # offline, hub down, gated: one line, not a traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{where}, and downloading openai/gsm8k failed ({type(e).__name__}: {msg}); "
+                        f"pass --data-dir with gsm8k/{split}.jsonl") from None
 
 
 GSM8K_INSTRUCTION = "Solve the problem step by step. End with the final answer as '#### <number>'."

@@ -199,17 +199,17 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     """Run (or resume) the prune stage into ``out``; returns prune.json's content. The loaded model
     is pruned in place: do not reuse ``loaded`` afterwards."""
     cfg.validate()
+    model, tok = loaded.model, loaded.tokenizer
+    layers = loaded.adapter.linear_layers(model)
+    if not cfg.plan_file:  # a budget the model cannot meet fails now, before a run folder or calibration
+        select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), cfg.budget(), cfg.ranking,
+               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers])
     run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)})
     if (run_dir / "prune.json").exists():
         done = runio.read_json(run_dir / "prune.json")
         if not done["check"]["passed"]:
             raise CheckFailed(f"this run's check failed earlier (see {run_dir}/prune.json)")
         return done
-    model, tok = loaded.model, loaded.tokenizer
-    layers = loaded.adapter.linear_layers(model)
-    if not cfg.plan_file:  # a budget the model cannot meet fails now, not after calibration
-        select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), cfg.budget(), cfg.ranking,
-               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers])
     say = (lambda m: print(f"prune: {m}", file=sys.stderr)) if progress else (lambda m: None)
 
     # 1. plan
