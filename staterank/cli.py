@@ -214,6 +214,7 @@ def _add_stratify(sub) -> None:
                    help="with --from-runs: analyze folders of the same texts on the model at initialisation")
     p.add_argument("--eps", type=_POSF, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
     def run(a) -> int:
         from . import stratify as st
@@ -235,7 +236,8 @@ def _add_stratify(sub) -> None:
             only = [c.strip() for c in a.contexts.split(",") if c.strip()] if a.contexts else None
             ctxs = cx.suite(a.suite, seed=a.seed, data=a.data_dir, only=only, **kw)
             ctxs += [cx.from_file(f) for f in a.context_file] + [cx.from_hf(s, **kw) for s in a.hf_context]
-            out = st.run_stratify(loaded, ctxs, a.out, cfg, log=lambda m: print(m, file=sys.stderr))
+            out = st.run_stratify(loaded, ctxs, a.out, cfg,
+                                  log=(lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr)))
         print(out / "stratify.json")
         if not a.no_report:
             from .report.stratify import render
@@ -543,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar
     if getattr(args, "threads", None):
         import torch
 
@@ -555,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     except VerificationFailed as e:
         print(f"staterank: check failed: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # the file system said no (bad --out, permissions, disk full): its words, one line
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"staterank: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("staterank: interrupted (finished pieces are saved; rerun the same command to resume)", file=sys.stderr)
         return 130

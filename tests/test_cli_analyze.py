@@ -59,7 +59,7 @@ def test_prompt_and_log_positions(model_dir, tmp_path):
     assert list(z["positions"]) == [1, 2, 4, 8, 16, 32] and list(z["texts"]) == ["prompt"]
 
 
-@pytest.mark.parametrize("case", ["unsupported", "missing_model", "missing_text", "empty_text", "no_source"])
+@pytest.mark.parametrize("case", ["unsupported", "missing_model", "missing_text", "empty_text", "no_source", "bad_out"])
 def test_errors_are_one_line(case, model_dir, tmp_path, capsys):
     from transformers import LlamaConfig
 
@@ -77,9 +77,13 @@ def test_errors_are_one_line(case, model_dir, tmp_path, capsys):
     elif case == "empty_text":
         (tmp_path / "e.txt").write_text("\n  \n")
         text, msg = ["--text", str(good), str(tmp_path / "e.txt")], "is empty"
+    elif case == "bad_out":  # the file system refuses the run folder: an OSError, still one line
+        (tmp_path / "run").write_text("a file, not a folder")
+        msg = "Not a directory"
     else:
         text, msg = [], "one of the arguments --prompt --text is required"
-    argv = ["analyze", "--model", model, *text, "--quiet", "--out", str(tmp_path / "run")]
+    out = tmp_path / "run" / "x" if case == "bad_out" else tmp_path / "run"
+    argv = ["analyze", "--model", model, *text, "--quiet", "--out", str(out)]
     if case == "no_source":
         with pytest.raises(SystemExit) as e:  # argparse's own usage error
             main(argv)
@@ -88,7 +92,7 @@ def test_errors_are_one_line(case, model_dir, tmp_path, capsys):
         assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
-    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert err.count("\n") == 1 and (case == "bad_out" or not (tmp_path / "run").exists())
 
 
 @pytest.mark.parametrize("argv,msg", [
