@@ -129,3 +129,12 @@ def test_budget_the_model_cannot_meet_fails_before_a_run_folder_exists(tmp_path)
     with pytest.raises(UserError, match="cannot free"):
         run_prune(_loaded(), _cfg(fraction=None, bytes=10**9), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_report_states_budget_and_params_in_words():
+    from staterank.report.prune import _budget, _params
+
+    assert _budget({"kind": "fraction", "value": 7 / 18}) == "a fraction 0.389 of all value heads"
+    assert _budget({"kind": "bytes", "value": 12288}) == "at least 12,288 B of recurrent state"
+    assert _budget({"kind": "layer_counts", "value": [1, 2]}) == "heads per layer [1, 2]"
+    assert _params({"alpha": 0.5}) == " (α = 0.5)" and _params({}) == ""

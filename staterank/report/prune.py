@@ -82,8 +82,8 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
 
     ms = r["state_measured_at"]
     lines = [
-        f"# Prune: {r['method']} {r['params']} on {r['model']}", "",
-        f"Ranking **{r['ranking']}**, budget {r['budget']}: removed {len(r['removed'])} of {r['value_heads']} value "
+        f"# Prune: {r['method']}{_params(r['params'])} on {r['model']}", "",
+        f"Ranking **{r['ranking']}**, budget {_budget(r['budget'])}: removed {len(r['removed'])} of {r['value_heads']} value "
         f"heads ({r['head_fraction_removed']:.1%}); per layer {r['removed_per_layer']}.", "",
         f"## Recurrent state (measured from the cache: {ms['context']} tokens × batch {ms['batch']}, {ms['dtype']})", "",
         "| part | before | after | saved |", "|---|---|---|---|",
@@ -116,9 +116,30 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
               f"{d['before']['tokens_per_s']:.1f} → {d['after']['tokens_per_s']:.1f} tokens/s "
               "(a short measurement on a possibly shared machine, not a benchmark).", "",
               "Controls are zero-ablated random heads: count-matched (same budget and ranking), layer-matched "
-              "(same heads per layer), byte-matched (same recurrent-state bytes).", "",
+              "(same heads per layer), byte-matched (same recurrent-state bytes)."
+              + (" With per-layer ranking, count-matched and layer-matched draws are the same draws."
+                 if r["ranking"] == "per_layer" else ""), "",
               "![accuracy vs state](prune_accuracy.png)", ""]
     return lines
+
+
+def _params(p: dict | None) -> str:
+    names = {"alpha": "α"}
+    return f" ({', '.join(f'{names.get(k, k)} = {v:g}' if isinstance(v, float) else f'{names.get(k, k)} = {v}' for k, v in p.items())})" if p else ""
+
+
+def _budget(b: dict) -> str:
+    """{'kind': 'fraction', 'value': 0.3888…} -> 'a fraction 0.389 of all value heads'."""
+    kind, v = b.get("kind"), b.get("value")
+    if kind == "fraction":
+        return f"a fraction {v:.3f} of all value heads"
+    if kind == "count":
+        return f"{v} value heads"
+    if kind == "bytes":
+        return f"at least {int(v):,} B of recurrent state"
+    if kind == "layer_counts":
+        return f"heads per layer {list(v)}"
+    return str(b)
 
 
 def _render_sweep(run_dir: Path, s: dict) -> list[str]:
