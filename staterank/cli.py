@@ -79,7 +79,7 @@ def _analyze_texts(args) -> dict[str, str]:
     for f in args.text:
         p = Path(f)
         if not p.is_file():
-            raise UserError(f"--text {f}: no such file")
+            raise UserError(f"--text {f}: {'a directory; give the text files in it' if p.is_dir() else 'no such file'}")
         try:
             body = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
