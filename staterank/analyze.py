@@ -41,7 +41,7 @@ import torch
 from . import runio, spectra
 from .capture import Schedule, capture
 from .errors import UserError
-from .models import Loaded, cache_kwarg, tokenize_texts
+from .models import Loaded, cache_kwarg, output_cache, tokenize_texts
 
 STAT_NAMES = spectra.STAT_NAMES
 DEFAULT_MAX_STATE_BYTES = 2**30
@@ -143,7 +143,7 @@ def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: flo
         for s in range(0, T, prefill_chunk):
             # logits of the last token only: the full [T, vocab] logits would dominate memory
             out = model(ids[:, s : s + prefill_chunk], **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            cache = output_cache(out)
             _release_freed_memory()
             bar.update(min(prefill_chunk, T - s))
         del cache, out

@@ -233,6 +233,13 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def output_cache(out: Any):
+    """The cache a forward returned: ``out.cache`` from transformers 5.24 on (reading
+    ``out.past_key_values`` there warns), ``out.past_key_values`` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> list[torch.Tensor]:
     """Each text -> input ids [1, T] (T ≤ max_tokens, special tokens as the tokenizer adds them).
     Texts are tokenized one by one: no padding ever reaches the recurrence."""

@@ -6,7 +6,7 @@ import torch
 
 from staterank.adapters import get_adapter
 from staterank.errors import UserError
-from staterank.models import cache_kwarg
+from staterank.models import cache_kwarg, output_cache
 from staterank.probes.ablate import ablate, calibrate_means
 from staterank.testing import FAMILIES, tiny_model
 
@@ -91,12 +91,12 @@ def test_ablated_state_is_zero_in_capture_and_cache_prefill_and_decode():
     ids = _ids(b=1, t=9)
     with ablate(model, {li: [2]}), capture(model, keep_states=True, stats=False) as trace, torch.no_grad():
         out = model(ids, use_cache=True)
-        out2 = model(ids[:, :1], **{cache_kwarg(model): out.past_key_values}, use_cache=True)
+        out2 = model(ids[:, :1], **{cache_kwarg(model): output_cache(out)}, use_cache=True)
     S = trace.states(li)  # [B, H, P, K, V] prefill then decode
     assert S.shape[2] == 10
     assert torch.count_nonzero(S[:, 2]) == 0
     assert torch.count_nonzero(S[:, 1]) > 0
-    assert torch.count_nonzero(out2.past_key_values.layers[li].recurrent_states[0][:, 2]) == 0
+    assert torch.count_nonzero(output_cache(out2).layers[li].recurrent_states[0][:, 2]) == 0
 
 
 def test_zero_ablation_of_a_nonzero_initial_state():
@@ -106,11 +106,11 @@ def test_zero_ablation_of_a_nonzero_initial_state():
     l = ad.linear_layers(model)[0]
     ids = _ids(b=1, t=8)
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
+        cache = output_cache(model(ids, use_cache=True))
         assert torch.count_nonzero(cache.layers[l.index].recurrent_states[0][:, 3]) > 0
         with ablate(model, {l.index: [3]}):
             out = model(ids[:, :3], **{cache_kwarg(model): cache}, use_cache=True)
-    assert torch.count_nonzero(out.past_key_values.layers[l.index].recurrent_states[0][:, 3]) == 0
+    assert torch.count_nonzero(output_cache(out).layers[l.index].recurrent_states[0][:, 3]) == 0
 
 
 def test_mean_ablation_replaces_output_with_calibrated_mean():

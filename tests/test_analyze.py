@@ -9,7 +9,7 @@ from staterank import analyze as an
 from staterank.analyze import analyze, load_dynamics
 from staterank.capture import Schedule
 from staterank.errors import UserError
-from staterank.models import cache_kwarg, load_model
+from staterank.models import cache_kwarg, load_model, output_cache
 from staterank.runio import read_json, read_npz
 
 from test_models import save_tiny
@@ -34,7 +34,7 @@ def _cache_ranks(loaded, ids: torch.Tensor) -> dict[int, np.ndarray]:
     cache = None
     with torch.no_grad():
         for t in range(ids.shape[1]):
-            cache = model(ids[:, t : t + 1], **{cache_kwarg(model): cache}, use_cache=True).past_key_values
+            cache = output_cache(model(ids[:, t : t + 1], **{cache_kwarg(model): cache}, use_cache=True))
             for i in layers:
                 sig = torch.linalg.svdvals(cache.layers[i].recurrent_states[0][0].double())  # [H, min(K, V)]
                 ranks[i].append((sig > EPS * sig[:, :1]).sum(-1).numpy())
@@ -90,7 +90,7 @@ def test_stride_schedule_and_keep_states(tmp_path):
     # the last kept state is the cache's state after the same number of tokens
     last = int(dyn.positions[-1])
     with torch.no_grad():
-        cache = loaded.model(ids[:, :last], use_cache=True).past_key_values
+        cache = output_cache(loaded.model(ids[:, :last], use_cache=True))
     for layer in dyn.layers:
         torch.testing.assert_close(st[f"layer_{layer}"][:, -1], cache.layers[int(layer)].recurrent_states[0][0],
                                    atol=1e-5, rtol=1e-4)

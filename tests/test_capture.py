@@ -6,7 +6,7 @@ import torch
 from staterank.adapters import get_adapter
 from staterank.capture import Schedule, capture
 from staterank.errors import UserError
-from staterank.models import cache_kwarg
+from staterank.models import cache_kwarg, output_cache
 from staterank.hooks import intercept
 from staterank.recurrence import RuleCall, replay
 from staterank.testing import FAMILIES, tiny_model
@@ -24,7 +24,7 @@ def test_last_state_equals_cache_prefill(family):
     ids = torch.randint(3, 97, (2, T))
     with capture(model, keep_states=True, stats=False) as trace:
         out = model(ids, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert trace.calls == len(trace.layers)
     for lt in trace.layers:
         S = trace.states(lt.layer.index)  # [B, H, P, K, V]
@@ -46,7 +46,7 @@ def test_prefill_states_equal_decode_states(family):
     with capture(model, keep_states=True, stats=False) as dtrace:
         for t in range(ids.shape[1]):
             out = model(ids[:, t : t + 1], **{cache_kwarg(model): cache}, use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
             for i in per_token:
                 per_token[i].append(_cache_state(cache, i).clone())
     for i, S in prefill.items():

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from ..adapters import HeadLayout, get_adapter
 from ..errors import UserError
+from ..models import output_cache
 from ..probes.ablate import ablate
 from .plan import Plan
 from .surgery import common_group, group_sizes, prune_heads
@@ -121,7 +122,7 @@ def state_bytes(model: nn.Module, batch: int = 1, context: int = 256, seed: int 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, context), generator=g)
     dev = next(model.parameters()).device
-    cache = model(ids.to(dev), use_cache=True, logits_to_keep=1).past_key_values  # [T, vocab] logits not needed
+    cache = output_cache(model(ids.to(dev), use_cache=True, logits_to_keep=1))  # [T, vocab] logits not needed
     out = {"linear_state": 0, "conv_state": 0, "attention_kv": 0}
 
     def nbytes(t):
