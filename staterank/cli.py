@@ -47,7 +47,9 @@ EPILOG = """examples:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="builtin", help="HF id, local folder, or 'builtin' (default)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device, or 'auto' to spread a model too big for one GPU over all of them "
+                        "(accelerate's device map; needs accelerate) (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")

@@ -53,11 +53,22 @@ class Loaded:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the first parameter's device (the embedding's, with a device map too)."""
         return next(self.model.parameters()).device
+
+    @property
+    def device_map(self) -> dict | None:
+        """accelerate's module -> device map when ``device="auto"`` spread the model over several
+        devices; None when it sits on one (accelerate then sets no map)."""
+        return getattr(self.model, "hf_device_map", None)
+
+
+AUTO_DEVICE = "auto"  # spread the model over all GPUs (and CPU if it must) with accelerate's device map
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
+    """The device a model goes to; for "auto", the primary one (cuda if available)."""
+    if device is None or device == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
@@ -170,10 +181,13 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     """Load ``spec`` ('builtin' | folder | HF id) with its tokenizer; one-line UserError on failure."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    auto = device == AUTO_DEVICE
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec == NEGATIVE_CONTROL:
         return negative_control(device=dev, dtype=dt)
+    if auto and importlib.util.find_spec("accelerate") is None:
+        raise UserError("--device auto needs accelerate: pip install accelerate")
     source, local = _resolve_source(str(spec))
     where = source if local else f"{source} (Hugging Face Hub)"
     try:
@@ -188,17 +202,27 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         bind_reference_kernels(adapter.module, cpu=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+            source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code,
+            **({"device_map": AUTO_DEVICE} if auto else {}))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the weights of {where} (safetensors only): {_one_line(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
-    model.to(dev).eval().requires_grad_(False)
+    if auto:
+        # layers accelerate placed on CPU cannot run fla's Triton kernels: every layer takes the
+        # (slower, exact) PyTorch reference then, since the functions are module globals
+        if any(p.device.type == "cpu" for p in model.parameters()) and _gpu_kernels_importable():
+            bind_reference_kernels(adapter.module, cpu=True)
+    else:
+        model.to(dev)
+    model.eval().requires_grad_(False)
+    summary = _summary(model, adapter, cfg, dt, dev)
+    if auto:
+        summary["device"] = "auto: " + ", ".join(sorted({str(p.device) for p in model.parameters()}))
     return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
-                  config=_summary(model, adapter, cfg, dt, dev))
+                  config=summary)
 
 
 NEGATIVE_CONTROL = "negative-control"

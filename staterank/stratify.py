@@ -526,7 +526,8 @@ def default_positions(max_tokens: int, stride: int = 4, t_early: int = 128, t_la
 def init_copy(model, seed: int = 0, gates: str = "model"):
     """The same architecture at initialisation: a fresh ``type(model)(config)`` built under
     ``torch.manual_seed(seed)``, so transformers runs the model's own ``_init_weights`` (bit-identical to
-    ``from_config`` with that seed), moved to the model's device and dtype, eval mode.
+    ``from_config`` with that seed), moved to the model's device and dtype, eval mode. A model spread
+    over several devices (``--device auto``) gets its copy built in its dtype and spread the same way.
 
     gates="fla" then re-draws every Gated DeltaNet forget gate FLA/Mamba-style (A ~ U(1, 16),
     dt ~ logU(1e-3, 1e-1), dt_bias = softplus⁻¹(dt)), the initialisation the builtin model was trained
@@ -536,8 +537,20 @@ def init_copy(model, seed: int = 0, gates: str = "model"):
     if gates not in ("model", "fla"):
         raise UserError(f"unknown init gates {gates!r}; choose model or fla")
     p = next(model.parameters())
+    dm = getattr(model, "hf_device_map", None)
+    spread = bool(dm) and len({str(d) for d in dm.values()}) > 1
     torch.manual_seed(seed)
-    fresh = type(model)(copy.deepcopy(model.config))
+    if spread:
+        # too big for one device: build it in its own dtype on CPU (not fp32: half the memory),
+        # then place it module by module as the model is placed
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(p.dtype)
+        try:
+            fresh = type(model)(copy.deepcopy(model.config))
+        finally:
+            torch.set_default_dtype(old)
+    else:
+        fresh = type(model)(copy.deepcopy(model.config))
     if gates == "fla":
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -546,6 +559,10 @@ def init_copy(model, seed: int = 0, gates: str = "model"):
                     mod.A_log.copy_(torch.empty(mod.A_log.shape).uniform_(1.0, 16.0, generator=g).log())
                     dt = torch.exp(torch.empty(mod.dt_bias.shape).uniform_(np.log(1e-3), np.log(1e-1), generator=g))
                     mod.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    if spread:
+        from accelerate import dispatch_model
+
+        return dispatch_model(fresh.eval().requires_grad_(False), device_map=dm)
     return fresh.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)
 
 

@@ -176,3 +176,18 @@ def test_cutting_long_texts_raises_no_max_length_warning():
     assert "sequence-length-is-longer-than-the-specified-maximum" not in tok.deprecation_warnings
     tok(text)  # the flag this test reads is the one the warning sets
     assert "sequence-length-is-longer-than-the-specified-maximum" in tok.deprecation_warnings
+
+
+def test_device_auto_loads_with_a_device_map_and_computes_the_same(tmp_path):
+    pytest.importorskip("accelerate")
+    from staterank.prune.export import reload
+
+    ref = save_tiny(tmp_path, "qwen3_next", h_k=1, h_v=4, k=8, v=12)
+    loaded = load_model(str(tmp_path), device="auto")
+    assert loaded.config["device"] == "auto: cpu"
+    assert loaded.device_map is None  # one device: accelerate sets no map, staterank takes the plain path
+    ids = torch.randint(3, 97, (1, 9))
+    torch.testing.assert_close(loaded.model(ids).logits, ref(ids).logits, atol=0, rtol=0)
+    spread = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    again = reload(tmp_path, device_map=spread)  # prune's check reloads a spread export like this
+    torch.testing.assert_close(again(ids).logits, ref(ids).logits, atol=0, rtol=0)

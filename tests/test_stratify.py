@@ -293,6 +293,22 @@ def test_init_copy_is_the_models_own_initialisation():
     assert decay.min() > 0.8  # FLA-style gates remember: per-token decay near 1 at zero input
 
 
+def test_init_copy_of_a_model_spread_over_devices_is_built_in_its_dtype_and_spread_alike(monkeypatch):
+    # no second device here: the placement itself is accelerate's; this checks what staterank asks of it
+    accelerate = pytest.importorskip("accelerate")
+    from staterank.testing import tiny_model
+
+    model = tiny_model("qwen3_next", 1).to(torch.bfloat16)
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 1, "model.norm": 1, "lm_head": 1}
+    calls = []
+    monkeypatch.setattr(accelerate, "dispatch_model", lambda m, device_map: calls.append(device_map) or m)
+    fresh = st.init_copy(model, seed=3)
+    assert calls == [model.hf_device_map]
+    assert {p.dtype for p in fresh.parameters()} == {torch.bfloat16} and not fresh.training
+    assert torch.get_default_dtype() == torch.float32  # restored
+    assert not torch.equal(fresh.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
 def _loaded(model, tok):
     from staterank.adapters import get_adapter
     from staterank.models import Loaded

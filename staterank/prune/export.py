@@ -100,12 +100,17 @@ def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None) ->
             "key_heads_after": h_k * len(layouts), "key_heads_duplicated": h_k * len(layouts) - kept_groups}
 
 
-def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> nn.Module:
-    """Load an exported folder with stock ``AutoModelForCausalLM`` (safetensors, no remote code)."""
+def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+           device_map: dict | None = None) -> nn.Module:
+    """Load an exported folder with stock ``AutoModelForCausalLM`` (safetensors, no remote code);
+    ``device_map``: place it as the model it came from was placed (module names survive surgery)."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True)
-    return m.to(device or "cpu").eval().requires_grad_(False)
+    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True,
+                                             **({"device_map": device_map} if device_map else {}))
+    if not device_map:
+        m.to(device or "cpu")
+    return m.eval().requires_grad_(False)
 
 
 @torch.no_grad()

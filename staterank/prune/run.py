@@ -257,7 +257,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
 
     # 3. surgery (+ export), then everything on the pruned model
     say("surgery")
-    dtype, device = _model_dtype(model), loaded.device
+    dtype, device, device_map = _model_dtype(model), loaded.device, loaded.device_map
     export_info = None
     if cfg.export:
         if not (run_dir / "export.json").exists():
@@ -269,7 +269,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
             runio.write_json(run_dir / "export.json", export_info)
         export_info = runio.read_json(run_dir / "export.json")
         loaded.model = model = None  # free the in-place pruned copy; measure what users will load
-        pruned = reload(model_dir, dtype=dtype, device=device)
+        pruned = reload(model_dir, dtype=dtype, device=device, device_map=device_map)
     else:
         prune_heads(model, plan.by_layer())
         pruned = model
