@@ -138,3 +138,10 @@ def test_report_states_budget_and_params_in_words():
     assert _budget({"kind": "bytes", "value": 12288}) == "at least 12,288 B of recurrent state"
     assert _budget({"kind": "layer_counts", "value": [1, 2]}) == "heads per layer [1, 2]"
     assert _params({"alpha": 0.5}) == " (α = 0.5)" and _params({}) == ""
+
+
+def test_run_prune_on_olmo_hybrid(tmp_path):
+    r = run_prune(_loaded("olmo_hybrid"), _cfg(), tmp_path / "run")
+    assert r["removed_per_layer"] == [1, 1, 1]
+    assert r["check"]["passed"] and r["check"]["reloaded_with"].startswith("AutoModelForCausalLM")
+    assert r["fraction_saved"]["linear_state"] == pytest.approx(0.25)

@@ -12,7 +12,8 @@ from staterank.prune.surgery import prune_heads, regroup
 from staterank.testing import tiny_model
 
 # (family, h_k, h_v): GVA ratios 2 and 4 for the Gated DeltaNet families; Kimi has H_k = H_v.
-CASES = [("qwen3_next", 2, 4), ("qwen3_next", 2, 8), ("qwen3_5", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4)]
+CASES = [("qwen3_next", 2, 4), ("qwen3_next", 2, 8), ("qwen3_5", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4),
+         ("olmo_hybrid", 2, 4), ("olmo_hybrid", 2, 8)]
 LINEAR = (0, 1, 3)  # linear-attention layer indices of testing.tiny_model
 
 
@@ -87,7 +88,8 @@ def test_export_equals_masked_and_state_bytes(family, h_k, h_v, kind, tmp_path):
     assert pruned.config.to_dict()["linear_num_heads" if family == "kimi_linear" else "linear_num_value_heads"] == kept
 
 
-@pytest.mark.parametrize("family,h_k,h_v", [("qwen3_next", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4)])
+@pytest.mark.parametrize("family,h_k,h_v", [("qwen3_next", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4),
+                                           ("olmo_hybrid", 2, 4)])
 def test_uneven_plan_prunes_in_memory_but_refuses_export(family, h_k, h_v, tmp_path):
     model = _model(family, h_k, h_v)
     plan = _plan(model, [(0, 1), (1, 0), (1, 3)])  # layer 3 keeps all heads: counts differ per layer

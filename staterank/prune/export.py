@@ -38,6 +38,7 @@ CONFIG_KEYS = {
     "qwen3_next": ("linear_num_key_heads", "linear_num_value_heads"),
     "qwen3_5": ("linear_num_key_heads", "linear_num_value_heads"),
     "kimi_linear": ("linear_num_heads", "linear_num_heads"),
+    "olmo_hybrid": ("linear_num_key_heads", "linear_num_value_heads"),
 }
 
 

@@ -1,6 +1,6 @@
 """Physical head removal: slice every tensor coupled to a value head, in place, one function per family.
 
-GVA rule (Qwen3-Next, Qwen3.5: value head j reads key head j // G, G = H_v/H_k). The layer code
+GVA rule (Qwen3-Next, Qwen3.5, OLMo-hybrid: value head j reads key head j // G, G = H_v/H_k). The layer code
 derives the mapping from H_v/H_k alone, so after surgery every key head must serve the same number
 G' of consecutive value heads. We keep the surviving value heads in their original order and
 regroup them:
@@ -90,14 +90,15 @@ def _gdn_conv_channels(lo: HeadLayout, keys: KeyHeads) -> torch.Tensor:
     return torch.cat([q, k, v])
 
 
-def _gdn_common(m: nn.Module, lo: HeadLayout, keys: KeyHeads) -> None:
-    """Tensors shared by Qwen3-Next and Qwen3.5: conv, A_log, dt_bias, out_proj; layer attributes."""
+def _gdn_common(m: nn.Module, lo: HeadLayout, keys: KeyHeads, out: str = "out_proj") -> None:
+    """Tensors shared by the Gated DeltaNet families: conv, A_log, dt_bias, the output projection
+    (``out``: its name); layer attributes."""
     vals = [j for _, vs in keys for j in vs]
     vi = torch.tensor(vals, dtype=torch.long)
     _conv(m.conv1d, _gdn_conv_channels(lo, keys))
     _set(m, "A_log", m.A_log.data[vi.to(m.A_log.device)])
     _set(m, "dt_bias", m.dt_bias.data[vi.to(m.dt_bias.device)])
-    _cols(m.out_proj, _span([j * lo.v for j in vals], lo.v))
+    _cols(getattr(m, out), _span([j * lo.v for j in vals], lo.v))
     m.num_k_heads, m.num_v_heads = len(keys), len(vals)
     m.key_dim, m.value_dim = m.num_k_heads * lo.k, m.num_v_heads * lo.v
     m.conv_dim = 2 * m.key_dim + m.value_dim
@@ -134,6 +135,21 @@ def qwen3_5(m: nn.Module, lo: HeadLayout, keys: KeyHeads) -> None:
     _gdn_common(m, lo, keys)
 
 
+def olmo_hybrid(m: nn.Module, lo: HeadLayout, keys: KeyHeads) -> None:
+    """Fully separate projections: q_proj, k_proj rows per key head (K each); v_proj and the
+    output gate g_proj rows per value head (V each); a_proj, b_proj one row per value head; the
+    conv sees [q all | k all | v all]; o_proj columns per value head."""
+    vals = [j for _, vs in keys for j in vs]
+    for lin in (m.q_proj, m.k_proj):
+        _rows(lin, _span([g * lo.k for g, _ in keys], lo.k))
+    for lin in (m.v_proj, m.g_proj):
+        _rows(lin, _span([j * lo.v for j in vals], lo.v))
+    vi = torch.tensor(vals, dtype=torch.long)
+    _rows(m.a_proj, vi)
+    _rows(m.b_proj, vi)
+    _gdn_common(m, lo, keys, out="o_proj")
+
+
 def kimi_linear(m: nn.Module, lo: HeadLayout, keys: KeyHeads) -> None:
     """Kimi Delta Attention (H_k = H_v, K = V = head_dim): q/k/v_proj rows, conv channels of q, k
     and v, the forget gate's f_b_proj rows, dt_bias [H·K] and A_log [1, 1, H, 1], b_proj rows
@@ -158,6 +174,7 @@ SURGERY: dict[str, Callable[[nn.Module, HeadLayout, KeyHeads], None]] = {
     "qwen3_next": qwen3_next,
     "qwen3_5": qwen3_5,
     "kimi_linear": kimi_linear,
+    "olmo_hybrid": olmo_hybrid,
 }
 
 
