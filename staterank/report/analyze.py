@@ -20,6 +20,20 @@ from .. import runio
 from ..analyze import head_table, load_dynamics
 
 
+
+def _layouts(layouts: list[dict]) -> str:
+    """[{'h_k': 4, 'h_v': 8, 'k': 32, 'v': 32}] -> 'H_k = 4, H_v = 8, K = 32, V = 32'."""
+    one = lambda d: f"H_k = {d['h_k']}, H_v = {d['h_v']}, K = {d['k']}, V = {d['v']}"  # noqa: E731
+    return one(layouts[0]) if len(layouts) == 1 else "layouts " + "; ".join(one(d) for d in layouts)
+
+
+def _schedule(sc: dict) -> str:
+    if sc.get("positions"):
+        return f"at {len(sc['positions'])} given positions"
+    if sc.get("log"):
+        return "at t = 1, 2, 4, 8, …"
+    return "at every token" if sc.get("stride", 1) == 1 else f"every {sc['stride']}th token"
+
 def _plt():
     import matplotlib
 
@@ -105,9 +119,9 @@ def render(run_dir: str | Path) -> Path:
     lines = [
         "# analyze", "",
         f"Model `{m['spec']}` ({m['architecture']}, {m['model_type']}): {L} linear-attention layers "
-        f"{list(map(int, dyn.layers))}, {H} value heads each, layouts {m['layouts']}, {m['dtype']} on {m['device']}.",
-        f"Threshold rank = #σᵢ > ε·σ₁ with ε = {c['eps']:g}; schedule {c['schedule']}; "
-        f"max tokens {c['max_tokens']}.", "",
+        f"{list(map(int, dyn.layers))}, {H} value heads each, {_layouts(m['layouts'])}, {m['dtype']} on {m['device']}.",
+        f"Threshold rank = #σᵢ > ε·σ₁ with ε = {c['eps']:g}, measured {_schedule(c['schedule'])}; "
+        f"max tokens {c['max_tokens'] if c['max_tokens'] is not None else 'all'}.", "",
         "| text | tokens | positions | max output err | max state err |", "|---|---|---|---|---|",
         *[f"| {t.name} | {t.n_tokens} | {t.n_positions} | {t.max_output_err:.2g} | {t.max_state_err:.2g} |"
           for t in dyn.texts],
