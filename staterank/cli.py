@@ -102,12 +102,6 @@ def _run_analyze(args) -> int:
     from .report.analyze import render
 
     texts = _analyze_texts(args)  # check inputs before loading a model
-    if args.max_state_mb <= 0:
-        raise UserError(f"--max-state-mb must be > 0, got {args.max_state_mb}")
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     dyn = analyze(
         loaded, texts, max_tokens=args.max_tokens, schedule=Schedule(stride=args.stride, log=args.log_positions),
@@ -286,10 +280,6 @@ def _run_probe(args) -> int:
     check_kinds(groups, args.seeds)
     if args.fraction is not None and not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     folder = probe(
         loaded, tasks, groups, out=args.out, fraction=args.fraction, count=args.count, seeds=args.seeds,
@@ -368,10 +358,6 @@ def _run_prune(args) -> int:
     from .prune.run import CheckFailed, PruneConfig, SweepConfig, run_prune, run_sweep
     from .report.prune import render
 
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     budget = {"fraction": args.fraction, "count": args.count, "bytes": args.bytes}
     if all(v is None for v in budget.values()):
         budget["fraction"] = 0.389
@@ -398,10 +384,9 @@ def _run_prune(args) -> int:
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     try:
         res = run_prune(loaded, cfg, args.out, progress=not args.quiet)
-    except CheckFailed as e:
-        print(f"staterank: check failed: {e}", file=sys.stderr)
-        render(args.out)
-        return 1
+    except CheckFailed:
+        render(args.out)  # the report shows the failed check; main prints it and exits 3
+        raise
     fs = res["fraction_saved"]["linear_state"]
     print(f"wrote {args.out}: removed {len(res['removed'])} of {res['value_heads']} heads, linear state "
           f"{res['state_bytes_before']['linear_state']} -> {res['state_bytes_after']['linear_state']} bytes "

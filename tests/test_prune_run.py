@@ -145,3 +145,21 @@ def test_run_prune_on_olmo_hybrid(tmp_path):
     assert r["removed_per_layer"] == [1, 1, 1]
     assert r["check"]["passed"] and r["check"]["reloaded_with"].startswith("AutoModelForCausalLM")
     assert r["fraction_saved"]["linear_state"] == pytest.approx(0.25)
+
+
+def test_cli_failed_check_renders_the_report_then_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    from staterank import models
+    from staterank.prune import run as prune_run
+    from staterank.report import prune as report
+
+    def fail(*a, **k):
+        raise prune_run.CheckFailed("pruned model differs from the masked model by 0.5 > 0.0001")
+
+    rendered = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(prune_run, "run_prune", fail)
+    monkeypatch.setattr(report, "render", rendered.append)
+    assert main(["prune", "--out", str(tmp_path / "r"), "--quiet"]) == 3
+    assert rendered == [str(tmp_path / "r")]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "staterank: check failed: pruned model differs from the masked model by 0.5 > 0.0001"]
