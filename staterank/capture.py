@@ -176,22 +176,39 @@ class _Capturer:
         tr.calls += 1
 
     def _check(self, out, rep_out, state, rep_state):
+        """Replay vs the rule's own outputs [B, T, H, V] and final state [B, H, K, V], head by head:
+        max |model − replay| ≤ atol + rtol · max |replay| over the head. Round-off scales with a
+        head's magnitude, not with each entry (an element-wise rtol flags near-zero entries), while a
+        wrong layout, decay or GVA map is off by the order of the head's magnitude. fp32 on CPU runs
+        the same reference arithmetic; bf16 outputs and GPU kernels (fla's chunked ones may use TF32)
+        get looser bounds."""
         tr = self.trace
-        # The model casts outputs back to its dtype: compare at that precision.
-        ref = rep_out.to(out.dtype)
-        err = (out.float() - ref.float()).abs().max().item() if out.numel() else 0.0
-        tr.max_output_err = max(tr.max_output_err, err)
-        try:
-            torch.testing.assert_close(out, ref, atol=1e-4 if out.dtype == torch.float32 else 2e-2, rtol=1e-3 if out.dtype == torch.float32 else 2e-2)
-        except AssertionError as e:
-            raise CaptureMismatch(f"replayed outputs differ from the model's (max abs diff {err:.3g})") from e
+        ref = rep_out.to(out.dtype).float()  # the model casts outputs back to its dtype
+        tight = out.dtype == torch.float32
+        err = _head_check(out.float(), ref, head_dim=2, atol=1e-4 if tight else 2e-2, rtol=1e-3 if tight else 2e-2)
+        tr.max_output_err = max(tr.max_output_err, err[0])
+        if not err[1]:
+            raise CaptureMismatch(f"replayed outputs differ from the model's (max abs diff {err[0]:.3g}, "
+                                  f"head {err[2]} off by {err[3]:.3g} of its magnitude)")
         if state is not None:
-            serr = (state.float() - rep_state).abs().max().item()
-            tr.max_state_err = max(tr.max_state_err, serr)
-            try:
-                torch.testing.assert_close(state.float(), rep_state, atol=1e-4, rtol=1e-3)
-            except AssertionError as e:
-                raise CaptureMismatch(f"replayed state differs from the model's (max abs diff {serr:.3g})") from e
+            rtol = 1e-3 if state.device.type == "cpu" else 1e-2
+            serr = _head_check(state.float(), rep_state, head_dim=1, atol=1e-4, rtol=rtol)
+            tr.max_state_err = max(tr.max_state_err, serr[0])
+            if not serr[1]:
+                raise CaptureMismatch(f"replayed state differs from the model's (max abs diff {serr[0]:.3g}, "
+                                      f"head {serr[2]} off by {serr[3]:.3g} of its magnitude)")
+
+
+def _head_check(a: torch.Tensor, ref: torch.Tensor, head_dim: int, atol: float, rtol: float):
+    """(max abs diff, passed, worst head, its diff / magnitude) with per-head bounds (see ``_check``)."""
+    if a.numel() == 0:
+        return 0.0, True, None, 0.0
+    heads = a.shape[head_dim]
+    diff = (a - ref).abs().movedim(head_dim, 0).reshape(heads, -1).amax(-1)  # [H]
+    mag = ref.abs().movedim(head_dim, 0).reshape(heads, -1).amax(-1)
+    excess = diff - (atol + rtol * mag)
+    worst = int(excess.argmax())
+    return float(diff.max()), bool((excess <= 0).all()), worst, float(diff[worst] / mag[worst].clamp(min=1e-30))
 
 
 @contextlib.contextmanager

@@ -125,3 +125,63 @@ def test_unsupported_model_one_line_error():
     m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
     with pytest.raises(UserError, match="supported: kimi_linear, olmo_hybrid, qwen3_5"):
         get_adapter(m)
+
+
+def _buggy_prepare(bug, real):
+    """recurrence.prepare with one plausible replay bug."""
+    import dataclasses
+
+    def prepare(call):
+        if bug == "gva_tiled":  # value head j reads key head j % H_k instead of j // G
+            rep = call.v.shape[2] // call.k.shape[2]
+            call = dataclasses.replace(call, q=call.q.repeat(1, 1, rep, 1), k=call.k.repeat(1, 1, rep, 1))
+        elif bug == "no_decay":
+            call = dataclasses.replace(call, g=torch.zeros_like(call.g))
+        elif bug == "no_l2norm":
+            call = dataclasses.replace(call, use_qk_l2norm=not call.use_qk_l2norm)
+        return real(call)
+    return prepare
+
+
+@pytest.mark.parametrize("family,bug", [("olmo_hybrid", "gva_tiled"), ("qwen3_next", "no_decay"),
+                                        ("kimi_linear", "no_decay"), ("qwen3_5", "no_l2norm")])
+def test_verification_catches_a_wrong_replay(family, bug, monkeypatch):
+    # the self-check every capture runs must be able to fail: each bug here gives plausible-looking ranks
+    from staterank import recurrence
+    from staterank.capture import CaptureMismatch
+
+    kw = {"h_k": 2, "h_v": 4} if family == "olmo_hybrid" else {}
+    model = tiny_model(family, **kw)
+    ids = torch.randint(3, 97, (2, T))
+    with capture(model, keep_states=False, stats=False):
+        model(ids)  # the unpatched replay passes
+    monkeypatch.setattr(recurrence, "prepare", _buggy_prepare(bug, recurrence.prepare))
+    with pytest.raises(CaptureMismatch, match="differs? from the model's"):
+        with capture(model, keep_states=False, stats=False):
+            model(ids)
+
+
+@pytest.mark.parametrize("scale,fails", [(1e-5, False), (0.3, True)])
+def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, monkeypatch):
+    # round-off-sized differences pass however small an entry is; a head off by a fraction of its size fails
+    from staterank import capture as cap
+
+    real = cap.replay
+
+    def noisy(call, **kw):
+        out, state = real(call, **kw)
+        g = torch.Generator().manual_seed(0)
+        mag = state.abs().amax(dim=(-2, -1), keepdim=True)
+        return out, state + scale * mag * (2 * torch.rand(state.shape, generator=g) - 1)
+
+    monkeypatch.setattr(cap, "replay", noisy)
+    model = tiny_model("qwen3_next")
+    ids = torch.randint(3, 97, (1, T))
+    if fails:
+        with pytest.raises(cap.CaptureMismatch, match="state differs"):
+            with capture(model, stats=False):
+                model(ids, use_cache=True)
+    else:
+        with capture(model, stats=False) as trace:
+            model(ids, use_cache=True)
+        assert trace.max_state_err > 0
