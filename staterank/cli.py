@@ -336,12 +336,12 @@ def _add_probe(sub) -> None:
 # ---- prune ---------------------------------------------------------------------------------
 PRUNE_EPILOG = """examples:
   staterank prune --model builtin --method jrnp --alpha 0.5 --fraction 0.389 --ranking per_layer --out runs/pr1
-  staterank prune --model builtin --fraction 0.389 --no-export --out runs/pr2        # the paper's global top-k
+  staterank prune --model builtin --fraction 0.389 --out runs/pr2        # the paper's global top-k (in memory)
   staterank prune --model builtin --sweep --alphas 0,0.5,1 --fractions 0.125,0.25,0.389 --out runs/sw1
   staterank prune --model builtin --plan runs/pr1/plan.json --out runs/pr3           # apply a saved plan
 
-rankings: global = one top-k over all heads (the paper's; uneven heads per layer, so it cannot be
-exported as a stock checkpoint: use --no-export); per_layer = round(fraction*H) heads from every
+rankings: global = one top-k over all heads (the paper's; heads per layer usually end up uneven, which
+stock transformers cannot load, so such a plan is pruned and checked in memory, not exported); per_layer = round(fraction*H) heads from every
 layer (uniform head counts: exports, and stock transformers reloads DIR/model/).
 """
 
@@ -390,7 +390,8 @@ def _run_prune(args) -> int:
     fs = res["fraction_saved"]["linear_state"]
     print(f"wrote {args.out}: removed {len(res['removed'])} of {res['value_heads']} heads, linear state "
           f"{res['state_bytes_before']['linear_state']} -> {res['state_bytes_after']['linear_state']} bytes "
-          f"({fs:.1%} saved); check {res['check']['max_abs_logit_diff_vs_masked']:.2g}; report: {render(args.out)}")
+          f"({fs:.1%} saved); check {res['check']['max_abs_logit_diff_vs_masked']:.2g}"
+          f"{'; not exported (uneven heads per layer)' if res.get('not_exported') else ''}; report: {render(args.out)}")
     return 0
 
 

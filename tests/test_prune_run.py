@@ -63,14 +63,17 @@ def test_run_prune_per_layer_exports_and_checks(tmp_path):
     assert "Wilson" in report.read_text() and (tmp_path / "run" / "prune_accuracy.png").exists()
 
 
-def test_global_plan_refuses_export_but_runs_in_memory(tmp_path):
-    # 5 heads over 3 layers can never be uniform
+def test_global_plan_is_not_exported_but_pruned_and_checked_in_memory(tmp_path):
+    # 5 heads over 3 layers can never be uniform: stock transformers could not load an export
     kw = dict(ranking="global", fraction=None, count=5, method="random", seed=3)
-    with pytest.raises(UserError, match="per_layer"):
-        run_prune(_loaded("kimi_linear"), _cfg(**kw), tmp_path / "a")
-    r = run_prune(_loaded("kimi_linear"), _cfg(**kw, export=False), tmp_path / "b")
+    r = run_prune(_loaded("kimi_linear"), _cfg(**kw), tmp_path / "a")
+    assert r["export"] is None and "stock transformers loads only equal counts" in r["not_exported"]
+    assert not (tmp_path / "a" / "model").exists()
     assert r["check"]["passed"] and r["check"]["reloaded_with"] == "in-memory surgery"
     assert len(r["removed"]) == 5 and r["fraction_saved"]["linear_state"] == pytest.approx(5 / 12)
+    assert "Not exported: the plan keeps" in render(tmp_path / "a").read_text()
+    b = run_prune(_loaded("kimi_linear"), _cfg(**kw, export=False), tmp_path / "b")
+    assert b["not_exported"] is None and b["removed"] == r["removed"]  # asked not to: nothing to explain
 
 
 def test_sweep_and_pareto(tmp_path):

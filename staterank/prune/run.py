@@ -225,8 +225,16 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                          budget=cfg.budget().to_dict(), scores=scorer.score(stats), calibration=calib)
     if not (run_dir / "plan.json").exists():
         plan.save(run_dir / "plan.json")
+    # Stock transformers loads only equal head counts in every layer: a plan it cannot describe (the
+    # paper's global top-k usually) is pruned in memory and checked there, and prune.json says why.
+    not_exported = None
     if cfg.export:
-        export_shape(plan)  # refuse a non-exportable plan before the expensive part
+        try:
+            export_shape(plan)
+        except UserError:
+            not_exported = (f"the plan keeps {plan.kept_h_v()} value heads per layer and stock transformers "
+                            "loads only equal counts; pruned in memory instead (--ranking per_layer exports)")
+    do_export = cfg.export and not_exported is None
     controls = control_plans(loaded, stats, head_bytes, plan, cfg)
     for kind, plans in controls.items():
         for i, p in enumerate(plans):
@@ -259,7 +267,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     say("surgery")
     dtype, device, device_map = _model_dtype(model), loaded.device, loaded.device_map
     export_info = None
-    if cfg.export:
+    if do_export:
         if not (run_dir / "export.json").exists():
             if model_dir.exists():  # an export that died half-way: redo it
                 import shutil
@@ -281,10 +289,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     scale = float(np.abs(z["logits"]).max())
     tol = max(cfg.check_tol, (3e-5 if dtype == torch.float32 else 1e-2) * scale)
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
-             "reloaded_with": "AutoModelForCausalLM.from_pretrained" if cfg.export else "in-memory surgery",
+             "reloaded_with": "AutoModelForCausalLM.from_pretrained" if do_export else "in-memory surgery",
              "ids_shape": list(z["ids"].shape)}
     say("evaluating the pruned model")
-    acc_after = accuracy(pruned, tok, items, ev / ("after_export.json" if cfg.export else "after_memory.json"), cfg)
+    acc_after = accuracy(pruned, tok, items, ev / ("after_export.json" if do_export else "after_memory.json"), cfg)
     sb_after = state_bytes(pruned, cfg.state_batch, cfg.state_context, cfg.seed)
     dec_after = decode_speed(pruned, new_tokens=cfg.decode_tokens, seed=cfg.seed)
     sb_before = before["state_bytes"]
@@ -304,7 +312,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         "accuracy": {"before": acc_before, "masked": acc_masked, "after": acc_after,
                      "controls": {k: {"per_seed": v, "summary": _summ(v)} for k, v in acc_controls.items()}},
         "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
-        "calibration": plan.calibration, "export": export_info, "check": check,
+        "calibration": plan.calibration, "export": export_info, "not_exported": not_exported, "check": check,
     }
     runio.write_json(run_dir / "prune.json", result)
     if not check["passed"]:

@@ -97,6 +97,8 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
                   f" → {ex['h_k']}, H_v → {ex['h_v']} per layer (GVA ratio {ex['group']}); "
                   f"{ex['key_heads_duplicated']} key heads duplicated to keep the GVA mapping exact "
                   "(they add conv state, not recurrent state)."]
+    if r.get("not_exported"):
+        lines += ["", f"Not exported: {r['not_exported']}."]
     c = r["check"]
     lines += ["", f"Check: max |logit(pruned) − logit(masked)| = {c['max_abs_logit_diff_vs_masked']:.3g} "
               f"(tolerance {c['tolerance']:g}; {c['reloaded_with']}) → **{'passed' if c['passed'] else 'FAILED'}**.", "",
