@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared device check (a few minutes on one GPU), for a session that has one:
-#  1. issue #8: the spectra benchmark on CUDA at the default sizes and at a longer synthetic layer;
+#  1. issue #8: the spectra benchmark on CUDA at the default sizes and at a longer synthetic layer, and
+#     on all of the machine's CPU cores (batched svdvals cannot use them; the engine's workers can);
 #  2. capture on CUDA: analyze the builtin model with --device cuda and --device auto (the capture's
 #     own self-check compares every replay with the model's rule outputs and final states there);
 #  3. prune on CUDA: surgery, export, reload and the pruned-vs-masked check in bf16.
@@ -15,6 +16,7 @@ step() { local name=$1; shift; echo "== $name"; "$@" > "$out/$name.txt" 2>&1; ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 step spectra_cuda_default python3 benchmarks/spectra.py --device cuda
+step spectra_cpu_all_cores python3 benchmarks/spectra.py --device cpu --threads "$(nproc)" --no-stats --builtin-tokens 0
 step spectra_cuda_long python3 benchmarks/spectra.py --device cuda --tokens 2048 --block 128 --builtin-tokens 1024 --no-stats
 runs=$(mktemp -d)
 step analyze_cuda python3 -m staterank.cli analyze --model builtin --device cuda --prompt "$(printf 'The quick brown fox jumps over the lazy dog. %.0s' {1..40})" --out "$runs/a1" --quiet
