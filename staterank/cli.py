@@ -527,6 +527,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_cpu_kernel_advice(device) -> None:
+    """On CPU, drop transformers' "falling back to its reference PyTorch implementation ... install
+    flash-linear-attention" notes: the reference is the only path there (fla's kernels are Triton,
+    and a CPU forward with them fails: docs/fla-models.md), so the advice would mislead."""
+    import logging
+
+    import torch
+
+    if device not in (None, "cpu") or (device is None and torch.cuda.is_available()):
+        return
+    log = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(getattr(f, "_staterank", False) for f in log.filters):
+        f = logging.Filter()
+        f.filter = lambda r: "falling back to its reference PyTorch implementation" not in r.getMessage()
+        f._staterank = True
+        log.addFilter(f)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -537,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # its "Loading weights" bar
+    if hasattr(args, "device"):
+        _quiet_cpu_kernel_advice(args.device)
     if getattr(args, "threads", None):
         import torch
 

@@ -141,3 +141,24 @@ def test_failed_self_check_is_one_line_and_exit_3(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["staterank: check failed: pruned model differs from the masked model by 0.5 > 0.0001 "
                    "(see runs/x/prune.json)"]
+
+
+def test_cpu_runs_drop_transformers_install_fla_advice():
+    import logging
+
+    from staterank import cli
+
+    log = logging.getLogger("transformers.integrations.hub_kernels")
+    rec = lambda msg: logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, None, None)  # noqa: E731
+    advice = ("`chunk_gated_delta_rule` is falling back to its reference PyTorch implementation because "
+              "`flash-linear-attention` is not installed.")
+    before = list(log.filters)
+    log.filters[:] = [f for f in before if not getattr(f, "_staterank", False)]  # earlier tests ran the CLI
+    try:
+        assert log.filter(rec(advice))
+        cli._quiet_cpu_kernel_advice("cpu")
+        cli._quiet_cpu_kernel_advice("cpu")
+        assert sum(getattr(f, "_staterank", False) for f in log.filters) == 1
+        assert not log.filter(rec(advice)) and log.filter(rec("some other warning"))
+    finally:
+        log.filters[:] = before
