@@ -123,3 +123,32 @@ def test_claims_table_keeps_measurements_apart_and_rules_are_a_list():
     rules = _rules(C.__doc__.split("Verdicts:")[1].split("CIs:")[0])
     assert [r.split(" ")[1] for r in rules[2:]] == [f"`{v}`" for v in C.VERDICTS]  # one item per verdict
     assert _p(0.0) == "p=0.0e+00" and _p(2.5e-16) == "p=2.5e-16" and _p(0.0312) == "p=0.031"
+
+
+def _prune_json(per_seed, after=0.04, n=100):
+    from staterank.probes.run import wilson
+
+    lo, hi = wilson(round(after * n), n)
+    v = np.array(per_seed, dtype=float)
+    summ = {"t": {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                  "n_seeds": len(v), "per_seed": v.tolist()}}
+    return {"fraction_saved": {"linear_state": 0.375}, "head_fraction_removed": 0.375,
+            "accuracy": {"before": {"t": {"acc": 0.9, "lo": 0.82, "hi": 0.95, "n": n}},
+                         "after": {"t": {"acc": after, "lo": lo, "hi": hi, "n": n}},
+                         "controls": {"layer_matched": {"summary": summ}}}}
+
+
+@pytest.mark.parametrize("per_seed,expect", [
+    ([0.98, 0.0, 0.0, 0.0, 0.0], "inconclusive"),  # mean 0.196 above JRNP's CI, but one lucky seed is all of it
+    ([0.30, 0.28, 0.33, 0.31, 0.29], "fails"),  # every random plan keeps more
+    ([0.0, 0.01, 0.0, 0.02, 0.0], "inconclusive"),  # random as bad as JRNP
+    ([0.30], "inconclusive"),  # one seed: no spread to judge by
+])
+def test_prune_claim_judges_the_control_by_its_seed_interval(per_seed, expect):
+    (row,) = C.prune_claims(_prune_json(per_seed))
+    assert row["verdict"] == expect, row["why"]
+
+
+def test_prune_claim_holds_when_every_random_plan_is_worse():
+    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6))
+    assert row["verdict"] == "holds", row["why"]
