@@ -181,12 +181,14 @@ def test_lm_eval_sees_the_ablated_model(monkeypatch):
 def test_gsm8k_missing_data_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no such directory"):
         load_gsm8k("test", data_dir=tmp_path / "absent")
-    datasets = pytest.importorskip("datasets")
+    import sys
+    import types
 
     def offline(*a, **k):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)\nmore detail")
 
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+    # a stand-in `datasets` whose download fails as it does offline (the real one may not be installed)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
     with pytest.raises(UserError) as e:
         load_gsm8k("test", data_dir=tmp_path)  # exists, holds no gsm8k/
     assert "ConnectionError: Couldn't reach" in str(e.value) and "\n" not in str(e.value)

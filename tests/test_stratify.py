@@ -295,7 +295,7 @@ def test_init_copy_is_the_models_own_initialisation():
 
 def test_init_copy_of_a_model_spread_over_devices_is_built_in_its_dtype_and_spread_alike(monkeypatch):
     # no second device here: the placement itself is accelerate's; this checks what staterank asks of it
-    accelerate = pytest.importorskip("accelerate")
+    import accelerate
     from staterank.testing import tiny_model
 
     model = tiny_model("qwen3_next", 1).to(torch.bfloat16)
