@@ -14,16 +14,18 @@ every matrix with an eigenvalue inside that error band around ε²σ_1² is reco
 
 Threads. ``threads`` (default ``torch.get_num_threads()``) CPU workers each take a slice of the
 batch with torch's intra-op threads set to 1 for the duration of the call (process-wide; restored
-after). Cost on one core, 128x128: ~0.6 ms/matrix vs ~0.85-1.2 ms for fp64 ``svdvals``.
+after). Cost on one core, 128x128: ~0.5 ms/matrix vs ~0.8 ms for fp64 ``svdvals`` (1.55x;
+3.5x with two workers, since batched ``svdvals`` cannot use a second core).
 
 Why not faster on one core: the fp64 Gram product alone costs about a third of ``svdvals``
 (``benchmarks/spectra.py`` prints that ceiling), and every certificate we know for an exact count
 (eigvalsh, Cholesky/LDLᵀ inertia at a bracket of shifts) needs that product or another O(K³) step
-per state. Speed-ups beyond ~1.4x come from parallel hardware: batch-parallel CPU workers or a GPU.
+per state. Speed-ups beyond ~1.6x come from parallel hardware: batch-parallel CPU workers or a GPU.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -78,30 +80,56 @@ def _resolve_method(method: str, eps: float | None) -> str:
     return method
 
 
-def _svd_sigma(S: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(S.to(torch.float64).contiguous())
+def _svd_sigma(S: torch.Tensor, with_fro: bool = False) -> torch.Tensor:
+    Sd = S.to(torch.float64).contiguous()
+    sigma = torch.linalg.svdvals(Sd)
+    if not with_fro:
+        return sigma
+    return torch.cat([sigma, torch.einsum("mkv,mkv->m", Sd, Sd)[:, None]], dim=1)
 
 
-def _gram_sigma(S: torch.Tensor, eps: float | None) -> torch.Tensor:
-    """S [M, K, V] -> σ [M, N] fp64 descending; matrices ambiguous at ε redone by SVD."""
+_TLS = threading.local()
+
+
+def _buffers(device, M: int, K: int, V: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp64 work buffers [M, K, V] and [M, n, n]: on CPU per thread and reused chunk after chunk.
+    Fresh multi-MB tensors per chunk come from mmap, and their page faults cost up to a fifth of
+    the engine here (1.23-1.36x vs 1.54x over svdvals; glibc's mmap threshold moves with what was
+    last freed, so timings depended on unrelated allocations). CUDA's caching allocator needs none."""
+    if device.type != "cpu":
+        return (torch.empty(M, K, V, dtype=torch.float64, device=device),
+                torch.empty(M, n, n, dtype=torch.float64, device=device))
+    cache = getattr(_TLS, "bufs", None)
+    if cache is None or cache[0] != (K, V) or cache[1].shape[0] < M:
+        cache = ((K, V), torch.empty(M, K, V, dtype=torch.float64), torch.empty(M, n, n, dtype=torch.float64))
+        _TLS.bufs = cache
+    return cache[1][:M], cache[2][:M]
+
+
+def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> torch.Tensor:
+    """S [M, K, V] -> σ [M, N] fp64 descending; matrices ambiguous at ε redone by SVD.
+    ``with_fro``: ‖S‖_F² appended as column N, the Gram's trace (the fp64 sum of squares of S;
+    ``vector_norm(..., dtype=float64)`` costs ~60 µs per 128x128 state, 12 % of the engine)."""
     K, V = S.shape[-2:]
-    Sd = S.to(torch.float64)
-    G = Sd @ Sd.mT if K <= V else Sd.mT @ Sd
+    M, n = S.shape[0], min(K, V)
+    buf_s, buf_g = _buffers(S.device, M, K, V, n)
+    Sd = buf_s.copy_(S)
+    G = torch.matmul(Sd, Sd.mT, out=buf_g) if K <= V else torch.matmul(Sd.mT, Sd, out=buf_g)
     lam = torch.linalg.eigvalsh(G).flip(-1)  # descending
     lam1 = lam[:, :1].clamp(min=0)
     # Eigenvalues under eigvalsh's own backward error are noise around 0; zero them so exactly
     # low-rank states get exactly low-rank spectra (entropy rank 1 for rank 1, not 1.00002).
     n = lam.shape[-1]
     sigma = torch.where(lam > n * _U64 * lam1, lam, 0).sqrt()
+    fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
     if eps is not None:
-        fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
         # Gram rounding (≤ (K+V)·u·‖S‖_F², fp32 products being exact) + eigvalsh backward error.
         band = 4 * (K + V) * _U64 * fro2 + 4 * n * _U64 * lam1
         amb = ((lam - eps * eps * lam1).abs() <= band).any(-1) & (lam1[:, 0] > 0)
         if bool(amb.any()):
             idx = amb.nonzero().squeeze(-1)
             sigma[idx] = _svd_sigma(S[idx])
-    return sigma
+    return torch.cat([sigma, fro2], dim=1) if with_fro else sigma
 
 
 @contextmanager
@@ -118,7 +146,7 @@ def _intraop_threads(n: int):
         torch.set_num_threads(old)
 
 
-def _run_chunked(fn, S: torch.Tensor, threads: int | None) -> torch.Tensor:
+def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.Tensor:
     """Apply fn to [M, K, V] chunks of the flattened batch.
 
     On CPU, parallelism is over the batch: ``threads`` workers (default: torch's thread count)
@@ -131,7 +159,7 @@ def _run_chunked(fn, S: torch.Tensor, threads: int | None) -> torch.Tensor:
     flat = S.reshape(-1, *S.shape[-2:])
     M = flat.shape[0]
     if M == 0:
-        return torch.zeros(*batch, min(S.shape[-2:]), dtype=torch.float64, device=S.device)
+        return torch.zeros(*batch, width, dtype=torch.float64, device=S.device)
     per = max(1, S.shape[-2] * S.shape[-1])
     if S.device.type != "cpu":
         return torch.cat([fn(c) for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // per))]).reshape(*batch, -1)
@@ -147,13 +175,17 @@ def _run_chunked(fn, S: torch.Tensor, threads: int | None) -> torch.Tensor:
     return torch.cat(outs).reshape(*batch, -1)
 
 
-def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None) -> torch.Tensor:
+def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
+           with_fro: bool = False) -> torch.Tensor:
     _check_states(S)
     method = _resolve_method(method, eps)
     if min(S.shape[-2:]) == 0:
-        return torch.zeros(*S.shape[:-2], 0, dtype=torch.float64, device=S.device)
-    fn = _svd_sigma if method == "svd" else (lambda c: _gram_sigma(c, eps))
-    return _run_chunked(fn, S, threads)
+        return torch.zeros(*S.shape[:-2], int(with_fro), dtype=torch.float64, device=S.device)
+    if method == "svd":
+        fn = lambda c: _svd_sigma(c, with_fro)  # noqa: E731
+    else:
+        fn = lambda c: _gram_sigma(c, eps, with_fro)  # noqa: E731
+    return _run_chunked(fn, S, threads, width=min(S.shape[-2:]) + int(with_fro))
 
 
 def singular_values(S: torch.Tensor, *, method: str = "auto", threads: int | None = None) -> torch.Tensor:
@@ -195,12 +227,22 @@ def threshold_rank(S: torch.Tensor | None = None, eps: float = 1e-4, *, sigma: t
     batch = S.shape[:-2]
     K, V = S.shape[-2:]
     t = torch.as_tensor(tokens, device=S.device).broadcast_to(batch)
-    small = rank_bound(t, K, V) <= 1
-    nonzero = (S != 0).flatten(-2).any(-1)
-    rank = torch.where(small, rank_bound(t, K, V).clamp(min=0) * nonzero, 0).long()
-    todo = (~small).nonzero(as_tuple=True)
-    if todo[0].numel():
-        rank[todo] = _count(_sigma(S[todo], eps, method, threads), eps)
+    bound = rank_bound(t, K, V).clamp(min=0)
+    small = bound <= 1
+    n_small = int(small.sum())
+    if 2 * n_small <= small.numel():
+        # mostly unsettled: solve all in place (gathering S[todo] would copy every state; the
+        # benchmark's 12,288 states of 128x128 spent 10 % of the engine's time in that copy)
+        rank = _count(_sigma(S, eps, method, threads), eps)
+    else:
+        rank = torch.zeros(batch, dtype=torch.long, device=S.device)
+        todo = (~small).nonzero(as_tuple=True)
+        if todo[0].numel():
+            rank[todo] = _count(_sigma(S[todo], eps, method, threads), eps)
+    if n_small:
+        idx = small.nonzero(as_tuple=True)
+        nonzero = (S[idx] != 0).flatten(-2).any(-1)
+        rank[idx] = (bound[idx] * nonzero).long()
     return rank
 
 
@@ -224,14 +266,14 @@ def spectrum_stats(S: torch.Tensor, eps: float = 1e-4, *, method: str = "auto",
                    threads: int | None = None) -> dict[str, torch.Tensor]:
     """All of ``STAT_NAMES`` for states S [..., K, V] -> {name: Tensor [...]}.
 
-    threshold_rank is a LongTensor, exact as in ``threshold_rank``; the rest fp64. Frobenius
-    norm comes straight from S (exact); the σ-sums (nuclear norm, entropy rank) carry the
+    threshold_rank is a LongTensor, exact as in ``threshold_rank``; the rest fp64. The Frobenius
+    norm is the fp64 sum of squares of S's entries (the Gram's trace, to ~K·u64); the σ-sums (nuclear norm, entropy rank) carry the
     engine's ~1e-7·σ_1 per-value error, i.e. ≲1e-5 relative (``method="svd"`` for ~1e-15).
     """
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    sigma = _sigma(S, eps, method, threads)
-    fro = torch.linalg.vector_norm(S, dim=(-2, -1), dtype=torch.float64)
+    both = _sigma(S, eps, method, threads, with_fro=True)
+    sigma, fro = both[..., :-1], both[..., -1].clamp(min=0).sqrt()
     s1 = sigma[..., 0] if sigma.shape[-1] else fro * 0
     return {
         "threshold_rank": _count(sigma, eps),
