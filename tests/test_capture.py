@@ -185,3 +185,17 @@ def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, mo
         with capture(model, stats=False) as trace:
             model(ids, use_cache=True)
         assert trace.max_state_err > 0
+
+
+def test_columns_store_equals_concatenation():
+    from staterank.capture import _Columns
+
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(2, 3, n, generator=g, dtype=torch.float64) for n in (64, 64, 200, 1, 300, 64)]
+    col = _Columns()
+    assert not col
+    for c in chunks:
+        col.append(c)
+    assert torch.equal(col.value(), torch.cat(chunks, dim=-1)) and col.buf.shape[-1] < 2 * col.n + 256
+    with pytest.raises(ValueError, match="after chunks"):
+        col.append(torch.zeros(2, 4, 1000, dtype=torch.float64))
