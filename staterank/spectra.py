@@ -231,8 +231,7 @@ def threshold_rank(S: torch.Tensor | None = None, eps: float = 1e-4, *, sigma: t
     small = bound <= 1
     n_small = int(small.sum())
     if 2 * n_small <= small.numel():
-        # mostly unsettled: solve all in place (gathering S[todo] would copy every state; the
-        # benchmark's 12,288 states of 128x128 spent 10 % of the engine's time in that copy)
+        # mostly unsettled: solve all in place (gathering S[todo] would copy every state)
         rank = _count(_sigma(S, eps, method, threads), eps)
     else:
         rank = torch.zeros(batch, dtype=torch.long, device=S.device)
