@@ -237,3 +237,17 @@ def test_task_whose_data_is_missing_fails_before_a_run_folder_exists(tmp_path):
         probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
               task_objects=[NoData(loaded.model, n=3)], progress=False)
     assert not (tmp_path / "p").exists()
+
+
+def test_missing_lm_eval_fails_before_a_run_folder_exists(tmp_path, monkeypatch):
+    from staterank.probes import lmeval
+
+    def absent():
+        raise UserError("lm-evaluation-harness is not usable (No module named 'lm_eval'); pip install 'staterank[eval]'")
+
+    monkeypatch.setattr(lmeval, "_import_lm_eval", absent)
+    loaded, hs = _setup()
+    with pytest.raises(UserError, match="lm-evaluation-harness"):
+        probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
+              task_objects=[NextToken(loaded.model, n=3)], lm_eval_tasks=["gsm8k_local"], progress=False)
+    assert not (tmp_path / "p").exists()

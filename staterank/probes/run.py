@@ -405,8 +405,12 @@ def probe(
         "single_head": single_head, "single_limit": single_limit, "scores": score_src,
         "calib": [calib_texts, calib_tokens], "lm_eval": [list(lm_eval_tasks), lm_eval_limit],
     }
-    # items first: a missing dataset fails here, before a run folder exists
+    # items (and lm-eval) first: a missing dataset or package fails here, before a run folder exists
     task_items = [(task, task.items(tok)) for task in task_objects]
+    if lm_eval_tasks:
+        from .lmeval import _import_lm_eval
+
+        _import_lm_eval()
     folder = runio.new_run_dir(out, config)
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
