@@ -216,30 +216,29 @@ class _Capturer:
         tr = self.trace
         ref = rep_out.to(out.dtype).float()  # the model casts outputs back to its dtype
         tight = out.dtype == torch.float32
-        err = _head_check(out.float(), ref, head_dim=2, atol=1e-4 if tight else 2e-2, rtol=1e-3 if tight else 2e-2)
-        tr.max_output_err = max(tr.max_output_err, err[0])
-        if not err[1]:
-            raise CaptureMismatch(f"replayed outputs differ from the model's (max abs diff {err[0]:.3g}, "
-                                  f"head {err[2]} off by {err[3]:.3g} of its magnitude)")
+        err = _head_check("outputs differ", out.float(), ref, head_dim=2,
+                          atol=1e-4 if tight else 2e-2, rtol=1e-3 if tight else 2e-2)
+        tr.max_output_err = max(tr.max_output_err, err)
         if state is not None:
             rtol = 1e-3 if state.device.type == "cpu" else 1e-2
-            serr = _head_check(state.float(), rep_state, head_dim=1, atol=1e-4, rtol=rtol)
-            tr.max_state_err = max(tr.max_state_err, serr[0])
-            if not serr[1]:
-                raise CaptureMismatch(f"replayed state differs from the model's (max abs diff {serr[0]:.3g}, "
-                                      f"head {serr[2]} off by {serr[3]:.3g} of its magnitude)")
+            serr = _head_check("state differs", state.float(), rep_state, head_dim=1, atol=1e-4, rtol=rtol)
+            tr.max_state_err = max(tr.max_state_err, serr)
 
 
-def _head_check(a: torch.Tensor, ref: torch.Tensor, head_dim: int, atol: float, rtol: float):
-    """(max abs diff, passed, worst head, its diff / magnitude) with per-head bounds (see ``_check``)."""
+def _head_check(what: str, a: torch.Tensor, ref: torch.Tensor, head_dim: int, atol: float, rtol: float) -> float:
+    """Max abs diff of ``a`` vs the replay ``ref``; CaptureMismatch if any head exceeds its bound
+    (see ``_Capturer._check``)."""
     if a.numel() == 0:
-        return 0.0, True, None, 0.0
+        return 0.0
     heads = a.shape[head_dim]
     diff = (a - ref).abs().movedim(head_dim, 0).reshape(heads, -1).amax(-1)  # [H]
     mag = ref.abs().movedim(head_dim, 0).reshape(heads, -1).amax(-1)
     excess = diff - (atol + rtol * mag)
-    worst = int(excess.argmax())
-    return float(diff.max()), bool((excess <= 0).all()), worst, float(diff[worst] / mag[worst].clamp(min=1e-30))
+    if bool((excess > 0).any()):
+        h = int(excess.argmax())
+        raise CaptureMismatch(f"replayed {what} from the model's (max abs diff {float(diff.max()):.3g}, "
+                              f"head {h} off by {float(diff[h] / mag[h].clamp(min=1e-30)):.3g} of its magnitude)")
+    return float(diff.max())
 
 
 @contextlib.contextmanager

@@ -160,7 +160,7 @@ def _gpu_kernels_importable() -> bool:
     return any(importlib.util.find_spec(p) is not None for p in _GPU_ONLY_PACKAGES)
 
 
-def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, device: torch.device) -> dict:
+def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, device: torch.device | str) -> dict:
     layers = adapter.linear_layers(model)
     layouts = sorted({(l.layout.h_k, l.layout.h_v, l.layout.k, l.layout.v) for l in layers})
     return {
@@ -218,11 +218,9 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     else:
         model.to(dev)
     model.eval().requires_grad_(False)
-    summary = _summary(model, adapter, cfg, dt, dev)
-    if auto:
-        summary["device"] = "auto: " + ", ".join(sorted({str(p.device) for p in model.parameters()}))
+    placed = "auto: " + ", ".join(sorted({str(p.device) for p in model.parameters()})) if auto else dev
     return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
-                  config=summary)
+                  config=_summary(model, adapter, cfg, dt, placed))
 
 
 NEGATIVE_CONTROL = "negative-control"

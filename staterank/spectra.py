@@ -119,7 +119,6 @@ def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> t
     lam1 = lam[:, :1].clamp(min=0)
     # Eigenvalues under eigvalsh's own backward error are noise around 0; zero them so exactly
     # low-rank states get exactly low-rank spectra (entropy rank 1 for rank 1, not 1.00002).
-    n = lam.shape[-1]
     sigma = torch.where(lam > n * _U64 * lam1, lam, 0).sqrt()
     fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
     if eps is not None:
@@ -266,8 +265,9 @@ def spectrum_stats(S: torch.Tensor, eps: float = 1e-4, *, method: str = "auto",
     """All of ``STAT_NAMES`` for states S [..., K, V] -> {name: Tensor [...]}.
 
     threshold_rank is a LongTensor, exact as in ``threshold_rank``; the rest fp64. The Frobenius
-    norm is the fp64 sum of squares of S's entries (the Gram's trace, to ~K·u64); the σ-sums (nuclear norm, entropy rank) carry the
-    engine's ~1e-7·σ_1 per-value error, i.e. ≲1e-5 relative (``method="svd"`` for ~1e-15).
+    norm is the fp64 sum of squares of S's entries (the Gram's trace, to ~K·u64); the σ-sums
+    (nuclear norm, entropy rank) carry the engine's ~1e-7·σ_1 per-value error, i.e. ≲1e-5 relative
+    (``method="svd"`` for ~1e-15).
     """
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")

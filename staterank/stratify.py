@@ -539,18 +539,15 @@ def init_copy(model, seed: int = 0, gates: str = "model"):
     p = next(model.parameters())
     dm = getattr(model, "hf_device_map", None)
     spread = bool(dm) and len({str(d) for d in dm.values()}) > 1
-    torch.manual_seed(seed)
-    if spread:
-        # too big for one device: build it in its own dtype on CPU (not fp32: half the memory),
-        # then place it module by module as the model is placed
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(p.dtype)
-        try:
-            fresh = type(model)(copy.deepcopy(model.config))
-        finally:
-            torch.set_default_dtype(old)
-    else:
+    # a spread model is too big for one device: its copy is built on CPU in the model's own dtype
+    # (not fp32: half the memory), then placed module by module as the model is placed
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(p.dtype if spread else old)
+    try:
+        torch.manual_seed(seed)
         fresh = type(model)(copy.deepcopy(model.config))
+    finally:
+        torch.set_default_dtype(old)
     if gates == "fla":
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():

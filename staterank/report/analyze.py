@@ -20,7 +20,6 @@ from .. import runio
 from ..analyze import head_table, load_dynamics
 
 
-
 def _layouts(layouts: list[dict]) -> str:
     """[{'h_k': 4, 'h_v': 8, 'k': 32, 'v': 32}] -> 'H_k = 4, H_v = 8, K = 32, V = 32'."""
     one = lambda d: f"H_k = {d['h_k']}, H_v = {d['h_v']}, K = {d['k']}, V = {d['v']}"  # noqa: E731
@@ -33,6 +32,7 @@ def _schedule(sc: dict) -> str:
     if sc.get("log"):
         return "at t = 1, 2, 4, 8, …"
     return "at every token" if sc.get("stride", 1) == 1 else f"every {sc['stride']}th token"
+
 
 def _plt():
     import matplotlib
