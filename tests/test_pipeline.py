@@ -127,11 +127,10 @@ def test_claims_table_keeps_measurements_apart_and_rules_are_a_list():
 
 def _prune_json(per_seed, after=0.04, n=100):
     from staterank.probes.run import wilson
+    from staterank.prune.run import _summ  # the summary prune.json carries
 
     lo, hi = wilson(round(after * n), n)
-    v = np.array(per_seed, dtype=float)
-    summ = {"t": {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                  "n_seeds": len(v), "per_seed": v.tolist()}}
+    summ = _summ([{"t": {"acc": a}} for a in per_seed])
     return {"fraction_saved": {"linear_state": 0.375}, "head_fraction_removed": 0.375,
             "accuracy": {"before": {"t": {"acc": 0.9, "lo": 0.82, "hi": 0.95, "n": n}},
                          "after": {"t": {"acc": after, "lo": lo, "hi": hi, "n": n}},
