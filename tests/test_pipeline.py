@@ -62,10 +62,10 @@ def _probe_json(base, low, high, rnd, p_lo_hi, p_lo_rnd):
               "diff_ci_low": None, "diff_ci_high": None},
              {"task": "t", "a": "low", "b": "layer_random.low", "diff": low - rnd, "p_items": p_lo_rnd, "seeds": 3,
               "diff_ci_low": low - rnd - 0.05, "diff_ci_high": low - rnd + 0.05}]
-    from staterank.probes.run import verdict
+    from staterank.probes.run import verdicts
 
     pj = {"rows": rows, "comparisons": comps}
-    pj["verdicts"] = {"t": verdict(pj, "t")}
+    pj["verdicts"] = verdicts(pj, ["t"])
     return pj
 
 
@@ -125,14 +125,15 @@ def test_claims_table_keeps_measurements_apart_and_rules_are_a_list():
     assert _p(0.0) == "p=0.0e+00" and _p(2.5e-16) == "p=2.5e-16" and _p(0.0312) == "p=0.031"
 
 
-def _prune_json(per_seed, after=0.04, n=100):
+def _prune_json(per_seed, after=0.04, before=0.044, n=100, method="jrnp"):
     from staterank.probes.run import wilson
     from staterank.prune.run import _summ  # the summary prune.json carries
 
     lo, hi = wilson(round(after * n), n)
     summ = _summ([{"t": {"acc": a}} for a in per_seed])
-    return {"fraction_saved": {"linear_state": 0.375}, "head_fraction_removed": 0.375,
-            "accuracy": {"before": {"t": {"acc": 0.9, "lo": 0.82, "hi": 0.95, "n": n}},
+    blo, bhi = wilson(round(before * n), n)
+    return {"method": method, "fraction_saved": {"linear_state": 0.375}, "head_fraction_removed": 0.375,
+            "accuracy": {"before": {"t": {"acc": before, "lo": blo, "hi": bhi, "n": n}},
                          "after": {"t": {"acc": after, "lo": lo, "hi": hi, "n": n}},
                          "controls": {"layer_matched": {"summary": summ}}}}
 
@@ -149,5 +150,51 @@ def test_prune_claim_judges_the_control_by_its_seed_interval(per_seed, expect):
 
 
 def test_prune_claim_holds_when_every_random_plan_is_worse():
-    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6))
+    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.62))
     assert row["verdict"] == "holds", row["why"]
+    assert "Joint Rank-Norm Pruning" in row["claim"]
+
+
+def test_prune_claim_needs_accuracy_kept():
+    """Beating random removal is not enough: the paper claims accuracy largely kept."""
+    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.9))
+    assert row["verdict"] == "fails" and "not kept" in row["why"], row["why"]
+
+
+def test_prune_claim_of_another_method_is_not_the_papers():
+    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.62, method="inverse"))
+    assert row["verdict"] == "informational" and "inverse" in row["claim"] and "Joint" not in row["claim"]
+
+
+def test_one_value_gives_no_interval_and_no_verdict():
+    m, lo, hi = C._t_ci([0.985])
+    assert (m, lo, hi) == (0.985, None, None)
+    assert C._threshold_verdict(m, lo, hi, 0.97, 0.1)[0] == "inconclusive"
+    assert C._jackknife_pairs([[1, 0.99], [0.99, 1]])[1] is None  # two contexts: one pair
+
+
+def test_spearman_claim_is_judged_per_layer():
+    """The paper's ρ > 0.90 holds per layer: one bad layer among 36 good ones is not a pass."""
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0.95, 0.99, (5, 36))
+    bad = good.copy()
+    bad[:, 7] = rng.uniform(0.25, 0.35, 5)
+    for per, expect in ((good, "holds"), (bad, "fails")):
+        sp = {"per_context": {f"c{i}": row.tolist() for i, row in enumerate(per)}, "t_early": 128,
+              "t_early_used": {"c0": 128}, "t_late_used": {"c0": 2048}, "mean": float(per.mean())}
+        m, lo, hi, layers = C._weakest_layer(sp)
+        assert len(layers) == 36
+        assert C._threshold_verdict(m, lo, hi, 0.90, 0.2)[0] == expect
+
+
+def test_cosine_interval_is_over_contexts():
+    """Seven contexts, one of them off: the jackknife over contexts is wider than a t interval that
+    treats the 21 overlapping pairs as independent."""
+    N = 7
+    mat = np.full((N, N), 0.99)
+    mat[0, :] = mat[:, 0] = 0.90
+    np.fill_diagonal(mat, 1.0)
+    m, lo, hi = C._jackknife_pairs(mat)
+    _, plo, phi = C._t_ci(mat[np.triu_indices(N, 1)])
+    assert m == pytest.approx(mat[np.triu_indices(N, 1)].mean())
+    assert hi - lo > phi - plo

@@ -12,7 +12,7 @@ import torch
 
 from staterank.adapters import get_adapter
 from staterank.errors import UserError
-from staterank.probes.run import HeadScores, ItemLog, mcnemar, probe, verdict, wilson
+from staterank.probes.run import HeadScores, ItemLog, compare, mcnemar, probe, verdicts, wilson
 from staterank.probes.tasks import ProbeTask
 from staterank.tasks import Item
 from staterank.testing import byte_tokenizer, tiny_model
@@ -190,15 +190,51 @@ def test_statistics():
 
 
 def test_verdict_numbers():
-    def comp(b, diff, p, hi=None, seeds=1):
-        return {"task": "t", "a": "low", "b": b, "diff": diff, "p_items": p, "diff_ci_high": hi, "seeds": seeds}
+    def comp(b, diff, p, hi=None, seeds=1, task="t"):
+        return {"task": task, "a": "low", "b": b, "diff": diff, "p_items": p, "diff_ci_high": hi, "seeds": seeds}
 
     pj = {"comparisons": [comp("high", -0.3, 0.001), comp("layer_random.low", -0.2, 0.01, -0.05, 5)]}
-    assert verdict(pj, "t")["holds"] is True
-    pj["comparisons"][1] = comp("layer_random.low", -0.2, 0.01, 0.02, 5)  # seeds' interval crosses 0
-    v = verdict(pj, "t")
+    assert verdicts(pj, ["t"])["t"]["holds"] is True
+    pj["comparisons"][1] = comp("layer_random.low", -0.2, 0.01, 0.02, 5)  # the interval crosses 0
+    v = verdicts(pj, ["t"])["t"]
     assert v["worse_than_other"] is True and v["worse_than_control"] is False and v["holds"] is False
-    assert verdict({"comparisons": []}, "t")["holds"] is None
+    assert verdicts({"comparisons": []}, ["t"])["t"]["holds"] is None
+    # one claim on three tasks: p = 0.03 each passes alone, not after Holm (3 × 0.03 > 0.05)
+    pj = {"comparisons": [c for t in "xyz" for c in (comp("high", -0.3, 0.03, task=t),
+                                                      comp("layer_random.low", -0.2, 0.001, -0.05, 5, task=t))]}
+    v = verdicts(pj, list("xyz"))
+    assert all(v[t]["p_other_holm"] == pytest.approx(0.09) and v[t]["holds"] is False for t in "xyz")
+
+
+def _log(folder, task, conds: dict[str, list[bool]]):
+    folder.mkdir(exist_ok=True)
+    log = ItemLog(folder / "items.jsonl")
+    log.append([{"task": task, "condition": c, "id": str(i), "correct": bool(x)}
+                for c, xs in conds.items() for i, x in enumerate(xs)])
+    return log
+
+
+def test_compare_counts_each_item_once_however_many_seeds(tmp_path):
+    """Ten identical control seeds are no more evidence than one: the items are the sample."""
+    n = 40
+    low = [i >= 2 for i in range(n)]  # 2 items worse than the control
+    seeds = {f"layer_random.low/s{s}": [True] * n for s in range(10)}
+    c10 = compare(_log(tmp_path / "a", "t", {"low": low, **seeds}), "t", "low", sorted(seeds))
+    c1 = compare(_log(tmp_path / "b", "t", {"low": low, "high": [True] * n}), "t", "low", ["high"])
+    assert c10["seeds"] == 10 and c10["n_items"] == n and c10["diff"] == pytest.approx(-2 / n)
+    assert c10["p_items"] == pytest.approx(c1["p_items"]) == pytest.approx(0.5)  # exact McNemar, 2 discordant
+    assert c10["diff_ci_high"] == 0.0  # items resampled: some draws miss both wrong items
+
+
+def test_compare_interval_widens_with_seed_spread(tmp_path):
+    n = 60
+    low = [i % 2 == 0 for i in range(n)]
+    same = {f"c/s{s}": [i % 3 != 0 for i in range(n)] for s in range(6)}
+    spread = {f"c/s{s}": [i % 3 != 0 if s % 2 else True for i in range(n)] for s in range(6)}
+    a = compare(_log(tmp_path / "a", "t", {"low": low, **same}), "t", "low", sorted(same))
+    b = compare(_log(tmp_path / "b", "t", {"low": low, **spread}), "t", "low", sorted(spread))
+    assert b["diff_ci_high"] - b["diff_ci_low"] > a["diff_ci_high"] - a["diff_ci_low"]
+    assert len(b["seed_diffs"]) == 6 and b["p_seed_rank"] is not None
 
 
 def test_cli_end_to_end_with_measured_scores(tmp_path):

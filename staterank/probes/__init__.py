@@ -6,6 +6,6 @@ count-, byte- and layer-matched random controls.
 """
 
 from .ablate import MODES, ablate, calibrate_means
-from .run import probe, verdict
+from .run import probe, verdicts
 
-__all__ = ["MODES", "ablate", "calibrate_means", "probe", "verdict"]
+__all__ = ["MODES", "ablate", "calibrate_means", "probe", "verdicts"]

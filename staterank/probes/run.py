@@ -90,8 +90,9 @@ class HeadScores:
             nr = np.asarray(d["norm_rank"], dtype=float)
         elif "bound" in d:
             nr = mr / np.asarray(d["bound"], dtype=float)[:, None]
-        else:
-            nr = mr
+        else:  # raw ranks would rank heads of layers with different bounds on different scales
+            raise UserError(f"{source}: scores need norm_rank (or bound, the rank bound per layer) to pick "
+                            "low- and high-rank heads")
         return cls(layers, mr, nr, nuc, source)
 
 
@@ -223,8 +224,9 @@ def perplexity_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, 
     nll = np.array([rows[i]["nll"] for i in ids])
     tok = np.array([rows[i]["tokens"] for i in ids])
     mean = nll.sum() / tok.sum()
-    per = nll / tok
-    se = per.std(ddof=1) / math.sqrt(len(per)) if len(per) > 1 else float("nan")
+    n = len(ids)
+    # standard error of the token-weighted mean (a ratio estimator), not of the per-window means
+    se = math.sqrt(n / (n - 1) * ((nll - mean * tok) ** 2).sum()) / tok.sum() if n > 1 else float("nan")
     row = {"task": task, "condition": cond, "group": G.family(cond), "metric": "perplexity", "n": len(ids),
            "accuracy": None, "value": float(math.exp(mean)), "ci_low": float(math.exp(mean - Z95 * se)),
            "ci_high": float(math.exp(mean + Z95 * se)), "delta_vs_base": None, "p_value": None}
@@ -271,60 +273,94 @@ def seed_aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def compare(log: ItemLog, task: str, a: str, b_conds: list[str]) -> dict | None:
-    """Accuracy of condition ``a`` minus the controls ``b_conds`` (one or several seeds) on the same
-    items: per seed differences, their mean and t interval, the pooled exact McNemar test over all
-    (seed, item) pairs, and the share of seeds at or below ``a`` (rank p-value, (1+k)/(S+1))."""
+def _sign_flip_p(d: np.ndarray) -> float:
+    """Two-sided paired permutation test of mean(d) = 0 by sign flips (exact up to 2^16
+    arrangements, else 20,000 Monte-Carlo ones). With d in {-1, 0, 1} it is the exact McNemar test."""
+    nz = d[d != 0]
+    if len(nz) == 0:
+        return 1.0
+    if np.all(np.abs(nz) == np.abs(nz[0])):  # one magnitude: the sign test is exact and closed-form
+        return float(sst.binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue)
+    res = sst.permutation_test((nz,), np.mean, permutation_type="samples", alternative="two-sided",
+                               n_resamples=20_000, vectorized=False, rng=np.random.default_rng(0))
+    return float(min(1.0, res.pvalue))
+
+
+def compare(log: ItemLog, task: str, a: str, b_conds: list[str], n_boot: int = 2000) -> dict | None:
+    """Accuracy of condition ``a`` minus condition(s) ``b_conds`` (one condition, or the seeds of
+    a random control) on the items every one of them answered.
+
+    Items are the unit of inference: d_i = a_i − mean_s b_{s,i}. ``p_items``: paired sign-flip
+    test of mean d (with one condition, the exact McNemar test; never the items counted once per
+    seed). ``diff_ci_*``: percentile bootstrap over items AND seeds, so both which items were
+    drawn and which random heads were drawn widen it. ``seed_diffs``: each seed's difference;
+    ``p_seed_rank``: share of seeds at or below ``a``, (1+k)/(S+1)."""
     ra = log.results(task, a)
-    if not ra or not b_conds:
+    rbs = [log.results(task, c) for c in b_conds]
+    rbs = [rb for rb in rbs if rb]
+    if not ra or not rbs:
         return None
-    diffs, acc_b, xa, xb = [], [], [], []
-    for c in b_conds:
-        rb = log.results(task, c)
-        ids = sorted(set(ra) & set(rb))
-        if not ids:
-            continue
-        ca = [bool(ra[i]["correct"]) for i in ids]
-        cb = [bool(rb[i]["correct"]) for i in ids]
-        diffs.append(float(np.mean(ca) - np.mean(cb)))
-        acc_b.append(float(np.mean(cb)))
-        xa += ca
-        xb += cb
-    if not diffs:
+    ids = sorted(set(ra).intersection(*rbs))
+    if not ids:
         return None
-    m, lo, hi = t_interval(diffs)
-    mc = mcnemar(xa, xb)
-    acc_a = float(np.mean([bool(r["correct"]) for r in ra.values()]))
-    k = sum(v <= acc_a for v in acc_b)
-    return {"task": task, "a": a, "b": G.family(b_conds[0]),
-            "seeds": len(diffs), "acc_a": acc_a, "acc_b": float(np.mean(acc_b)), "diff": m,
-            "diff_ci_low": lo, "diff_ci_high": hi, "p_items": mc["p_value"], "a_only": mc["a_only"],
-            "b_only": mc["b_only"], "p_seed_rank": (1 + k) / (len(acc_b) + 1) if len(b_conds) > 1 else None}
+    A = np.array([bool(ra[i]["correct"]) for i in ids], dtype=float)  # [n]
+    B = np.array([[bool(rb[i]["correct"]) for i in ids] for rb in rbs], dtype=float)  # [S, n]
+    S, n = B.shape
+    d = A - B.mean(0)
+    rng = np.random.default_rng(0)
+    ii = rng.integers(0, n, (n_boot, n))
+    ss = rng.integers(0, S, (n_boot, S))
+    boot = A[ii].mean(1) - np.array([B[s][:, i].mean() for s, i in zip(ss, ii)])
+    acc_a, acc_b = float(A.mean()), B.mean(1)
+    out = {"task": task, "a": a, "b": G.family(b_conds[0]), "seeds": S, "n_items": n,
+           "acc_a": acc_a, "acc_b": float(acc_b.mean()), "diff": float(d.mean()),
+           "diff_ci_low": float(np.quantile(boot, 0.025)), "diff_ci_high": float(np.quantile(boot, 0.975)),
+           "p_items": _sign_flip_p(d), "seed_diffs": [float(acc_a - x) for x in acc_b],
+           "p_seed_rank": (1 + int((acc_b <= acc_a).sum())) / (S + 1) if S > 1 else None,
+           "test": "paired sign-flip test over items; bootstrap over items and seeds"}
+    if S == 1:
+        mc = mcnemar(A.astype(bool), B[0].astype(bool))
+        out.update(a_only=mc["a_only"], b_only=mc["b_only"])
+    return out
 
 
-def verdict(probe_json: dict, task: str, tested: str = "low", other: str = "high",
-            control: str | None = None, alpha: float = 0.05) -> dict:
-    """Numbers for the paper's claim on ``task``: ablating ``tested`` (low-rank) heads hurts more
+def _holm(ps: dict) -> dict:
+    """Holm-adjusted p-values of a family {key: p} (None stays None)."""
+    items = sorted(((p, k) for k, p in ps.items() if p is not None), key=lambda x: x[0])
+    out, running, m = dict.fromkeys(ps), 0.0, len(items)
+    for j, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - j) * p))
+        out[k] = running
+    return out
+
+
+def verdicts(probe_json: dict, tasks: list[str], tested: str = "low", other: str = "high",
+             control: str | None = None, alpha: float = 0.05) -> dict[str, dict]:
+    """Numbers for the paper's claim on each task: ablating ``tested`` (low-rank) heads hurts more
     than ``other`` (high-rank) AND more than the layer-matched random control.
 
-    worse_than_other: diff < 0 and exact McNemar p < alpha.
-    worse_than_control: diff < 0, pooled item-level p < alpha, and (with ≥ 2 seeds) the upper end
-    of the seeds' t interval of the difference < 0. ``holds`` needs both; None when a piece is missing.
-    """
+    One claim tested on several tasks: each comparison's p is Holm-adjusted across the tasks.
+    worse_than_other: diff < 0 and adjusted p < alpha. worse_than_control: diff < 0, adjusted p
+    < alpha, and the bootstrap interval's upper end < 0. ``holds`` needs both; None when a piece
+    is missing."""
     control = control or f"layer_random.{tested}"
     comps = {(c["task"], c["a"], c["b"]): c for c in probe_json.get("comparisons", [])}
-    vs_o = comps.get((task, tested, other))
-    vs_c = comps.get((task, tested, control))
-    out: dict[str, Any] = {"task": task, "tested": tested, "other": other, "control": control, "alpha": alpha,
-                           "vs_other": vs_o, "vs_control": vs_c}
-    out["worse_than_other"] = None if vs_o is None else bool(vs_o["diff"] < 0 and vs_o["p_items"] < alpha)
-    if vs_c is None:
-        out["worse_than_control"] = None
-    else:
-        seeds_ok = vs_c["seeds"] < 2 or (vs_c["diff_ci_high"] is not None and vs_c["diff_ci_high"] < 0)
-        out["worse_than_control"] = bool(vs_c["diff"] < 0 and vs_c["p_items"] < alpha and seeds_ok)
-    parts = (out["worse_than_other"], out["worse_than_control"])
-    out["holds"] = None if None in parts else all(parts)
+    vs_o = {t: comps.get((t, tested, other)) for t in tasks}
+    vs_c = {t: comps.get((t, tested, control)) for t in tasks}
+    adj_o = _holm({t: c and c["p_items"] for t, c in vs_o.items()})
+    adj_c = _holm({t: c and c["p_items"] for t, c in vs_c.items()})
+    out = {}
+    for t in tasks:
+        o, c = vs_o[t], vs_c[t]
+        v: dict[str, Any] = {"task": t, "tested": tested, "other": other, "control": control, "alpha": alpha,
+                             "vs_other": o, "vs_control": c, "p_other_holm": adj_o[t], "p_control_holm": adj_c[t],
+                             "holm_family": len(tasks)}
+        v["worse_than_other"] = None if o is None else bool(o["diff"] < 0 and adj_o[t] < alpha)
+        v["worse_than_control"] = None if c is None else bool(
+            c["diff"] < 0 and adj_c[t] < alpha and c["diff_ci_high"] is not None and c["diff_ci_high"] < 0)
+        parts = (v["worse_than_other"], v["worse_than_control"])
+        v["holds"] = None if None in parts else all(parts)
+        out[t] = v
     return out
 
 
@@ -526,7 +562,7 @@ def summarize(folder: Path, log: ItemLog, task_objects, conds: dict, hs: HeadSco
                "group_size": n,
                "total_heads": space.total, "tasks": [t.name for t in task_objects],
                "metrics": {t.name: t.metric for t in task_objects}}
-    summary["verdicts"] = {t.name: verdict(summary, t.name) for t in task_objects if t.metric == "accuracy"}
+    summary["verdicts"] = verdicts(summary, [t.name for t in task_objects if t.metric == "accuracy"])
     if csv_rows:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(csv_rows[0]))

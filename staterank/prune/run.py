@@ -161,23 +161,37 @@ def accuracy(model, tokenizer, items: dict[str, list], path: Path | None, cfg: P
 
 def control_plans(loaded: Loaded, stats: HeadStats, head_bytes: np.ndarray, plan: Plan,
                   cfg: PruneConfig) -> dict[str, list[Plan]]:
-    """Random controls for ``plan`` (issue #9): count-, layer- and byte-matched, one per seed."""
-    budget = cfg.budget()
+    """Random controls for ``plan`` (issue #9), one per seed, each matched to what the plan
+    actually removed (not to the budget asked for: a ``--plan`` file has its own):
+    count_matched — as many heads, anywhere; layer_matched — as many in each layer;
+    byte_matched — at least as many recurrent-state bytes, anywhere. Each kind draws from its own
+    seed stream, so two kinds never share a random plan by construction."""
     kinds = {
-        "count_matched": (budget, cfg.ranking),
-        "layer_matched": (Budget("layer_counts", tuple(plan.counts())), "global"),
-        "byte_matched": (Budget("bytes", plan.removed_state_bytes()), "global"),
+        "count_matched": Budget("count", len(plan.removed)),
+        "layer_matched": Budget("layer_counts", tuple(plan.counts())),
+        "byte_matched": Budget("bytes", plan.removed_state_bytes()),
     }
     out: dict[str, list[Plan]] = {}
-    for kind, (b, ranking) in kinds.items():
+    for k, (kind, b) in enumerate(kinds.items()):
         out[kind] = []
         for s in range(cfg.random_seeds):
-            sc = get_method("random", seed=1000 + s)
-            out[kind].append(make_plan(loaded.model, sc.select(stats, b, ranking, head_bytes), model_id=loaded.spec,
-                                       method="random", params={"seed": 1000 + s, "control": kind},
-                                       ranking=ranking, budget=b.to_dict(), scores=sc.score(stats),
+            seed = 1000 + 100_000 * k + s
+            sc = get_method("random", seed=seed)
+            out[kind].append(make_plan(loaded.model, sc.select(stats, b, "global", head_bytes), model_id=loaded.spec,
+                                       method="random", params={"seed": seed, "control": kind},
+                                       ranking="global", budget=b.to_dict(), scores=sc.score(stats),
                                        calibration=plan.calibration))
     return out
+
+
+def control_notes(head_bytes: np.ndarray, plan: Plan) -> list[str]:
+    """Where two controls draw from the same distribution (so they are one control, twice)."""
+    notes = []
+    if np.ptp(np.asarray(head_bytes, dtype=float)) == 0:
+        notes.append("byte_matched draws like count_matched: every value head holds the same state bytes")
+    if len(plan.counts()) == 1:
+        notes.append("layer_matched draws like count_matched: the model has one linear-attention layer")
+    return notes
 
 
 def _summ(accs: list[dict]) -> dict:
@@ -313,6 +327,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                      "controls": {k: {"per_seed": v, "summary": _summ(v)} for k, v in acc_controls.items()}},
         "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
         "calibration": plan.calibration, "export": export_info, "not_exported": not_exported, "check": check,
+        "control_notes": control_notes(head_bytes, plan),
     }
     runio.write_json(run_dir / "prune.json", result)
     if not check["passed"]:

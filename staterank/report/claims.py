@@ -39,10 +39,9 @@ def _ours(o: dict) -> str:
         lr = o.get("vs_layer_random") or {}
         if lr.get("diff") is not None:
             s += f"; low − layer-matched random {lr['diff']:+.3f}"
-            if (lr.get("seeds") or 0) > 1 and lr.get("diff_ci_low") is not None:
-                # the seeds' interval first: the pooled item-level p ignores seed-to-seed spread
-                s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] over {lr['seeds']} seeds"
-            s += f" (pooled items {_p(lr.get('p_items'))})"
+            if lr.get("diff_ci_low") is not None:
+                s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] ({lr.get('seeds')} seeds)"
+            s += f" (p {_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"
         return s
     if "state_saved" in o:
         rc = o.get("random_controls") or {}

@@ -156,20 +156,22 @@ def render(run_dir: str | Path) -> Path:
     L += _niah_grid(run, conds)
     if pj.get("comparisons"):
         L += ["", "## Paired comparisons (accuracy of A − B on the same items)", "",
-              "| task | A | B | seeds | acc A | acc B | A − B [95 % t interval over seeds] | p (items, pooled McNemar) | p (seed rank) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| task | A | B | seeds | items | acc A | acc B | A − B [95 % bootstrap over items and seeds] | p (paired sign-flip over items) | p (seed rank) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for c in pj["comparisons"]:
-            L.append(f"| {c['task']} | {c['a']} | {c['b']} | {c['seeds']} | {_f(c['acc_a'])} | {_f(c['acc_b'])} | "
+            L.append(f"| {c['task']} | {c['a']} | {c['b']} | {c['seeds']} | {c.get('n_items', '—')} | {_f(c['acc_a'])} | {_f(c['acc_b'])} | "
                      f"{c['diff']:+.3f} [{_f(c['diff_ci_low'])}, {_f(c['diff_ci_high'])}] | {_p(c['p_items'])} | "
                      f"{_p(c['p_seed_rank'])} |")
     if pj.get("verdicts"):
         L += ["", "## Does ablating low-rank heads hurt more than high-rank and than layer-matched random heads?", "",
-              "| task | low − high (p) | low − layer_random.low [interval] (p) | worse than high | worse than layer-matched | both |",
+              "p-values Holm-adjusted across the tasks (one claim, tested on each task).", "",
+              "| task | low − high (Holm p) | low − layer_random.low [interval] (Holm p) | worse than high | worse than layer-matched | both |",
               "|---|---|---|---|---|---|"]
         for t, v in pj["verdicts"].items():
             o, c = v["vs_other"], v["vs_control"]
-            so = "—" if o is None else f"{o['diff']:+.3f} ({_p(o['p_items'])})"
-            sc = "—" if c is None else f"{c['diff']:+.3f} [{_f(c['diff_ci_low'])}, {_f(c['diff_ci_high'])}] ({_p(c['p_items'])})"
+            so = "—" if o is None else f"{o['diff']:+.3f} ({_p(v.get('p_other_holm', o['p_items']))})"
+            sc = "—" if c is None else (f"{c['diff']:+.3f} [{_f(c['diff_ci_low'])}, {_f(c['diff_ci_high'])}] "
+                                        f"({_p(v.get('p_control_holm', c['p_items']))})")
             L.append(f"| {t} | {so} | {sc} | {v['worse_than_other']} | {v['worse_than_control']} | {v['holds']} |")
     if pj.get("single_head"):
         L += ["", "## Single-head ablation", "", "| task | heads | cost | mean cost | max cost | Spearman ρ with mean rank (p) | "
