@@ -74,9 +74,9 @@ class _Columns:
 
     def append(self, x: torch.Tensor) -> None:
         need = self.n + x.shape[-1]
+        if self.buf is not None and self.buf.shape[:-1] != x.shape[:-1]:  # else it would broadcast
+            raise ValueError(f"chunk of shape {tuple(x.shape)} after chunks of {tuple(self.buf.shape[:-1])}")
         if self.buf is None or need > self.buf.shape[-1]:
-            if self.buf is not None and self.buf.shape[:-1] != x.shape[:-1]:
-                raise ValueError(f"chunk of shape {tuple(x.shape)} after chunks of {tuple(self.buf.shape[:-1])}")
             cap = max(need, 2 * (self.buf.shape[-1] if self.buf is not None else 0), 256)
             new = torch.empty(*x.shape[:-1], cap, dtype=x.dtype)
             if self.buf is not None:
@@ -101,6 +101,7 @@ class _LayerTrace:
     states: list[torch.Tensor] = field(default_factory=list)
     log_decay_sum: torch.Tensor | None = None  # [B, H]
     tokens: int = 0
+    kept: torch.Tensor | None = None  # fingerprint [2, B, H] of the final state the layer kept
 
 
 class Trace:
@@ -168,11 +169,27 @@ class _Capturer:
         self.verify = verify
         self.chunk = chunk
 
+    def enter(self, layer: LinearLayer, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        # transformers hands linear-attention layers a mask only when some position is padding
+        self.padded = mask is not None and bool((mask == 0).any())
+
     def observe(self, layer: LinearLayer, call: RuleCall, out: torch.Tensor, state: torch.Tensor | None):
         lt = self.by_module[id(layer.module)]
         tr = self.trace
+        if getattr(self, "padded", False):
+            raise UserError("capture got a padded batch: positions and statistics would include the pad "
+                            "tokens; give one text per forward, or texts of equal length")
         if call.initial_state is None:
-            lt.t = 0  # a new sequence starts: positions count from 1 again
+            if lt.t > 0:
+                raise UserError("a second sequence started inside one capture (a forward without the cache "
+                                "of the first); use one `with capture(...)` per text")
+        elif lt.kept is not None:
+            seen = _fingerprint(call.initial_state)
+            if seen.shape != lt.kept.shape or not torch.allclose(seen, lt.kept, rtol=1e-2, atol=1e-6):
+                raise UserError("the cache's state is not the one this capture saw the layer keep (reordered "
+                                "beams, or a reset or foreign cache): the per-row statistics would not "
+                                "follow the sequences; capture greedy or sampled decoding, one cache per capture")
         T = call.num_tokens
         t = torch.arange(lt.t + 1, lt.t + T + 1)
         keep = tr.schedule.mask(t)
@@ -206,6 +223,10 @@ class _Capturer:
         lt.t += T
         tr.calls += 1
 
+    def settle(self, layer: LinearLayer, state: torch.Tensor | None) -> None:
+        if state is not None:
+            self.by_module[id(layer.module)].kept = _fingerprint(state)
+
     def _check(self, out, rep_out, state, rep_state):
         """Replay vs the rule's own outputs [B, T, H, V] and final state [B, H, K, V], head by head:
         max |model − replay| ≤ atol + rtol · max |replay| over the head. Round-off scales with a
@@ -223,6 +244,13 @@ class _Capturer:
             rtol = 1e-3 if state.device.type == "cpu" else 1e-2
             serr = _head_check("state differs", state.float(), rep_state, head_dim=1, atol=1e-4, rtol=rtol)
             tr.max_state_err = max(tr.max_state_err, serr)
+
+
+def _fingerprint(state: torch.Tensor) -> torch.Tensor:
+    """[B, H, K, V] -> [2, B, H]: the sums of |S| and S² of each row's head state (a reordered,
+    reset or foreign cache changes them; a dtype cast moves them by its rounding only)."""
+    s = state.detach().float()
+    return torch.stack([s.abs().sum((-2, -1)), (s * s).sum((-2, -1))]).cpu()
 
 
 def _head_check(what: str, a: torch.Tensor, ref: torch.Tensor, head_dim: int, atol: float, rtol: float) -> float:
@@ -257,9 +285,12 @@ def capture(
 ) -> Iterator[Trace]:
     """Capture per-token states of every linear-attention layer of ``model`` inside the block.
 
-    on_states(layer, positions [n], states [B, H, n, K, V]) streams raw states to a consumer.
-    Inputs must not be padded (the recurrence would run over pad tokens): give one text per
-    forward or equal-length texts.
+    on_states(layer, positions [n], states [B, H, n, K, V]) streams raw states to a consumer; the
+    states tensor is a reused buffer, valid only during the call (clone what you keep).
+    One capture holds one batch of sequences: a prefill, then segments or decode steps through
+    its cache. Refused with a UserError: padded batches (give one text per forward, or
+    equal-length texts), a second fresh forward, and a cache whose state is not the one the
+    capture saw kept (beam search reorders its rows).
     """
     adapter = adapter or get_adapter(model)
     schedule = schedule or Schedule()

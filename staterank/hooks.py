@@ -6,9 +6,11 @@ computes without touching its math. One dispatcher per modeling module serves ev
 handler; forward pre/post hooks on the linear-attention modules tell it which layer is calling.
 
 Handler protocol (all methods optional):
+  ``enter(layer, kwargs)``                   the layer's forward kwargs (e.g. attention_mask), before it runs
   ``modify(layer, call) -> RuleCall``        before the rule runs (ablation)
   ``observe(layer, call, out, state)``       on the rule's raw outputs (capture, verification)
   ``patch(layer, call, out, state) -> (out, state)``  after observers (mean ablation)
+  ``settle(layer, state)``                   the final state the layer keeps, after every patch
 Handlers act only on layers in their own ``layers`` (so two models can be hooked at once).
 """
 
@@ -22,6 +24,7 @@ from typing import Any, Iterator
 import torch.nn as nn
 
 from .adapters import Adapter, LinearLayer
+from .errors import UserError
 from .recurrence import RuleCall
 
 _ACTIVE: dict[str, list[Any]] = {}  # modeling module name -> handlers
@@ -64,6 +67,9 @@ def _make_wrapper(modname: str, fn):
         for h in mine:
             if hasattr(h, "patch"):
                 out, state = h.patch(layer, call, out, state)
+        for h in mine:
+            if hasattr(h, "settle"):
+                h.settle(layer, state)
         return out, state
 
     wrapper.__staterank_wrapped__ = True
@@ -77,28 +83,41 @@ def intercept(model: nn.Module, adapter: Adapter, handler: Any) -> Iterator[list
     handler._module_ids = {id(l.module) for l in layers}
     modname = adapter.modeling_module
     module = adapter.module
+    # resolve every name before changing anything: a failure leaves the model untouched
+    missing = [n for n in adapter.rule_names if not hasattr(module, n)]
+    if missing:
+        raise UserError(f"{modname} has no {', '.join(missing)}: this transformers version is not supported "
+                        f"by the {adapter.model_type} adapter")
     handles = []
+
+    def enter(m, args, kwargs, _l):
+        _CALLING.append(_l)
+        for h in _ACTIVE.get(modname, []):
+            if id(m) in h._module_ids and hasattr(h, "enter"):
+                h.enter(_l, kwargs)
 
     def leave(m, a, o):  # must return None, or it would replace the layer's output
         _CALLING.pop()
 
-    for layer in layers:
-        handles.append(layer.module.register_forward_pre_hook(lambda m, a, _l=layer: _CALLING.append(_l) and None))
-        handles.append(layer.module.register_forward_hook(leave, always_call=True))
-    if not _ACTIVE.get(modname):
-        _ACTIVE[modname] = []
-        for name in adapter.rule_names:
-            orig = getattr(module, name)
-            _ORIGINALS[(modname, name)] = orig
-            setattr(module, name, _make_wrapper(modname, orig))
-    _ACTIVE[modname].append(handler)
     try:
+        for layer in layers:
+            handles.append(layer.module.register_forward_pre_hook(
+                lambda m, a, kw, _l=layer: enter(m, a, kw, _l) and None, with_kwargs=True))
+            handles.append(layer.module.register_forward_hook(leave, always_call=True))
+        if not _ACTIVE.get(modname):
+            _ACTIVE[modname] = []
+            for name in adapter.rule_names:
+                _ORIGINALS[(modname, name)] = getattr(module, name)
+                setattr(module, name, _make_wrapper(modname, _ORIGINALS[(modname, name)]))
+        _ACTIVE[modname].append(handler)
         yield layers
     finally:
         for hd in handles:
             hd.remove()
-        _ACTIVE[modname].remove(handler)
-        if not _ACTIVE[modname]:
+        if handler in _ACTIVE.get(modname, []):
+            _ACTIVE[modname].remove(handler)
+        if modname in _ACTIVE and not _ACTIVE[modname]:
             for name in adapter.rule_names:
-                setattr(module, name, _ORIGINALS.pop((modname, name)))
+                if (modname, name) in _ORIGINALS:
+                    setattr(module, name, _ORIGINALS.pop((modname, name)))
             del _ACTIVE[modname]

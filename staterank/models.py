@@ -196,10 +196,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         hint = "" if local else " (no network, not in the local HF cache, or not a model id?)"
         raise UserError(f"cannot read the config of {where}: {_one_line(e)}{hint}") from None
     adapter = get_adapter(cfg.model_type)  # unsupported type: one line, before any weight loads
-    if dev.type == "cpu" and _gpu_kernels_importable():
-        bind_reference_kernels(adapter.module, cpu=True)
-    elif dev.type != "cpu":
-        bind_reference_kernels(adapter.module, cpu=False)
+    _bind_kernels(adapter, dev)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code,
@@ -223,6 +220,14 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
                   config=_summary(model, adapter, cfg, dt, placed))
 
 
+def _bind_kernels(adapter, dev: torch.device) -> None:
+    """fla's Triton kernels on a GPU; transformers' PyTorch reference on CPU even if fla imports."""
+    if dev.type == "cpu" and _gpu_kernels_importable():
+        bind_reference_kernels(adapter.module, cpu=True)
+    elif dev.type != "cpu":
+        bind_reference_kernels(adapter.module, cpu=False)
+
+
 NEGATIVE_CONTROL = "negative-control"
 
 
@@ -241,6 +246,7 @@ def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
     model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
     model.to(dev).eval().requires_grad_(False)
     adapter = get_adapter(model)
+    _bind_kernels(adapter, dev)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Loaded(model=model, tokenizer=tokenizer, adapter=adapter, spec=NEGATIVE_CONTROL,
                   source=f"{source} (config only; default init, seed {seed})",

@@ -199,3 +199,48 @@ def test_columns_store_equals_concatenation():
     assert torch.equal(col.value(), torch.cat(chunks, dim=-1)) and col.buf.shape[-1] < 2 * col.n + 256
     with pytest.raises(ValueError, match="after chunks"):
         col.append(torch.zeros(2, 4, 1000, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_is_refused(side):
+    """Pad tokens would run through the recurrence and shift or extend every position's statistics."""
+    model = tiny_model("qwen3_next")
+    ids = torch.randint(3, 97, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :4] = 0 if side == "left" else 1
+    mask[1, 6:] = 0 if side == "right" else 1
+    with pytest.raises(UserError, match="padded batch"):
+        with capture(model, stats=False):
+            model(ids, attention_mask=mask)
+    with capture(model, stats=False) as trace:  # an all-ones mask is no padding
+        model(ids, attention_mask=torch.ones_like(mask))
+    assert len(trace.positions()) == 10
+
+
+def test_second_fresh_sequence_and_foreign_cache_are_refused():
+    model = tiny_model("qwen3_next")
+    ids = torch.randint(3, 97, (2, 8))
+    with pytest.raises(UserError, match="second sequence"):
+        with capture(model, stats=False):
+            model(ids)
+            model(ids[:1, :5])
+    with pytest.raises(UserError, match="not the one this capture saw"):
+        with capture(model, stats=False):
+            cache = output_cache(model(ids, use_cache=True))
+            for layer in cache.layers:  # what beam search does between steps: rows reordered
+                if getattr(layer, "recurrent_states", None) is not None:
+                    layer.recurrent_states[0] = layer.recurrent_states[0].flip(0)
+            model(ids[:, :1], **{cache_kwarg(model): cache}, use_cache=True)
+
+
+def test_interception_of_a_missing_rule_leaves_the_model_untouched(monkeypatch):
+    model = tiny_model("qwen3_5")
+    ad = get_adapter(model)
+    orig = getattr(ad.module, ad.chunk_rule)
+    monkeypatch.setattr(type(ad), "rule_names", property(lambda self: (self.chunk_rule, "no_such_rule")))
+    with pytest.raises(UserError, match="no_such_rule"):
+        with capture(model):
+            pass
+    assert getattr(ad.module, ad.chunk_rule) is orig
+    for l in ad.linear_layers(model):
+        assert not l.module._forward_pre_hooks and not l.module._forward_hooks

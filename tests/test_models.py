@@ -191,3 +191,12 @@ def test_device_auto_loads_with_a_device_map_and_computes_the_same(tmp_path):
     spread = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
     again = reload(tmp_path, device_map=spread)  # prune's check reloads a spread export like this
     torch.testing.assert_close(again(ids).logits, ref(ids).logits, atol=0, rtol=0)
+
+
+def test_negative_control_binds_reference_kernels_on_cpu(monkeypatch):
+    """With fla importable, every CPU load (the negative control too) must re-bind the PyTorch rules."""
+    calls = []
+    monkeypatch.setattr(models, "_gpu_kernels_importable", lambda: True)
+    monkeypatch.setattr(models, "bind_reference_kernels", lambda mod, cpu: calls.append((mod.__name__, cpu)) or [])
+    models.load_model("negative-control", device="cpu")
+    assert calls and all(cpu for _, cpu in calls)

@@ -43,8 +43,8 @@ def regroup(layout: HeadLayout, removed: Iterable[int], group: int | None = None
     if not counts:
         raise UserError("cannot remove every value head of a layer")
     gp = group if group is not None else math.gcd(*counts)
-    bad = [c for c in counts if c % gp]
-    if gp < 1 or bad:
+    bad = gp < 1 or [c for c in counts if c % gp]
+    if bad:
         raise UserError(f"key groups keep {counts} value heads; a GVA ratio of {gp} does not divide them")
     keys: KeyHeads = []
     for g, vs in enumerate(survivors):
