@@ -3,8 +3,12 @@
     loaded = load_model("Qwen/Qwen3-Next-80B-A3B-Instruct")   # or "builtin", or "./my_model"
     ids = tokenize_texts(loaded.tokenizer, ["some text"], max_tokens=2048)   # [[1, T]]
 
-The config is read first, so an unsupported architecture fails in one line before any weight is
-loaded. Weights load through stock ``AutoModelForCausalLM`` from safetensors only. A Qwen3.5
+The config is read first (a local folder's ``model_type`` straight from config.json, before
+transformers sees it), so an unsupported architecture fails in one line listing the supported ones
+before any weight is loaded; the tokenizer is loaded and checked next (a folder without tokenizer
+files gets an empty one from transformers, refused here), then the weights. A config transformers
+rejects, a corrupt or truncated safetensors file, or a config that does not match the weights each
+fail in one line naming the folder. Weights load through stock ``AutoModelForCausalLM`` from safetensors only. A Qwen3.5
 vision-language checkpoint (``model_type == "qwen3_5"`` with a ``text_config``) loads its text part
 as ``Qwen3_5ForCausalLM``: transformers maps ``qwen3_5`` to that class and renames
 ``model.language_model.*`` weights itself (verified on a saved tiny checkpoint).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -122,6 +127,53 @@ def _one_line(e: BaseException) -> str:
     return msg[0] if msg else type(e).__name__
 
 
+def _flat(e: BaseException) -> str:
+    """All of ``e``'s message on one line (huggingface_hub's validation errors put the cause on line 2)."""
+    msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return msg or type(e).__name__
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers' strict config dataclasses raise for a bad value (not a ValueError)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: configs were not strict dataclasses
+        return ()
+    return (StrictDataclassError,)
+
+
+def _safetensor_error() -> type[BaseException]:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def _local_model_type(folder: str) -> str | None:
+    """``model_type`` from ``folder/config.json`` as plain JSON (None if absent: transformers decides)."""
+    path = Path(folder) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"cannot read the config of {folder}: config.json is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read the config of {folder}: config.json is not a JSON object")
+    mt = data.get("model_type")
+    return None if mt is None else str(mt)
+
+
+def _check_tokenizer(tokenizer: Any, where: str) -> None:
+    """transformers builds an empty tokenizer (length 1) for a folder without tokenizer files, and the
+    user would only learn it from "text 0 has no tokens" later: refuse it here."""
+    try:
+        n = len(tokenizer)
+        ids = tokenizer("Hello world.", add_special_tokens=False, verbose=False)["input_ids"]
+    except Exception as e:  # noqa: BLE001 - any failure here means the tokenizer is unusable; type kept
+        raise UserError(f"{where} has no usable tokenizer ({type(e).__name__}: {_one_line(e)})") from None
+    if n <= 1 or len(ids) == 0:
+        raise UserError(f"{where} has no usable tokenizer (vocabulary of {n}, encodes 'Hello world.' to "
+                        f"{len(ids)} tokens): add tokenizer.json / tokenizer_config.json to the model folder")
+
+
 def _reference_of(fn: Any):
     """The PyTorch function behind a transformers ``use_kernel_func_from_hub_with_fallback`` wrapper
     that bound another package's kernel; None for anything else."""
@@ -190,12 +242,23 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         raise UserError("--device auto needs accelerate: pip install accelerate")
     source, local = _resolve_source(str(spec))
     where = source if local else f"{source} (Hugging Face Hub)"
+    if local:  # unsupported type: our one line (listing the supported ones), before transformers reads it
+        model_type = _local_model_type(source)
+        if model_type is not None:
+            get_adapter(model_type)
     try:
         cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, *_config_errors()) as e:
         hint = "" if local else " (no network, not in the local HF cache, or not a model id?)"
-        raise UserError(f"cannot read the config of {where}: {_one_line(e)}{hint}") from None
+        msg = _flat(e) if isinstance(e, _config_errors()) else _one_line(e)  # their cause is on line 2
+        raise UserError(f"cannot read the config of {where}: {msg}{hint}") from None
     adapter = get_adapter(cfg.model_type)  # unsupported type: one line, before any weight loads
+    # the tokenizer before the weights: a folder without one fails in seconds, not after a 160 GB load
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
+    _check_tokenizer(tokenizer, where)
     _bind_kernels(adapter, dev)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -203,10 +266,16 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
             **({"device_map": AUTO_DEVICE} if auto else {}))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the weights of {where} (safetensors only): {_one_line(e)}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
+    except _safetensor_error() as e:
+        files = sorted(p.name for p in Path(source).glob("*.safetensors")) if local else []
+        what = files[0] if len(files) == 1 else "a .safetensors file"
+        raise UserError(f"cannot load the weights of {where}: {what} is corrupt or truncated "
+                        f"({type(e).__name__}: {_one_line(e)})") from None
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise  # not a checkpoint problem: a bug, keep its traceback
+        raise UserError(f"cannot load the weights of {where}: config.json does not match the weights "
+                        "(tensor shapes differ; transformers' load report lists them)") from None
     if auto:
         # layers accelerate placed on CPU cannot run fla's Triton kernels: every layer takes the
         # (slower, exact) PyTorch reference then, since the functions are module globals

@@ -1,5 +1,7 @@
 """load_model: folders, builtin, Qwen3.5 VLM checkpoints, one-line errors, CPU kernel re-binding."""
 
+import json
+import shutil
 import sys
 import types
 
@@ -84,6 +86,7 @@ def test_folder_without_config_or_weights(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         load_model(str(tmp_path), device="cpu")
     tiny_config("qwen3_next").save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)  # the tokenizer is checked before the weights
     with pytest.raises(UserError, match="cannot load the weights") as e:
         load_model(str(tmp_path), device="cpu")
     assert "\n" not in str(e.value)
@@ -200,3 +203,95 @@ def test_negative_control_binds_reference_kernels_on_cpu(monkeypatch):
     monkeypatch.setattr(models, "bind_reference_kernels", lambda mod, cpu: calls.append((mod.__name__, cpu)) or [])
     models.load_model("negative-control", device="cpu")
     assert calls and all(cpu for _, cpu in calls)
+
+
+def builtin_copy(tmp_path, config=None, *, replace_config=None, weights=None, tokenizer=True):
+    """A copy of the builtin model folder (config, weights, tokenizer only) with one thing broken."""
+    src = models.builtin_dir()
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        if tokenizer or not name.startswith("tokenizer"):
+            shutil.copyfile(src / name, d / name)
+    cfg = replace_config if replace_config is not None else {**json.loads((d / "config.json").read_text()),
+                                                               **(config or {})}
+    (d / "config.json").write_text(json.dumps(cfg))
+    if weights is not None:
+        (d / "model.safetensors").write_bytes(weights((d / "model.safetensors").read_bytes()))
+    return str(d)
+
+
+def one_line_error(path, match):
+    with pytest.raises(UserError, match=match) as e:
+        load_model(path, device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert path in msg or msg.startswith("unsupported model_type")  # names the folder (get_adapter's line: the type)
+    return msg
+
+
+def test_builtin_copy_loads(tmp_path):
+    # the control for the broken copies below: unbroken, the copy loads
+    loaded = load_model(builtin_copy(tmp_path), device="cpu")
+    assert loaded.config["model_type"] == "qwen3_next" and len(loaded.tokenizer) > 1
+
+
+def test_config_transformers_rejects_is_one_line(tmp_path):
+    # huggingface_hub's StrictDataclass*ValidationError is no ValueError; its cause is on line 2
+    msg = one_line_error(builtin_copy(tmp_path, {"hidden_size": "abc"}), "cannot read the config of .*hidden_size")
+    assert "expected int" in msg
+
+
+def test_config_class_validation_error_is_one_line(tmp_path, monkeypatch):
+    # the reviewer's {"model_type": "llama", "hidden_size": 8} from the Hub: AutoConfig raises a class validator's error
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+    from transformers import AutoConfig
+
+    def reject(*a, **k):
+        raise StrictDataclassClassValidationError("validate_architecture", ValueError("The hidden size (8) is bad"))
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", reject)
+    with pytest.raises(UserError, match="cannot read the config of some-org/model.*hidden size \\(8\\)") as e:
+        load_model("some-org/model", device="cpu")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cfg,mt", [({"model_type": "llama", "hidden_size": 8}, "llama"),
+                                    ({"model_type": "notathing"}, "notathing")])
+def test_unknown_model_type_lists_supported_before_transformers(tmp_path, cfg, mt):
+    msg = one_line_error(builtin_copy(tmp_path, replace_config=cfg), f"unsupported model_type '{mt}'")
+    assert "supported: " in msg and "qwen3_next" in msg
+
+
+def test_config_not_json_is_one_line(tmp_path):
+    d = builtin_copy(tmp_path)
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    one_line_error(d, "config.json is not valid JSON")
+
+
+@pytest.mark.parametrize("weights", [lambda b: b"\x00garbage" * 100, lambda b: b[: len(b) // 2],
+                                     lambda b: b[:8] + b"\xff" * (len(b) - 8)], ids=["garbage", "truncated", "header"])
+def test_corrupt_safetensors_is_one_line(tmp_path, weights):
+    d = builtin_copy(tmp_path, weights=weights)
+    one_line_error(d, "cannot load the weights of .*model.safetensors is corrupt or truncated \\(SafetensorError")
+
+
+def test_config_not_matching_weights_is_one_line(tmp_path):
+    one_line_error(builtin_copy(tmp_path, {"hidden_size": 256}), "cannot load the weights of .*does not match the weights")
+
+
+def test_other_runtime_errors_keep_their_traceback(tmp_path, monkeypatch):
+    # only the size-mismatch RuntimeError is a user's problem; anything else is a bug and must stay visible
+    from transformers import AutoModelForCausalLM
+
+    def boom(*a, **k):
+        raise RuntimeError("some bug")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", boom)
+    with pytest.raises(RuntimeError, match="some bug"):
+        load_model(builtin_copy(tmp_path), device="cpu")
+
+
+def test_folder_without_tokenizer_is_one_line(tmp_path):
+    # transformers builds an empty tokenizer (length 1) that turns every text into 0 tokens
+    one_line_error(builtin_copy(tmp_path, tokenizer=False), "has no usable tokenizer")
