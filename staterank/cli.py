@@ -6,6 +6,7 @@ Errors in input become one line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -25,6 +26,8 @@ def _checked(kind, minimum, what):
             x = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if kind is float and math.isinf(x):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         if not (x >= minimum if kind is int else x > minimum):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return x
@@ -35,6 +38,14 @@ def _checked(kind, minimum, what):
 _POS = _checked(int, 1, ">= 1")
 _NONNEG = _checked(int, 0, ">= 0")
 _POSF = _checked(float, 0.0, "> 0")
+_FLOAT = _checked(float, -math.inf, "a number")  # finite; ranges are checked where they are known
+
+
+def _eps(text: str) -> float:
+    x = _POSF(text)
+    if x >= 1:  # σ_i > ε·σ_1 with ε >= 1 counts nothing: every rank would be 0
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return x
 
 EPILOG = """examples:
   staterank analyze --model builtin --prompt "The quick brown fox" --out runs/a1
@@ -54,7 +65,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_NONNEG, default=0, help="random seed (default 0)")
 
 
 # ---- analyze -------------------------------------------------------------------------------
@@ -78,8 +89,12 @@ def _analyze_texts(args) -> dict[str, str]:
             raise UserError("--prompt is empty")
         return {"prompt": args.prompt}
     texts: dict[str, str] = {}
+    seen: set[Path] = set()
     for f in args.text:
         p = Path(f)
+        if p.resolve() in seen:
+            raise UserError(f"--text {f} given twice")
+        seen.add(p.resolve())
         if not p.is_file():
             raise UserError(f"--text {f}: {'a directory; give the text files in it' if p.is_dir() else 'no such file'}")
         try:
@@ -88,10 +103,7 @@ def _analyze_texts(args) -> dict[str, str]:
             raise UserError(f"--text {f}: not UTF-8 text") from None
         if not body.strip():
             raise UserError(f"--text {f}: is empty")
-        name = p.stem if p.stem not in texts else str(p)
-        if name in texts:
-            raise UserError(f"--text {f} given twice")
-        texts[name] = body
+        texts[p.stem if p.stem not in texts else str(p)] = body
     return texts
 
 
@@ -128,7 +140,7 @@ def _add_analyze(sub) -> None:
     sched = p.add_mutually_exclusive_group()
     sched.add_argument("--stride", type=_POS, default=1, help="measure every N-th token (default 1: all)")
     sched.add_argument("--log-positions", action="store_true", help="measure at t = 1, 2, 4, 8, ... only")
-    p.add_argument("--eps", type=_POSF, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
+    p.add_argument("--eps", type=_eps, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
     p.add_argument("--keep-states", action="store_true",
                    help="also write the measured states as safetensors (states/NNNN.safetensors)")
     p.add_argument("--max-state-mb", type=_POSF, default=1024,
@@ -175,7 +187,8 @@ def _run_ls(args) -> int:
 
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list supported model types, tasks, pruning methods and context suites",
-                       description="List what this installation supports (sections whose modules are absent are skipped).")
+                       description="List what this installation supports (sections whose modules are absent are skipped).",
+                       epilog="example:\n  staterank ls", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=_run_ls)
 
 
@@ -186,6 +199,12 @@ def _add_stratify(sub) -> None:
         help="low/high-rank head classes, bimodality, consistency over time and contexts, decay->rank, vs the model at init",
         description="Analyze a context suite (or read analyze run folders) and compute stratification statistics "
         "beside the same architecture at initialisation. Writes stratify.json, heads.csv, figures, report.md.",
+        epilog="""examples:
+  staterank stratify --model builtin --out runs/s1
+  staterank stratify --model builtin --contexts prose,math,repeat_rare --max-tokens 512 --out runs/s2
+  staterank stratify --model Qwen/Qwen3-Next-80B-A3B-Instruct --device cuda --suite natural --out runs/s3
+  staterank stratify --from-runs runs/a1 runs/a2 --no-report --out runs/s4   # from analyze run folders
+""", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p)
     p.add_argument("--out", required=True, help="run folder (a finished one with the same config is resumed, never overwritten)")
@@ -200,7 +219,7 @@ def _add_stratify(sub) -> None:
     p.add_argument("--t-late", type=_POS, default=2048, help="late position (default 2048; shorter contexts use their last)")
     p.add_argument("--rule", default="two_cluster", choices=["two_cluster", "threshold"],
                    help="class rule on mean rank / bound: optimal two-cluster split (default) or a fixed --threshold")
-    p.add_argument("--threshold", type=float, default=None, help="with --rule threshold: low iff mean rank / bound < this")
+    p.add_argument("--threshold", type=_FLOAT, default=None, help="with --rule threshold: low iff mean rank / bound < this")
     p.add_argument("--no-init", action="store_true", help="skip the same-architecture-at-initialisation baseline")
     p.add_argument("--init-gates", default="auto", choices=["auto", "model", "fla"],
                    help="gate init of the baseline: model (its own _init_weights), fla (FLA/Mamba-style), "
@@ -208,7 +227,7 @@ def _add_stratify(sub) -> None:
     p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="use finished analyze run folders instead of a model")
     p.add_argument("--init-runs", nargs="+", default=None, metavar="DIR",
                    help="with --from-runs: analyze folders of the same texts on the model at initialisation")
-    p.add_argument("--eps", type=_POSF, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
+    p.add_argument("--eps", type=_eps, default=1e-4, help="threshold-rank epsilon (paper Eq. 6; default 1e-4)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -275,6 +294,10 @@ def _run_probe(args) -> int:
     from .probes.groups import check_kinds
     from .probes.tasks import make_task
 
+    if not tasks and not lm_tasks:
+        raise UserError("--tasks is empty")
+    if not groups:
+        raise UserError("--groups is empty: nothing would be ablated")
     for t in tasks:
         make_task(t, limit=args.limit)
     check_kinds(groups, args.seeds)
@@ -308,7 +331,7 @@ def _add_probe(sub) -> None:
     p.add_argument("--groups", default="low,high,random,layer_random",
                    help="comma-separated: low, high, random, layer_random, byte_random (default low,high,random,layer_random)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=None, help="group size as a fraction of all value heads (default 7/18)")
+    size.add_argument("--fraction", type=_FLOAT, default=None, help="group size as a fraction of all value heads (default 7/18)")
     size.add_argument("--count", type=int, default=None, help="group size in heads")
     p.add_argument("--seeds", type=_POS, default=5, help="random draws per control (default 5)")
     p.add_argument("--limit", type=_POS, default=None,
@@ -359,10 +382,23 @@ def _run_prune(args) -> int:
     from .report.prune import render
 
     budget = {"fraction": args.fraction, "count": args.count, "bytes": args.bytes}
+    method, alpha, ranking = args.method, args.alpha, args.ranking
+    if args.plan:
+        from .prune.plan import Plan
+
+        # the plan fixes the heads: scoring options would be recorded in config.json but not used
+        moot = [f for f, v, d in (("--method", method, "jrnp"), ("--alpha", alpha, 0.5), ("--ranking", ranking, "global"),
+                                  ("--fraction", args.fraction, None), ("--count", args.count, None),
+                                  ("--bytes", args.bytes, None), ("--sweep", args.sweep, False)) if v != d]
+        if moot:
+            raise UserError(f"--plan fixes the heads to remove; {', '.join(moot)} do(es) not apply")
+        plan = Plan.load(args.plan)
+        method, alpha, ranking = plan.method, plan.params.get("alpha", alpha), plan.ranking
+        budget = {"fraction": None, "count": len(plan.removed), "bytes": None}
     if all(v is None for v in budget.values()):
         budget["fraction"] = 0.389
     cfg = PruneConfig(
-        method=args.method, alpha=args.alpha, **budget, ranking=args.ranking, calib_suite=args.calib,
+        method=method, alpha=alpha, **budget, ranking=ranking, calib_suite=args.calib,
         calib_tokens=args.calib_tokens, calib_stride=args.calib_stride,
         tasks=tuple(t.strip() for t in args.eval.split(",") if t.strip()), eval_n=args.eval_n,
         random_seeds=args.random_seeds, state_context=args.state_context, state_batch=args.state_batch,
@@ -371,16 +407,14 @@ def _run_prune(args) -> int:
     )
     if args.sweep:
         sc = SweepConfig(base=cfg, alphas=_floats(args.alphas), fractions=_floats(args.fractions))
+        if not sc.alphas or not sc.fractions:
+            raise UserError("--sweep needs at least one alpha and one fraction")
         cfg.validate()
         loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
         res = run_sweep(loaded, sc, args.out, progress=not args.quiet)
         print(f"wrote {args.out} ({len(res['points'])} sweep points); report: {render(args.out)}")
         return 0
     cfg.validate()  # bad input fails before a model loads
-    if args.plan:
-        from .prune.plan import Plan
-
-        Plan.load(args.plan)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     try:
         res = run_prune(loaded, cfg, args.out, progress=not args.quiet)
@@ -408,9 +442,9 @@ def _add_prune(sub) -> None:
     )
     _common(p)
     p.add_argument("--method", default="jrnp", help=f"scoring method: {', '.join(METHODS)} (default jrnp)")
-    p.add_argument("--alpha", type=float, default=0.5, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
+    p.add_argument("--alpha", type=_FLOAT, default=0.5, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--fraction", type=float, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
+    b.add_argument("--fraction", type=_FLOAT, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
     b.add_argument("--count", type=int, default=None, help="number of value heads to remove")
     b.add_argument("--bytes", type=int, default=None, help="recurrent-state bytes per sequence to free (at least)")
     p.add_argument("--ranking", default="global", choices=["global", "per_layer"],
@@ -466,10 +500,11 @@ def _render_run(folder) -> str:
 
 
 def _print_claims(folder) -> None:
-    from .claims import write_claims
+    """Compute and print only: verify works on a read-only run and leaves claims.json as written."""
+    from .claims import claims
     from .report.claims import claims_table
 
-    print(claims_table(write_claims(folder)))
+    print(claims_table(claims(folder)))
 
 
 def _cmd_verify(a) -> int:
@@ -499,7 +534,7 @@ def _add_run(sub) -> None:
     p.add_argument("--config", default=None, help="YAML config (see staterank/pipeline.py for keys)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. probe.limit=32 (repeatable)")
     p.add_argument("--stages", default=None, help="comma-separated subset of stratify,probe,prune")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--seed", type=_NONNEG, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="torch device")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")

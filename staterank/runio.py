@@ -65,8 +65,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """JSON from ``path``; a file that is not JSON text is a one-line UserError (a torn or foreign file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a JSON file ({str(e).splitlines()[0]})") from None
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

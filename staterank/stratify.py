@@ -583,6 +583,10 @@ class StratifyConfig:
             raise UserError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
         if self.rule == "threshold" and (self.threshold is None or not 0 < self.threshold <= 1):
             raise UserError("--rule threshold needs --threshold in (0, 1] (a normalised rank r̄_h / d)")
+        if self.rule != "threshold" and self.threshold is not None:
+            raise UserError(f"--threshold applies only with --rule threshold (the rule is {self.rule})")
+        if self.max_tokens < 2:  # one token: every state has rank <= 1, nothing to stratify
+            raise UserError(f"max_tokens must be >= 2, got {self.max_tokens}")
         if self.init_gates not in INIT_GATES:
             raise UserError(f"unknown --init-gates {self.init_gates!r}; choose one of {', '.join(INIT_GATES)}")
         if not 1 <= self.t_early < self.t_late:
@@ -739,7 +743,9 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
         del loaded0, model0
         log(f"initialisation ({gates} gates): {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
     meta = {"model": loaded.spec, "suite_hash": config["contexts_hash"], "max_tokens": cfg.max_tokens,
-            "rule": cfg.rule, "init_gates": gates if cfg.init else None, "init_reason": "--no-init"}
+            "rule": cfg.rule, "init_gates": gates if cfg.init else None}
+    if not cfg.init:
+        meta["init_reason"] = "--no-init"
     summarise(run, dyn, dyn_init, cfg, meta)
     return Path(run)
 
@@ -754,10 +760,18 @@ def stratify_from_runs(folders: list, out, cfg: StratifyConfig | None = None, in
     cfg = cfg or StratifyConfig()
     cfg.validate()
     folders = [Path(f) for f in folders]
+    for label, fs in (("--from-runs", folders), ("--init-runs", [Path(f) for f in init_folders or []])):
+        if len({f.resolve() for f in fs}) != len(fs):  # a context twice would pair with itself
+            raise UserError(f"{label}: a folder is given twice")
     config = {"stage": "stratify", "from_runs": [str(f.resolve()) for f in folders],
               "init_runs": [str(Path(f).resolve()) for f in init_folders or []], **asdict(cfg)}
     dyn = _from_analyze(folders)
+    names = [str(x) for x in dyn["texts"]]
+    if len(set(names)) != len(names):
+        raise UserError(f"--from-runs: the folders hold the same text twice ({names})")
     dyn_init = _from_analyze(init_folders) if init_folders else None
+    if dyn_init is not None and [str(x) for x in dyn_init["texts"]] != names:
+        raise UserError("the initialisation runs measured other texts than the model runs")
     run = new_run_dir(out, config)
     meta = {"model": None, "from_runs": config["from_runs"], "rule": cfg.rule,
             "init_gates": "from --init-runs" if init_folders else None,

@@ -148,9 +148,12 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"plan file not found: {p}")
+        d = read_json(p)  # not JSON: a one-line UserError
+        if not isinstance(d, dict):
+            raise UserError(f"cannot read plan {p}: a JSON object expected, got {type(d).__name__}")
         try:
-            return cls.from_dict(read_json(p))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            return cls.from_dict(d)
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"cannot read plan {p}: {type(e).__name__}: {e}") from None
 
 

@@ -85,8 +85,13 @@ class PruneConfig:
         return Budget(*given[0])
 
     def validate(self) -> None:
+        from ..contexts import SUITES
+
         self.budget()
-        get_method(self.method, alpha=self.alpha, seed=self.seed)
+        if not self.plan_file:  # a given plan names its own method
+            get_method(self.method, alpha=self.alpha, seed=self.seed)
+        if self.calib_suite not in SUITES:
+            raise UserError(f"unknown calibration suite {self.calib_suite!r}; choose one of {', '.join(SUITES)}")
         if self.ranking not in ("global", "per_layer"):
             raise UserError(f"unknown ranking {self.ranking!r}; choose global or per_layer")
         if self.eval_n < 1 or self.random_seeds < 0 or self.state_context < 1 or self.state_batch < 1:
@@ -98,16 +103,23 @@ class PruneConfig:
 
 
 # ---- pieces ---------------------------------------------------------------------------------------
+def calibration_contexts(loaded: Loaded, cfg: PruneConfig) -> list:
+    """The calibration suite's contexts (a bad suite name or data folder fails here, cheaply)."""
+    from ..contexts import suite
+
+    return suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
+
+
 def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
-              progress: bool = False) -> tuple[HeadStats, np.ndarray, dict]:
+              progress: bool = False, ctx: list | None = None) -> tuple[HeadStats, np.ndarray, dict]:
     """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run),
     the state bytes of one head per layer [L] (K·V·4), and a JSON-able description."""
     from ..analyze import analyze
     from ..capture import Schedule
-    from ..contexts import suite, suite_hash
+    from ..contexts import suite_hash
     from ..stratify import head_stats
 
-    ctx = suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
+    ctx = ctx if ctx is not None else calibration_contexts(loaded, cfg)
     dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
                   schedule=Schedule(stride=cfg.calib_stride), seed=cfg.seed, out=out, progress=progress)
     stats = head_stats(dyn.arrays())
@@ -218,6 +230,12 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     if not cfg.plan_file:  # a budget the model cannot meet fails now, before a run folder or calibration
         select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), cfg.budget(), cfg.ranking,
                [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers])
+    # every input that can be wrong is read before the run folder exists
+    ctx = calibration_contexts(loaded, cfg)
+    given = None
+    if cfg.plan_file:
+        given = Plan.load(cfg.plan_file)
+        given.check_model(model)
     run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)})
     if (run_dir / "prune.json").exists():
         done = runio.read_json(run_dir / "prune.json")
@@ -228,10 +246,9 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
 
     # 1. plan
     say("calibrating")
-    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
-    if cfg.plan_file:  # apply a given plan; calibration still feeds the controls' scores
-        plan = Plan.load(cfg.plan_file)
-        plan.check_model(model)
+    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress, ctx=ctx)
+    if given is not None:  # apply a given plan; calibration still feeds the controls' scores
+        plan = given
     else:
         scorer = get_method(cfg.method, alpha=cfg.alpha, seed=cfg.seed)
         plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking, head_bytes), model_id=loaded.spec,

@@ -1,0 +1,78 @@
+"""Bad input on the command line: one line, exit 2, and no run folder left behind."""
+
+import json
+
+import pytest
+
+from staterank.cli import main as _main
+from staterank.errors import UserError
+from staterank.runio import read_json
+
+
+def main(argv) -> int:
+    try:
+        return _main(argv)
+    except SystemExit as e:  # argparse rejects while parsing
+        return e.code
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["analyze", "--prompt", "hi", "--eps", "inf"], "finite"),
+    (["analyze", "--prompt", "hi", "--eps", "1"], "(0, 1)"),
+    (["analyze", "--prompt", "hi", "--max-state-mb", "inf"], "finite"),
+    (["probe", "--seed", "-1"], ">= 0"),
+    (["probe", "--groups", ""], "--groups is empty"),
+    (["prune", "--alpha", "nan"], "a number"),
+    (["prune", "--calib", "bogus"], "unknown calibration suite"),
+    (["prune", "--sweep", "--fractions", ""], "at least one"),
+    (["stratify", "--threshold", "0.5"], "only with --rule threshold"),
+    (["stratify", "--max-tokens", "1"], ">= 2"),
+])
+def test_bad_option_is_one_line_and_leaves_no_folder(argv, says, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_plan_with_scoring_options_is_refused(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"method": "jrnp"}))
+    assert main(["prune", "--plan", str(plan), "--method", "rank", "--out", str(tmp_path / "run")]) == 2
+    assert "--method" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    for body in (b"\x00\xff\xfe binary", b"[]", b"{not json"):
+        plan.write_bytes(body)
+        assert main(["prune", "--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_read_json_of_a_torn_or_binary_file_is_a_user_error(tmp_path):
+    p = tmp_path / "x.json"
+    for body in (b"{bad", b"\x89PNG\x00\xff"):
+        p.write_bytes(body)
+        with pytest.raises(UserError, match="not a JSON file"):
+            read_json(p)
+
+
+def test_same_text_twice_is_refused(tmp_path, capsys):
+    a = tmp_path / "a.txt"
+    a.write_text("some text here")
+    (tmp_path / "sub").mkdir()
+    assert main(["analyze", "--text", str(a), str(tmp_path / "sub" / ".." / "a.txt"), "--out", str(tmp_path / "r")]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_verify_only_reads(tmp_path, capsys):
+    """verify prints the claims of a run without writing into it (a read-only or archived run)."""
+    run = tmp_path / "run"
+    (run / "prune").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    acc = {"acc": 0.6, "lo": 0.5, "hi": 0.7, "n": 100}
+    (run / "prune" / "prune.json").write_text(json.dumps({
+        "method": "jrnp", "head_fraction_removed": 0.375, "fraction_saved": {"linear_state": 0.375},
+        "accuracy": {"before": {"t": acc}, "after": {"t": acc}, "controls": {}}}))
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["verify", str(run)]) == 0
+    assert "| claim |" in capsys.readouterr().out
+    assert sorted(p.name for p in run.rglob("*")) == before
