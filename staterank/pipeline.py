@@ -13,8 +13,11 @@ never overwritten.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,23 +84,26 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """A validated RunConfig from a (YAML-parsed) mapping. Every value is checked against its
+        field's type (a list field also takes one string, comma-separated); then ``validate``."""
         d = dict(d or {})
-        sections = {"stratify": StratifySection, "probe": ProbeSection, "prune": PruneSection}
         kw: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(cls)}
+        hints = _hints(cls)
         for k, v in d.items():
-            if k not in names:
-                raise UserError(f"unknown config key {k!r}; known: {', '.join(sorted(names))}")
-            if k in sections:
+            if k not in hints:
+                raise UserError(f"unknown config key {k!r}; known: {', '.join(sorted(hints))}")
+            if k in _SECTIONS:
+                if v is None:
+                    v = {}
                 if not isinstance(v, dict):
                     raise UserError(f"config section {k!r} must be a mapping")
-                sub = {f.name for f in dataclasses.fields(sections[k])}
+                sub = _hints(_SECTIONS[k])
                 bad = [x for x in v if x not in sub]
                 if bad:
                     raise UserError(f"unknown key {k}.{bad[0]}; known: {', '.join(sorted(sub))}")
-                kw[k] = sections[k](**v)
+                kw[k] = _SECTIONS[k](**{x: _coerce(f"{k}.{x}", y, sub[x]) for x, y in v.items()})
             else:
-                kw[k] = v
+                kw[k] = _coerce(k, v, hints[k])
         cfg = cls(**kw)
         cfg.validate()
         return cfg
@@ -110,9 +116,13 @@ class RunConfig:
             if not p.is_file():
                 raise UserError(f"config file not found: {p}")
             try:
-                d = yaml.safe_load(p.read_text()) or {}
+                d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except UnicodeDecodeError:
+                raise UserError(f"{p}: not a text file (not UTF-8); the config must be YAML") from None
+            except OSError as e:
+                raise UserError(f"cannot read config {p}: {e.strerror or type(e).__name__}") from None
             except yaml.YAMLError as e:
-                raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+                raise UserError(f"{p}: not valid YAML ({_first_line(e)})") from None
             if not isinstance(d, dict):
                 raise UserError(f"{p}: the config must be a mapping")
         for ov in overrides or []:
@@ -125,28 +135,228 @@ class RunConfig:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise UserError(f"override {ov!r}: {part} is not a section")
-            node[leaf] = yaml.safe_load(val)
+            try:
+                value = yaml.safe_load(val)
+            except yaml.YAMLError as e:
+                raise UserError(f"override {ov!r}: not a valid YAML value ({_first_line(e)})") from None
+            if value is not None and not isinstance(value, str) and _is_str_field(key.strip()):
+                value = val.strip()  # --model 123 / --set dtype=1e-3: a name, as typed, not YAML's number
+            node[leaf] = value
         return cls.from_dict(d)
 
     def validate(self) -> None:
+        """Every check the stages would make on their own configs, made now: a bad option must fail
+        before the run folder exists (it cannot be corrected in place later)."""
+        from .contexts import SUITES
+        from .probes import groups as G
+        from .probes.ablate import MODES
+        from .probes.tasks import make_task
+
         bad = [s for s in self.stages if s not in self.STAGES]
         if bad:
             raise UserError(f"unknown stage {bad[0]!r}; stages are {', '.join(self.STAGES)}")
+        if not self.stages:
+            raise UserError(f"stages is empty; choose from {', '.join(self.STAGES)}")
+        if not self.model:
+            raise UserError("model is empty: give an HF id, a local folder, 'builtin' or 'negative-control'")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise UserError(f"data_dir {self.data_dir}: no such directory")
         for name, f in (("probe.fraction", self.probe.fraction), ("prune.fraction", self.prune.fraction)):
             if not 0 < f < 1:
                 raise UserError(f"{name} must be in (0, 1), got {f}")
         if not 0 <= self.prune.alpha <= 1:
             raise UserError(f"prune.alpha must be in [0, 1], got {self.prune.alpha}")
-        if self.stratify.max_tokens < 2:
+
+        # stratify: the suite, then the StratifyConfig the stage builds, checked by its own validate
+        s = self.stratify
+        if s.suite not in SUITES:
+            raise UserError(f"unknown stratify.suite {s.suite!r}; choose one of {', '.join(SUITES)}")
+        if s.max_tokens < 2:
             raise UserError("stratify.max_tokens must be >= 2")
+        if s.stride < 1:
+            raise UserError(f"stratify.stride must be >= 1, got {s.stride}")
+        _at("stratify", lambda: self.stratify_config().validate())
+
+        # probe: each task as the stage makes it (names, limit, NIAH grid), the groups and seeds
+        p = self.probe
+        if not p.tasks:
+            raise UserError("probe.tasks is empty")
+        for key, v in (("probe.limit", p.limit), ("probe.single_limit", p.single_limit)):
+            if v is not None and v < 1:
+                raise UserError(f"{key} must be >= 1 (or null for all items), got {v}")
+        if p.seeds < 1:
+            raise UserError(f"probe.seeds must be >= 1, got {p.seeds}")
+        if p.mode not in MODES:
+            raise UserError(f"unknown probe.mode {p.mode!r}; choose one of {', '.join(MODES)}")
+        if p.niah_lengths is not None and any(n < 1 for n in p.niah_lengths):
+            raise UserError(f"probe.niah_lengths must be >= 1 tokens each, got {p.niah_lengths}")
+        niah = ["niah"] if "niah" not in p.tasks and (p.niah_lengths or p.niah_depths) else []
+        for t in [*p.tasks, *niah]:  # a NIAH grid is checked even when niah is not (yet) among the tasks
+            _at("probe", lambda: make_task(t, limit=p.limit, seed=self.seed, data_dir=self.data_dir,
+                                           niah_lengths=p.niah_lengths, niah_depths=p.niah_depths))
+        _at("probe", lambda: G.check_kinds(p.groups, p.seeds))
+
+        # prune: the PruneConfig the stage builds, checked by its own validate; its calibration suite
+        q = self.prune
+        if q.calib_suite not in SUITES:
+            raise UserError(f"unknown prune.calib_suite {q.calib_suite!r}; choose one of {', '.join(SUITES)}")
+        if q.calib_tokens < 1:
+            raise UserError(f"prune.calib_tokens must be >= 1, got {q.calib_tokens}")
+        _at("prune", lambda: self.prune_config().validate())
+
+    def stratify_config(self):
+        """The stratify stage's StratifyConfig (t_late clamped to max_tokens, t_early below it)."""
+        from .stratify import StratifyConfig
+
+        s = self.stratify
+        t_late = min(s.t_late, s.max_tokens)
+        return StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
+                              t_early=min(s.t_early, t_late // 2), t_late=t_late)
+
+    def prune_config(self):
+        """The prune stage's PruneConfig."""
+        from .prune.run import PruneConfig
+
+        q = self.prune
+        return PruneConfig(method=q.method, alpha=q.alpha, fraction=q.fraction, ranking=q.ranking,
+                           tasks=tuple(q.tasks), eval_n=q.eval_n, random_seeds=q.random_seeds,
+                           calib_suite=q.calib_suite, calib_tokens=q.calib_tokens, state_context=q.state_context,
+                           seed=self.seed, data_dir=self.data_dir)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return d
 
 
+_SECTIONS = {"stratify": StratifySection, "probe": ProbeSection, "prune": PruneSection}
+
+
+def _hints(cls) -> dict[str, Any]:
+    """field name -> resolved type, for a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_str_field(key: str) -> bool:
+    """Whether dotted ``key`` names a (possibly optional) str field."""
+    *parents, leaf = key.split(".")
+    cls = RunConfig if not parents else _SECTIONS.get(parents[0]) if len(parents) == 1 else None
+    tp = _hints(cls).get(leaf) if cls is not None else None
+    return tp is not None and _unwrap(tp)[0] is str
+
+
+def _unwrap(tp) -> tuple[Any, bool]:
+    """(type without None, whether None is allowed)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_LIST_NAMES = {int: "a list of integers", float: "a list of numbers", bool: "a list of true/false",
+               str: "a list of names"}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+class _Bad(Exception):
+    pass
+
+
+def _at(section: str, check) -> None:
+    """Run a stage's own check; its one-line error names the config section."""
+    try:
+        check()
+    except UserError as e:
+        raise UserError(f"{section}: {e}") from None
+
+
+def _scalar(v, tp):
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, int) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in _BOOLS:
+            return _BOOLS[v.strip().lower()]
+        raise _Bad
+    if isinstance(v, bool):  # YAML's yes/no/true/false are not numbers or names
+        raise _Bad
+    if tp is int:
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str):
+            try:
+                return int(v.strip())
+            except ValueError:
+                raise _Bad from None
+        raise _Bad
+    if tp is float:
+        if isinstance(v, (int, float)):
+            return v  # an int stays an int: the saved config (and its hash) is what was given
+        if isinstance(v, str):
+            try:
+                return float(v.strip())
+            except ValueError:
+                raise _Bad from None
+        raise _Bad
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (int, float)):
+            return str(v)
+        raise _Bad
+    raise TypeError(f"no coercion for {tp}")  # a field type this module does not handle: a bug here
+
+
+def _coerce(key: str, v, tp):
+    """``v`` as field type ``tp``, or a one-line UserError naming ``key`` and the type expected."""
+    tp, optional = _unwrap(tp)
+    is_list = typing.get_origin(tp) in (list, tuple)
+    item = typing.get_args(tp)[0] if is_list else tp
+    want = (_LIST_NAMES[item] + " (or one comma-separated string)") if is_list else _NAMES[tp]
+    if v is None:
+        if optional:
+            return None
+        raise UserError(f"{key} must be {want}, got nothing (null)")
+    try:
+        if not is_list:
+            return _scalar(v, tp)
+        if isinstance(v, str):  # probe.tasks=niah or niah,mqar: names, not letters
+            return [_scalar(x.strip(), item) for x in v.split(",") if x.strip()]
+        return [_scalar(x, item) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    except _Bad:
+        shown = repr(v)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise UserError(f"{key} must be {want}{' (or null)' if optional else ''}, got {shown}") from None
+
+
 def _say(msg: str) -> None:
     print(f"[staterank run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_model(cfg: RunConfig, loaded) -> None:
+    """The checks that need the model, made before the run folder exists: the pruning budget must be
+    one this model can meet (the same ``select`` run_prune calls before its own folder)."""
+    if "prune" not in cfg.stages:
+        return
+    import numpy as np
+
+    from .prune.scores import select
+
+    pcfg = cfg.prune_config()
+    layers = loaded.adapter.linear_layers(loaded.model)
+    _at("prune", lambda: select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(),
+                                pcfg.ranking, [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers]))
 
 
 def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
@@ -154,7 +364,9 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
     from .models import load_model
 
     say = _say if progress else (lambda m: None)
+    cfg.validate()  # a RunConfig built by hand is checked as one from load() is
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)  # bad --model: no folder left behind
+    _check_model(cfg, loaded)
     folder = runio.new_run_dir(out, {"stage": "run", **cfg.to_dict()})
     if not (folder / "run.yaml").exists():
         runio.atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -162,15 +374,12 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
 
     def stratify_stage():
         from .contexts import suite
-        from .stratify import StratifyConfig, run_stratify
+        from .stratify import run_stratify
 
         s = cfg.stratify
         say(f"stratify: suite {s.suite!r}, {s.max_tokens} tokens per context, init baseline {s.init}")
         ctx = suite(s.suite, tokens=s.max_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
-        t_late = min(s.t_late, s.max_tokens)
-        scfg = StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
-                              t_early=min(s.t_early, t_late // 2), t_late=t_late)
-        run_stratify(loaded, ctx, folder / "stratify", scfg, log=say, progress=progress)
+        run_stratify(loaded, ctx, folder / "stratify", cfg.stratify_config(), log=say, progress=progress)
 
     def probe_stage():
         from .probes.run import probe
@@ -184,15 +393,11 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
               niah_lengths=p.niah_lengths, niah_depths=p.niah_depths, progress=progress)
 
     def prune_stage():  # prunes ``loaded`` in place: it must stay the last stage
-        from .prune.run import PruneConfig, run_prune
+        from .prune.run import run_prune
 
         q = cfg.prune
         say(f"prune: {q.method} (alpha {q.alpha}) at fraction {q.fraction:.3f}, {q.ranking} ranking")
-        pcfg = PruneConfig(method=q.method, alpha=q.alpha, fraction=q.fraction, ranking=q.ranking,
-                           tasks=tuple(q.tasks), eval_n=q.eval_n, random_seeds=q.random_seeds,
-                           calib_suite=q.calib_suite, calib_tokens=q.calib_tokens, state_context=q.state_context,
-                           seed=cfg.seed, data_dir=cfg.data_dir)
-        run_prune(loaded, pcfg, folder / "prune", progress=progress)
+        run_prune(loaded, cfg.prune_config(), folder / "prune", progress=progress)
 
     for name, stage in (("stratify", stratify_stage), ("probe", probe_stage), ("prune", prune_stage)):
         if name not in cfg.stages:
