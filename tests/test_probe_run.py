@@ -254,10 +254,10 @@ def test_cli_end_to_end_with_measured_scores(tmp_path):
     sc = json.loads((run / "scores.json").read_text())
     assert np.isfinite(np.array(sc["mean_rank"])).all() and len(sc["layers"]) == 3
     lines = _lines(run)
-    assert len(lines) == (3 + 2) * (1 + 2 + 2 * 2)  # arith 3 items, niah 1 per cell x 2 cells; 7 conditions
+    assert len(lines) == (3 + 3) * (1 + 2 + 2 * 2)  # arith 3 items, niah 3 (--limit) over 2 cells; 7 conditions
     assert {r["cell"] for r in lines if r["task"] == "niah"} == {"40@0", "40@1"}
     assert "Table 1" in (run / "report.md").read_text()
-    assert main(argv) == 0 and len(_lines(run)) == 5 * 7
+    assert main(argv) == 0 and len(_lines(run)) == 6 * 7
     assert main(argv[:-1] + [str(tmp_path / "m")]) == 2  # a non-run folder is never written into
 
 
@@ -287,3 +287,88 @@ def test_missing_lm_eval_fails_before_a_run_folder_exists(tmp_path, monkeypatch)
         probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
               task_objects=[NextToken(loaded.model, n=3)], lm_eval_tasks=["gsm8k_local"], progress=False)
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- review fixes: nothing left behind by bad input
+
+@pytest.mark.parametrize("content", [None, b"\x89PNG\r\n\x1a\n\x00\xff\xfe", b"layers: [1, 2]\n", b"[1, 2, 3]",
+                                     b'{"layers": [0, 1], "mean_rank": [[1, 2]], "norm_rank": [[1, 2]]}',
+                                     b'{"layers": [0], "mean_rank": [1, 2], "norm_rank": [1, 2], "mean_nuclear": [1, 2]}'],
+                         ids=["missing", "binary", "not-json", "json-list", "no-nuclear", "1-d"])
+def test_bad_scores_file_is_one_line_and_leaves_no_folder(tmp_path, content):
+    loaded, hs = _setup()
+    f = tmp_path / "scores.json"
+    if content is not None:
+        f.write_bytes(content)
+    kw = dict(groups=["low"], count=2, out=tmp_path / "p", progress=False)
+    with pytest.raises(UserError, match="scores") as e:
+        probe(loaded, scores=f, task_objects=[NextToken(loaded.model, n=3)], **kw)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "p").exists()
+    # the corrected command runs in the same folder
+    f.write_text(json.dumps(hs.to_dict(), default=lambda a: a.tolist()))
+    assert (probe(loaded, scores=f, task_objects=[NextToken(loaded.model, n=3)], **kw) / "probe.json").exists()
+
+
+def test_scores_for_other_layers_leave_no_folder(tmp_path):
+    loaded, hs = _setup()
+    f = tmp_path / "scores.json"
+    f.write_text(json.dumps({**hs.to_dict(), "layers": [7, 8, 9][:len(hs.layers)]}, default=lambda a: a.tolist()))
+    with pytest.raises(UserError, match="layers"):
+        probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=f,
+              task_objects=[NextToken(loaded.model, n=3)], progress=False)
+    assert not (tmp_path / "p").exists()
+
+
+def test_negative_seed_is_a_user_error_and_leaves_no_folder(tmp_path):
+    loaded, hs = _setup()
+    with pytest.raises(UserError, match="seed"):
+        probe(loaded, groups=["random"], count=2, seed=-1, out=tmp_path / "p", task_objects=[NextToken(loaded.model, n=3)],
+              progress=False)
+    with pytest.raises(UserError, match="seed"):
+        probe(loaded, tasks=["arith"], groups=["random"], count=2, seed=-1, out=tmp_path / "p", progress=False)
+    assert not (tmp_path / "p").exists()
+
+
+def test_missing_data_dir_is_refused_before_a_folder_exists(tmp_path):
+    loaded, hs = _setup()
+    absent = tmp_path / "absent"
+    # measured scores and mean calibration read prose from --data-dir: a missing one is an error, not the default
+    for kw in ({"groups": ["low"]}, {"groups": ["random"], "mode": "mean"}, {"groups": ["random"], "tasks": ["ppl"]}):
+        with pytest.raises(UserError, match="absent"):
+            probe(loaded, count=2, data_dir=absent, out=tmp_path / "p", progress=False,
+                  **({"task_objects": [NextToken(loaded.model, n=3)]} if "tasks" not in kw else {}), **kw)
+        assert not (tmp_path / "p").exists()
+
+
+def test_calibration_prose_comes_from_the_data_dir(tmp_path):
+    from staterank.probes.run import calibration_texts
+
+    (tmp_path / "d" / "prose").mkdir(parents=True)
+    (tmp_path / "d" / "prose" / "z.txt").write_text("".join(f"An okapi called {i} ran.\n\n" for i in range(3000)))
+    texts = calibration_texts(2, 200, data_dir=tmp_path / "d")
+    assert len(texts) == 2 and all("okapi" in t for t in texts)
+    loaded, hs = _setup()
+    loaded.tokenizer = byte_tokenizer()
+    loaded.model.resize_token_embeddings(len(loaded.tokenizer))
+    kw = dict(groups=["low"], count=2, calib_texts=2, calib_tokens=32, progress=False)
+    a = probe(loaded, out=tmp_path / "a", task_objects=[NextToken(loaded.model, n=2)], **kw)
+    b = probe(loaded, out=tmp_path / "b", task_objects=[NextToken(loaded.model, n=2)], data_dir=tmp_path / "d", **kw)
+    ra, rb = (json.loads((f / "scores.json").read_text())["mean_rank"] for f in (a, b))
+    assert ra != rb  # measured on the given prose, not the default
+    assert json.loads((b / "config.json").read_text())["config"]["data_dir"] == str(tmp_path / "d")
+
+
+def test_cli_bad_scores_and_data_dir_leave_no_folder(tmp_path, capsys):
+    """The reviewer's commands: exit 2, one line, no run folder, so the corrected command runs."""
+    from staterank.cli import main
+
+    base = ["probe", "--model", "builtin", "--tasks", "arith", "--limit", "1", "--seeds", "1", "--groups", "low",
+            "--count", "1", "--quiet", "--out", str(tmp_path / "r")]
+    (tmp_path / "bin.json").write_bytes(b"\x00\xff\xfe\x80")
+    for extra in (["--scores", str(tmp_path / "nonexist.json")], ["--scores", str(tmp_path / "bin.json")],
+                  ["--data-dir", str(tmp_path / "nonexistent")]):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "r").exists()

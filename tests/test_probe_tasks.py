@@ -193,3 +193,74 @@ def test_gsm8k_missing_data_is_one_line(tmp_path, monkeypatch):
         load_gsm8k("test", data_dir=tmp_path)  # exists, holds no gsm8k/
     assert "ConnectionError: Couldn't reach" in str(e.value) and "\n" not in str(e.value)
     assert "gsm8k/test.jsonl" in str(e.value)
+
+
+# ---------------------------------------------------------------- review fixes: limits, grid, data dir, seed
+
+def _prose_dir(root, word="zebra"):
+    """A data folder whose only prose file says ``word`` in every paragraph."""
+    (root / "prose").mkdir(parents=True)
+    (root / "prose" / "x.txt").write_text("".join(f"The {word} number {i} walked on.\n\n" for i in range(3000)))
+    return root
+
+
+@pytest.mark.parametrize("limit", [1, 2, 6, 14, 15, 17, 60])
+def test_niah_limit_is_the_number_of_items(limit):
+    t = make_task("niah", limit=limit)  # default grid: 3 lengths x 5 depths = 15 cells
+    counts = t.cell_counts()
+    assert sum(c for *_, c in counts) == limit
+    assert max(c for *_, c in counts) - min(c for *_, c in counts) <= 1  # spread evenly
+    items = t.items(None)
+    assert len(items) == limit and len({it.id for it in items}) == limit
+    cells = {(it.meta["context_tokens"], it.meta["depth"]) for it in items}
+    assert len(cells) == min(limit, 15)
+
+
+def test_niah_small_limit_takes_cells_spread_over_the_grid():
+    assert [(L, d) for L, d, c in make_task("niah", limit=1).cell_counts() if c] == [(512, 0.5)]  # the middle cell
+    two = [(L, d) for L, d, c in make_task("niah", limit=2).cell_counts() if c]
+    assert len(two) == 2 and two[0][0] != two[1][0]  # different lengths, not the first two cells
+    # raising the limit only adds items
+    small, big = (make_task("niah", limit=k, niah_lengths=[48, 96]).items(None) for k in (7, 23))
+    assert {it.id for it in small} <= {it.id for it in big}
+
+
+@pytest.mark.parametrize("lengths,depths,match", [
+    ([-5], None, "lengths"), ([0], None, "lengths"), ([2.5], None, "whole"), ([64, 64], None, "repeat"),
+    (None, [1.5], r"\[0, 1\]"), (None, [-0.1], r"\[0, 1\]"), (None, [float("nan")], r"\[0, 1\]"),
+    (None, [0.5, 0.5], "repeat")])
+def test_niah_bad_grid_is_a_one_line_user_error(lengths, depths, match):
+    with pytest.raises(UserError, match=match) as e:
+        make_task("niah", niah_lengths=lengths, niah_depths=depths)
+    assert "\n" not in str(e.value)
+
+
+def test_niah_task_checks_its_grid_when_built_directly():
+    for kw in ({"lengths": (-5,)}, {"lengths": ()}, {"depths": (2.0,)}, {"limit": 0}):
+        with pytest.raises(UserError):
+            NiahTask(**kw)
+
+
+def test_make_task_refuses_a_negative_seed_and_a_missing_data_dir(tmp_path):
+    with pytest.raises(UserError, match="seed"):
+        make_task("arith", seed=-1)
+    for name in ("ppl", "niah", "gsm8k"):
+        with pytest.raises(UserError, match="no such directory"):
+            make_task(name, data_dir=tmp_path / "absent")
+
+
+def test_ppl_and_niah_read_the_given_data_dir(tmp_path):
+    d = _prose_dir(tmp_path / "data")
+    tok = byte_tokenizer()
+    ppl = make_task("ppl", limit=3, data_dir=str(d))
+    ppl.window = 32
+    texts = [tok.decode(it.meta["ids"]) for it in ppl.items(tok)]
+    assert len(texts) == 3 and all("zebra" in t or "number" in t for t in texts)
+    assert "zebra" in "".join(texts)
+    niah = make_task("niah", limit=2, niah_lengths=[64], niah_depths=[0.5], data_dir=d)
+    assert all("zebra" in it.prompt for it in niah.items(tok))
+    # a folder that exists but holds no prose: one line, not the default data
+    (tmp_path / "empty").mkdir()
+    for t in (PerplexityTask(data_dir=tmp_path / "empty"), NiahTask(data_dir=tmp_path / "empty", limit=1)):
+        with pytest.raises(UserError, match="prose"):
+            t.items(tok)

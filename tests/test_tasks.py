@@ -159,3 +159,19 @@ def test_perplexity_builds_no_autograd_graph(tok):
     model.register_forward_hook(lambda m, a, out: seen.append(torch.is_grad_enabled()))
     perplexity(model, tok, prose_texts("heldout")[0], max_tokens=100, window=64)
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("kw", [{"context_tokens": 0}, {"context_tokens": -5}, {"depth": 1.5}, {"depth": -0.5}])
+def test_niah_refuses_bad_cells_in_one_line(kw):
+    with pytest.raises(UserError) as e:
+        TASKS["niah"].generate(1, EVAL_SEED_BASE, **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_niah_reads_the_given_data_dir(tmp_path):
+    (tmp_path / "prose").mkdir()
+    (tmp_path / "prose" / "y.txt").write_text("".join(f"A quokka named {i} sat.\n\n" for i in range(3000)))
+    items = niah_grid((64,), (0.0, 1.0), 2, EVAL_SEED_BASE, data_dir=tmp_path)
+    assert len(items) == 4 and all("quokka" in it.prompt for it in items)
+    with pytest.raises(UserError, match="data directory"):
+        niah_grid((64,), (0.5,), 1, EVAL_SEED_BASE, data_dir=tmp_path / "absent")

@@ -45,11 +45,12 @@ Z95 = 1.959963984540054
 
 # ---------------------------------------------------------------- scores and calibration text
 
-def calibration_texts(n: int = 8, chars: int = 6000) -> list[str]:
-    """``n`` deterministic segments of training-split prose (evenly spaced over all files)."""
+def calibration_texts(n: int = 8, chars: int = 6000, data_dir=None) -> list[str]:
+    """``n`` deterministic segments of training-split prose (evenly spaced over all files) from
+    ``data_dir`` (default: ``staterank.data``'s resolution order)."""
     from ..tasks.prose import prose_texts
 
-    texts = prose_texts("train")
+    texts = prose_texts("train", None if data_dir is None else str(data_dir))
     allt = "\n".join(texts)
     step = max(1, (len(allt) - chars) // max(1, n))
     out = []
@@ -76,30 +77,61 @@ class HeadScores:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "HeadScores":
         """From ``HeadStats.to_dict()`` (stratify) or our own scores.json; looks inside a
-        ``head_stats`` / ``stats`` block too."""
+        ``head_stats`` / ``stats`` block too. Arrays are [L, H] (null / NaN where a layer has
+        fewer heads), ``layers`` [L]; anything else is a one-line UserError."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: scores must be a JSON object, got {type(d).__name__}")
         for k in ("head_stats", "stats"):
             if k in d and isinstance(d[k], dict) and "mean_rank" in d[k]:
                 d = d[k]
+        need = f"{source}: scores need layers [L], and mean_rank and mean_nuclear [L, H] arrays"
         try:
             mr = np.asarray(d["mean_rank"], dtype=float)
             nuc = np.asarray(d.get("mean_nuclear", d.get("nuclear_norm")), dtype=float)
             layers = [int(x) for x in d["layers"]]
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: scores need layers, mean_rank and mean_nuclear arrays") from None
-        if "norm_rank" in d:
-            nr = np.asarray(d["norm_rank"], dtype=float)
-        elif "bound" in d:
-            nr = mr / np.asarray(d["bound"], dtype=float)[:, None]
-        else:  # raw ranks would rank heads of layers with different bounds on different scales
-            raise UserError(f"{source}: scores need norm_rank (or bound, the rank bound per layer) to pick "
-                            "low- and high-rank heads")
+            if "norm_rank" in d:
+                nr = np.asarray(d["norm_rank"], dtype=float)
+            elif "bound" in d:
+                bound = np.asarray(d["bound"], dtype=float)
+                if bound.shape != mr.shape[:1]:
+                    raise ValueError
+                nr = mr / bound[:, None]
+            else:  # raw ranks would rank heads of layers with different bounds on different scales
+                raise UserError(f"{source}: scores need norm_rank (or bound, the rank bound per layer) to pick "
+                                "low- and high-rank heads")
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise UserError(need) from None
+        if mr.ndim != 2 or nuc.shape != mr.shape or nr.shape != mr.shape or len(layers) != mr.shape[0]:
+            raise UserError(f"{need}; got layers {len(layers)}, mean_rank {list(mr.shape)}, "
+                            f"norm_rank {list(nr.shape)}, mean_nuclear {list(nuc.shape)}")
         return cls(layers, mr, nr, nuc, source)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "HeadScores":
+        """From a JSON file (``--scores``); a missing, unreadable or malformed file is a one-line UserError."""
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"--scores {path}: {'not a file' if p.exists() else 'no such file'}")
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise UserError(f"--scores {path}: cannot read ({e.strerror or type(e).__name__})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--scores {path}: not a JSON file (not UTF-8 text)") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--scores {path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"--scores {path}: JSON nested too deeply") from None
+        return cls.from_dict(d, str(path))
 
 
 def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, eps: float = 1e-4,
-                   adapter=None) -> HeadScores:
+                   adapter=None, data_dir=None, texts: Sequence[str] | None = None) -> HeadScores:
     """Mean rank (time average of Eq. 6), normalised rank and mean nuclear norm per head, averaged
-    over ``n_texts`` prose segments of ``max_tokens`` tokens (``capture`` + ``stratify.head_stats``)."""
+    over ``n_texts`` prose segments of ``max_tokens`` tokens (``capture`` + ``stratify.head_stats``);
+    the segments are ``calibration_texts(n_texts, data_dir=data_dir)`` unless ``texts`` are given."""
     from ..capture import Schedule, capture
     from ..models import tokenize_texts
     from ..spectra import STAT_NAMES
@@ -108,7 +140,9 @@ def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, ep
     sched = Schedule(positions=default_positions(max_tokens, stride=8))
     dev = next(model.parameters()).device
     runs = []
-    for ids in tokenize_texts(tokenizer, calibration_texts(n_texts), max_tokens=max_tokens):
+    if texts is None:
+        texts = calibration_texts(n_texts, data_dir=data_dir)
+    for ids in tokenize_texts(tokenizer, texts, max_tokens=max_tokens):
         with torch.no_grad(), capture(model, adapter, schedule=sched, eps=eps) as tr:
             model(ids.to(dev), use_cache=False)
         runs.append(tr.dynamics())
@@ -373,8 +407,8 @@ def _task_spec(task: ProbeTask) -> dict:
 
     simple = (str, int, float, bool, type(None), tuple, list)
     d = {f.name: getattr(task, f.name) for f in fields(task)} if is_dataclass(task) else {}
-    d = {k: (str(v) if k == "data_dir" and v is not None else v) for k, v in d.items()
-         if k != "batch_size" and not k.startswith("_") and isinstance(v, simple)}
+    d = {k: (str(v) if k == "data_dir" and v is not None else v) for k, v in d.items()}  # a Path too
+    d = {k: v for k, v in d.items() if k != "batch_size" and not k.startswith("_") and isinstance(v, simple)}
     return {"class": type(task).__name__, "repr": None if is_dataclass(task) else repr(task), **d}
 
 
@@ -417,10 +451,21 @@ def probe(
     custom tasks). ``scores``: HeadScores or a JSON file of them (stratify ``HeadStats``); measured
     on prose when None and low/high groups are asked for. ``lm_eval_tasks``: lm-evaluation-harness
     tasks run on every non-single-head condition (``lmeval.lm_eval_probe``), one file per condition
-    under ``lm_eval/``.
+    under ``lm_eval/``. ``data_dir``: where niah / ppl / calibration prose and gsm8k data are read
+    (must exist when given; default: ``staterank.data``'s resolution order). ``seed`` >= 0.
+
+    Every input (tasks and their data, groups, the scores file, calibration prose) is checked
+    before the run folder is created, so a failed start leaves no folder behind.
     """
+    # Every input is checked, and every file read, before the run folder is created: a folder left
+    # behind by a failed start would refuse the corrected command as "a different config".
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"--seed must be a whole number >= 0, got {seed!r}")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir}: no such directory")
+    G.check_kinds(groups, seeds)
     model, tok = loaded.model, loaded.tokenizer
     from ..adapters import get_adapter
 
@@ -441,34 +486,45 @@ def probe(
         "single_head": single_head, "single_limit": single_limit, "scores": score_src,
         "calib": [calib_texts, calib_tokens], "lm_eval": [list(lm_eval_tasks), lm_eval_limit],
     }
+    if data_dir is not None:  # calibration prose comes from it (absent when not given: older runs resume)
+        config["data_dir"] = str(data_dir)
     # items (and lm-eval) first: a missing dataset or package fails here, before a run folder exists
     task_items = [(task, task.items(tok)) for task in task_objects]
     if lm_eval_tasks:
         from .lmeval import _import_lm_eval
 
         _import_lm_eval()
-    folder = runio.new_run_dir(out, config)
+    # an existing folder is resumed (same config) or refused now, before anything is measured
+    out = Path(out)
+    folder = runio.new_run_dir(out, config) if out.exists() and any(out.iterdir()) else None
+    done = folder is not None and (folder / "scores.json").exists()
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
     need_scores = any(g in groups for g in ("low", "high")) or single_head
-    sc_path = folder / "scores.json"
     hs: HeadScores | None = None
-    if sc_path.exists():
-        hs = HeadScores.from_dict(runio.read_json(sc_path), str(sc_path))
+    need_calib = (need_scores and scores is None and not done) or (
+        mode == "mean" and not (folder is not None and (folder / "means.npz").exists()))
+    calib = calibration_texts(calib_texts, data_dir=data_dir) if need_calib else None
+    if done:
+        hs = HeadScores.from_dict(runio.read_json(folder / "scores.json"), str(folder / "scores.json"))
     elif need_scores:
         if isinstance(scores, HeadScores):
             hs = scores
         elif scores is not None:
-            hs = HeadScores.from_dict(runio.read_json(scores), str(scores))
+            hs = HeadScores.read(scores)
         else:
-            hs = measure_scores(model, tok, calib_texts, calib_tokens, adapter=adapter)
-        if hs.layers != list(space.layers):
-            raise UserError(f"scores are for layers {hs.layers}; the model's linear layers are {list(space.layers)}")
-        runio.write_json(sc_path, hs.to_dict())
+            hs = measure_scores(model, tok, calib_texts, calib_tokens, adapter=adapter, texts=calib)
+    if hs is not None and hs.layers != list(space.layers):
+        raise UserError(f"scores are for layers {hs.layers}; the model's linear layers are {list(space.layers)}")
     conds = {BASE: {}}
     conds.update(G.make_groups(space, groups, n, seeds, seed, None if hs is None else hs.norm_rank))
     if single_head:
         conds.update(_single_head_conditions(space))
+
+    if folder is None:
+        folder = runio.new_run_dir(out, config)
+    if hs is not None and not done:
+        runio.write_json(folder / "scores.json", hs.to_dict())
     runio.write_json(folder / "groups.json", {
         "group_size": n, "total_heads": space.total, "fraction": n / space.total,
         "state_bytes_total": space.bytes_of({li: list(range(h)) for li, h in zip(space.layers, space.heads)}),
@@ -484,7 +540,7 @@ def probe(
         else:
             from ..models import tokenize_texts
 
-            means = calibrate_means(model, tokenize_texts(tok, calibration_texts(calib_texts), calib_tokens), adapter)
+            means = calibrate_means(model, tokenize_texts(tok, calib, calib_tokens), adapter)
             runio.write_npz(mp, **{f"L{k}": v.numpy() for k, v in means.items()})
 
     log = ItemLog(folder / "items.jsonl")

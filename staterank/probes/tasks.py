@@ -13,6 +13,7 @@ has one, greedy, final-number exact match) and perplexity on held-out prose.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import UserError
-from ..tasks import EVAL_SEED_BASE, Item, get_task, niah_grid
+from ..tasks import EVAL_SEED_BASE, Item, get_task, niah
 
 # ---------------------------------------------------------------- GSM8K answer extraction
 
@@ -120,16 +121,52 @@ class BuiltinTask(ProbeTask):
 
 @dataclass
 class NiahTask(BuiltinTask):
-    """Single-needle NIAH over a context-length × depth grid; ``limit`` items in all, spread
-    evenly (at least one per cell). Lengths are measured with the model's tokenizer."""
+    """Single-needle NIAH over a context-length × depth grid, on held-out prose from ``data_dir``.
+    Lengths are measured with the model's tokenizer; lengths must be whole numbers >= 1, depths in
+    [0, 1], neither repeated.
+
+    ``limit`` is the number of items in all (as for every task), never more: each of the C =
+    len(lengths) × len(depths) cells gets ``limit // C`` items and the ``limit % C`` left over go
+    one each to cells spread evenly over the grid (cells in length-major order; extra item j to
+    cell ``(2j + 1) C // (2 (limit % C))``). So with ``limit`` < C only ``limit`` cells are
+    measured, one item each, spread over the grid (``limit=1``: the middle cell). A cell's items
+    are the first ones of a longer run of the same cell, so raising ``limit`` only adds items."""
 
     name: str = "niah"
     lengths: tuple[int, ...] = (256, 512, 1024)
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    data_dir: Any = None
+
+    def __post_init__(self):
+        from ..tasks.niah import check_cell
+
+        self.lengths, self.depths = tuple(self.lengths), tuple(self.depths)
+        if not self.lengths or not self.depths:
+            raise UserError("NIAH needs at least one context length and one depth")
+        for L in self.lengths:
+            check_cell(L, 0.0)
+        for d in self.depths:
+            check_cell(1, d)
+        for what, xs in (("lengths", self.lengths), ("depths", self.depths)):
+            if len(set(xs)) != len(xs):
+                raise UserError(f"NIAH {what} repeat a value: {', '.join(f'{x:g}' for x in xs)}")
+        if self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+
+    def cell_counts(self) -> list[tuple[int, float, int]]:
+        """(length, depth, items) for every cell, length-major; the counts sum to ``limit``."""
+        cells = [(L, d) for L in self.lengths for d in self.depths]
+        q, r = divmod(self.limit, len(cells))
+        extra = {(2 * j + 1) * len(cells) // (2 * r) for j in range(r)}
+        return [(L, d, q + (k in extra)) for k, (L, d) in enumerate(cells)]
 
     def items(self, tokenizer) -> list[Item]:
-        per_cell = max(1, self.limit // (len(self.lengths) * len(self.depths)))
-        return niah_grid(self.lengths, self.depths, per_cell, EVAL_SEED_BASE + self.seed, tokenizer=tokenizer)
+        items: list[Item] = []
+        for L, d, n in self.cell_counts():
+            if n:
+                items += niah(n, EVAL_SEED_BASE + self.seed, context_tokens=L, depth=d, tokenizer=tokenizer,
+                              data_dir=self.data_dir)
+        return items
 
     def run(self, model, tokenizer, items):
         rows = super().run(model, tokenizer, items)
@@ -229,18 +266,21 @@ class Gsm8kTask(ProbeTask):
 @dataclass
 class PerplexityTask(ProbeTask):
     """Held-out prose in windows of ``window`` tokens (each starts fresh with BOS, as in
-    ``tasks.evaluate.perplexity``); an item is one window; per item the summed NLL and count."""
+    ``tasks.evaluate.perplexity``); an item is one window; per item the summed NLL and count.
+    Prose is the held-out part of every file under ``data_dir`` (default: ``staterank.data``'s
+    resolution order)."""
 
     name: str = "ppl"
     metric: str = "perplexity"
     limit: int = 32
     window: int = 512
+    data_dir: Any = None
 
     def items(self, tokenizer) -> list[Item]:
         from ..tasks.prose import prose_texts
 
         out = []
-        for fi, text in enumerate(prose_texts("heldout")):
+        for fi, text in enumerate(prose_texts("heldout", None if self.data_dir is None else str(self.data_dir))):
             ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             for s in range(0, len(ids) - self.window + 1, self.window - 1):
                 out.append(Item(f"ppl-{fi}-{s}", "", "", {"ids": ids[s:s + self.window - 1]}))
@@ -277,9 +317,14 @@ TASK_NAMES = tuple(PROBE_TASKS)
 def make_task(name: str, *, limit: int | None = None, seed: int = 0, batch_size: int = 16, data_dir=None,
               niah_lengths: Sequence[int] | None = None, niah_depths: Sequence[float] | None = None,
               max_new_tokens: int | None = None, n_shot: int = 0) -> ProbeTask:
-    """A probe task by name, with its default item count unless ``limit`` is given."""
+    """A probe task by name, with its default item count unless ``limit`` is given. ``data_dir``
+    (prose for niah / ppl, gsm8k/*.jsonl for gsm8k) must exist when given."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UserError(f"--seed must be a whole number >= 0, got {seed!r}")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir}: no such directory")
     kw: dict = {"seed": seed}
     if limit is not None:
         kw["limit"] = limit
@@ -287,22 +332,37 @@ def make_task(name: str, *, limit: int | None = None, seed: int = 0, batch_size:
         kw["max_new_tokens"] = max_new_tokens
     if name == "niah":
         if niah_lengths:
-            kw["lengths"] = tuple(int(x) for x in niah_lengths)
+            kw["lengths"] = tuple(_whole(x) for x in niah_lengths)
         if niah_depths:
-            if not all(0 <= float(d) <= 1 for d in niah_depths):
-                raise UserError("NIAH depths must lie in [0, 1]")
-            kw["depths"] = tuple(float(d) for d in niah_depths)
+            kw["depths"] = tuple(_number(d, "NIAH depths must lie in [0, 1]") for d in niah_depths)
         kw.setdefault("limit", 60)
-        return NiahTask(batch_size=batch_size, **kw)
+        return NiahTask(batch_size=batch_size, data_dir=data_dir, **kw)
     if name in ("mqar", "multihop", "arith"):
         return BuiltinTask(name, batch_size=batch_size, **kw)
     if name == "gsm8k":
         return Gsm8kTask(data_dir=data_dir, n_shot=n_shot, **kw)
     if name == "ppl":
         kw.pop("seed"), kw.pop("max_new_tokens", None)
-        return PerplexityTask(**kw)
+        return PerplexityTask(data_dir=data_dir, **kw)
     import difflib
 
     hint = difflib.get_close_matches(name, TASK_NAMES, n=1)
     raise UserError(f"unknown probe task {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
                     f"choose from {', '.join(TASK_NAMES)} (any lm-eval task: staterank.probes.lmeval)")
+
+
+def _number(x, msg: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise UserError(f"{msg}, got {x!r}") from None
+
+
+def _whole(x) -> int:
+    """A NIAH length as an int: 256 and 256.0 pass, 25.5 is refused (one line); the range is
+    checked by ``NiahTask``."""
+    msg = "NIAH context lengths must be whole numbers of tokens >= 1"
+    f = _number(x, msg)
+    if not f.is_integer():
+        raise UserError(f"{msg}, got {x!r}")
+    return int(f)

@@ -8,8 +8,10 @@ the question comes last. Without a tokenizer, lengths are approximated as 4 char
 from __future__ import annotations
 
 import bisect
+import numbers
 import random
 
+from ..errors import UserError
 from . import Item, is_eval_seed
 from .prose import prose_texts
 
@@ -55,13 +57,21 @@ def _insert_at(hay: str, depth: float, needle: str) -> tuple[str, int]:
     return hay[:pos] + needle + " " + hay[pos:], pos
 
 
+def check_cell(context_tokens, depth) -> None:
+    """One-line UserError unless ``context_tokens`` is an integer >= 1 and ``depth`` lies in [0, 1]."""
+    if isinstance(context_tokens, bool) or not isinstance(context_tokens, numbers.Integral) or context_tokens < 1:
+        raise UserError(f"NIAH context lengths must be whole numbers of tokens >= 1, got {context_tokens!r}")
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0:
+        raise UserError(f"NIAH depths must lie in [0, 1], got {depth!r}")
+
+
 def niah(n: int, seed: int, context_tokens: int = 256, depth: float = 0.5, tokenizer=None,
-         split: str | None = None) -> list[Item]:
-    """``n`` needle items. ``split`` defaults to held-out prose for eval seeds (>= 10**9), else train."""
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError("depth must lie in [0, 1]")
+         split: str | None = None, data_dir=None) -> list[Item]:
+    """``n`` needle items. ``split`` defaults to held-out prose for eval seeds (>= 10**9), else train.
+    Prose is read from ``data_dir`` (default: ``staterank.data.data_dir``'s resolution order)."""
+    check_cell(context_tokens, depth)
     split = split or ("heldout" if is_eval_seed(seed) else "train")
-    texts = prose_texts(split)
+    texts = prose_texts(split, None if data_dir is None else str(data_dir))
     cum = [0]
     for t in texts:
         cum.append(cum[-1] + len(t))
@@ -87,10 +97,10 @@ def niah(n: int, seed: int, context_tokens: int = 256, depth: float = 0.5, token
 
 
 def niah_grid(lengths=(256, 512, 1024), depths=(0.0, 0.25, 0.5, 0.75, 1.0), n_per_cell: int = 20,
-              seed: int = 10**9, tokenizer=None) -> list[Item]:
+              seed: int = 10**9, tokenizer=None, data_dir=None) -> list[Item]:
     """Items for every context length x depth cell (meta carries the cell)."""
     items = []
     for L in lengths:
         for d in depths:
-            items += niah(n_per_cell, seed, context_tokens=L, depth=d, tokenizer=tokenizer)
+            items += niah(n_per_cell, seed, context_tokens=L, depth=d, tokenizer=tokenizer, data_dir=data_dir)
     return items
