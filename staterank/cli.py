@@ -298,8 +298,11 @@ def _run_probe(args) -> int:
         raise UserError("--tasks is empty")
     if not groups:
         raise UserError("--groups is empty: nothing would be ablated")
+    niah_lengths = [int(x) if x.is_integer() else x for x in _floats(args.niah_lengths)] if args.niah_lengths else None
+    niah_depths = list(_floats(args.niah_depths)) if args.niah_depths else None
     for t in tasks:
-        make_task(t, limit=args.limit)
+        make_task(t, limit=args.limit, seed=args.seed, data_dir=args.data_dir, niah_lengths=niah_lengths,
+                  niah_depths=niah_depths)
     check_kinds(groups, args.seeds)
     if args.fraction is not None and not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
@@ -308,8 +311,7 @@ def _run_probe(args) -> int:
         loaded, tasks, groups, out=args.out, fraction=args.fraction, count=args.count, seeds=args.seeds,
         seed=args.seed, limit=args.limit, mode=args.mode, single_head=args.single_head,
         single_limit=args.single_limit, scores=args.scores, batch_size=args.batch_size, data_dir=args.data_dir,
-        niah_lengths=[int(x) for x in _floats(args.niah_lengths)] if args.niah_lengths else None,
-        niah_depths=list(_floats(args.niah_depths)) if args.niah_depths else None,
+        niah_lengths=niah_lengths, niah_depths=niah_depths,
         max_new_tokens=args.max_new_tokens, n_shot=args.n_shot, calib_texts=args.calib_texts,
         calib_tokens=args.calib_tokens, progress=not args.quiet, lm_eval_tasks=lm_tasks,
         lm_eval_limit=args.lm_eval_limit,
@@ -335,7 +337,8 @@ def _add_probe(sub) -> None:
     size.add_argument("--count", type=int, default=None, help="group size in heads")
     p.add_argument("--seeds", type=_POS, default=5, help="random draws per control (default 5)")
     p.add_argument("--limit", type=_POS, default=None,
-                   help="items per task (defaults: niah 60 spread over the grid, others 100, ppl 32 windows)")
+                   help="items per task, exactly (defaults: niah 60 spread over the grid — fewer than its cells measures "
+                        "that many cells spread over it —, others 100, ppl 32 windows)")
     p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
     p.add_argument("--single-head", action="store_true", help="also ablate every head alone (per-head costs, correlated with rank and nuclear norm)")
     p.add_argument("--single-limit", type=_POS, default=None, help="items per task for single-head ablations (default: all)")

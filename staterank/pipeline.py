@@ -367,6 +367,9 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
     cfg.validate()  # a RunConfig built by hand is checked as one from load() is
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)  # bad --model: no folder left behind
     _check_model(cfg, loaded)
+    from .data import prose_files
+
+    prose_files(cfg.data_dir)  # every stage reads prose (contexts, scores, calibration): missing data fails here
     folder = runio.new_run_dir(out, {"stage": "run", **cfg.to_dict()})
     if not (folder / "run.yaml").exists():
         runio.atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
