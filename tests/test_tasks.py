@@ -175,3 +175,24 @@ def test_niah_reads_the_given_data_dir(tmp_path):
     assert len(items) == 4 and all("quokka" in it.prompt for it in items)
     with pytest.raises(UserError, match="data directory"):
         niah_grid((64,), (0.5,), 1, EVAL_SEED_BASE, data_dir=tmp_path / "absent")
+
+
+def test_chance_is_the_best_guess_without_the_skill():
+    """MQAR and multihop can be guessed far above 1/#answers by copying a value from the prompt:
+    "chance" (the no-skill-to-lose bar) must be that guess, measured here on eval items."""
+    import random
+    import re
+
+    from staterank.tasks import EVAL_SEED_BASE, TASKS
+
+    rng, n = random.Random(0), 3000
+    hits = 0
+    for it in TASKS["multihop"].generate(n, EVAL_SEED_BASE + 7):
+        hits += rng.choice(re.findall(r"\b[a-z]=(\d)\b", it.prompt)) == it.answer
+    assert abs(hits / n - TASKS["multihop"].chance) < 0.03
+    hits = 0
+    for it in TASKS["mqar"].generate(n, EVAL_SEED_BASE + 7):
+        pairs, queries = it.prompt.split("Queries")
+        asked = set(re.findall(r"([a-z]{2})=\d\d", queries))
+        hits += rng.choice([v for k, v in re.findall(r"([a-z]{2})=(\d\d)", pairs) if k not in asked]) == it.answer
+    assert abs(hits / n - TASKS["mqar"].chance) < 0.03

@@ -33,7 +33,7 @@ class Task:
     name: str
     description: str
     generate: Callable[..., list[Item]]
-    chance: float  # accuracy of uniform guessing over the answer space, for "beats chance" checks
+    chance: float  # accuracy without the task's skill (see TASKS), for "beats chance" / "skill to lose" checks
     default_params: dict = field(default_factory=dict)
 
 
@@ -54,14 +54,24 @@ def score(pred: str, answer: str) -> bool:
 from .synthetic import arith, mqar, multihop  # noqa: E402
 from .niah import niah, niah_grid  # noqa: E402
 
+def _copy_guess(candidates: int, values: int) -> float:
+    """Accuracy of copying one of ``candidates`` values shown in the prompt at random (one is the
+    answer, each other equals it with probability 1 / ``values``): a guess that needs no binding."""
+    return (1 + (candidates - 1) / values) / candidates
+
+
+# "chance" is the best guess that needs no skill, not a uniform guess over all answers: MQAR's last
+# query is one of the 8 - 3 = 5 pairs not already answered in the prompt, with values in 10..99 (90);
+# multihop's answer is one of the 3 chains' root digits (0..9); addition of two 2-digit numbers has
+# 179 possible sums; NIAH's needle is a uniform 4-digit number.
 TASKS: dict[str, Task] = {
     "niah": Task("niah", "single needle (4-digit magic number) in public-domain prose", niah, 1 / 9000,
                  {"context_tokens": 256, "depth": 0.5}),
-    "mqar": Task("mqar", "multi-query associative recall over key=value pairs", mqar, 1 / 100,
+    "mqar": Task("mqar", "multi-query associative recall over key=value pairs", mqar, _copy_guess(8 - 4 + 1, 90),
                  {"n_pairs": 8, "n_queries": 4}),
-    "multihop": Task("multihop", "variable binding chains a=5; b=a; c=b; c=?", multihop, 1 / 10,
+    "multihop": Task("multihop", "variable binding chains a=5; b=a; c=b; c=?", multihop, _copy_guess(3, 10),
                      {"hops": 2, "n_distractors": 2}),
-    "arith": Task("arith", "addition of two 2-digit numbers", arith, 1 / 199, {"digits": 2}),
+    "arith": Task("arith", "addition of two 2-digit numbers", arith, 1 / 179, {"digits": 2}),
 }
 
 
