@@ -4,12 +4,16 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
 ``prune/prune.json``) and writes ``claims.json``. Verdicts:
 
 * ``holds``   — ours passes the paper's criterion with its 95 % CI on the right side, AND the same
-  statistic of the same architecture at initialisation does not pass (or, for ablations, the effect
-  beats the layer-matched random control);
+  statistic of the same architecture at initialisation (its point estimate) does not pass; for
+  ablations: removing low-rank heads is significantly worse than removing high-rank heads AND than
+  layer-matched random heads; for pruning: accuracy after ≥ 0.9 × before AND the layer-matched
+  random control's seed interval below the pruned model's CI;
 * ``artefact`` — ours passes, but so does the untrained model: the gates alone produce it;
-* ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign);
-* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, or the unmodified
-  model's accuracy CI does not clear chance, so there is no skill to lose (the reason says which);
+* ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign,
+  or pruning's accuracy CI ends below 0.9 × before);
+* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, one value gives
+  no interval, or the unmodified model's accuracy CI does not clear chance (the best guess without
+  the skill), so there is no skill to lose (the reason says which);
 * ``informational`` — not a claim of the paper: measured beside the claims, with no criterion.
 
 CIs: bimodality by a bootstrap over heads; Spearman per layer by a t interval over contexts,

@@ -221,7 +221,7 @@ def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, d
         "num_hidden_layers": int(getattr(model.config, "num_hidden_layers", 0)),
         "linear_layers": [l.index for l in layers],
         "layouts": [dict(zip(("h_k", "h_v", "k", "v"), lo)) for lo in layouts],
-        "state_bytes_per_token": sum(l.layout.state_bytes() for l in layers),
+        "state_bytes_per_sequence": sum(l.layout.state_bytes() for l in layers),
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),

@@ -30,7 +30,7 @@ def test_load_folder(tmp_path):
     assert loaded.adapter.model_type == "qwen3_next"
     assert loaded.config["linear_layers"] == [0, 1, 3]
     assert loaded.config["layouts"] == [{"h_k": 1, "h_v": 4, "k": 8, "v": 12}]
-    assert loaded.config["state_bytes_per_token"] == 3 * 4 * 8 * 12 * 4
+    assert loaded.config["state_bytes_per_sequence"] == 3 * 4 * 8 * 12 * 4
     ids = torch.randint(3, 97, (1, 9))
     torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=0, rtol=0)
 

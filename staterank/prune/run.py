@@ -379,7 +379,6 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
     items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
     sb = state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed)
-    total_heads = int(np.size(stats.mean_rank))
     specs = [("jrnp", {"alpha": a}, f) for a in sc.alphas for f in sc.fractions]
     specs += [(m, {"alpha": cfg.alpha}, f) for m in sc.methods_extra for f in sc.fractions]
     specs += [("random", {"seed": 1000 + s}, f) for s in range(cfg.random_seeds) for f in sc.fractions]
@@ -393,13 +392,15 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
         if progress:
             print(f"sweep: {method} {params} fraction {f}", file=sys.stderr)
         acc = accuracy(model, tok, items, run_dir / "evals" / f"masked_{_plan_key(plan)}.json", cfg, plan)
-        kept = total_heads - len(plan.removed)
+        total_bytes = sum(lo[2] * lo[3] * 4 * lo[1] for lo in plan.facts["layouts"])  # K·V·4 × H_v per layer
+        kept = 1 - plan.removed_state_bytes() / total_bytes
         points.append({"method": method, **params, "fraction": f, "removed": [list(p) for p in plan.removed],
                        "head_fraction_removed": plan.fraction,
-                       "linear_state_bytes": sb["linear_state"] * kept // total_heads, "accuracy": acc})
+                       "linear_state_bytes": int(round(sb["linear_state"] * kept)), "accuracy": acc})
     result = {"model": loaded.spec, "ranking": cfg.ranking, "state_bytes_before": sb, "accuracy_before": base_acc,
               "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
               "calibration": calib, "points": points,
-              "note": "zero-ablated evaluation; linear_state_bytes = measured original × kept/total heads (exact)"}
+              "note": "zero-ablated evaluation; linear_state_bytes = measured original × the share of K·V state "
+                      "bytes the plan keeps (each layer's heads weighted by their own K·V)"}
     runio.write_json(run_dir / "sweep.json", result)
     return result

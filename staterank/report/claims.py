@@ -55,7 +55,8 @@ def _ours(o: dict) -> str:
 
 def claims_table(c: dict) -> str:
     """The paper's claims with verdicts; then, apart, what was measured beside them (no verdict)."""
-    lines = ["| claim | paper | ours (95 % CI; controls) | verdict |", "|---|---|---|---|"]
+    lines = ["| claim | paper | ours (95 % CI — Spearman: weakest layer, Bonferroni; controls) | verdict |",
+             "|---|---|---|---|"]
     for r in c["rows"]:
         if not r.get("informational"):
             lines.append(f"| {r['claim']} | {r['paper']} | {_ours(r['ours'])} | **{MARK[r['verdict']]}** — {r['why']} |")
@@ -80,8 +81,8 @@ def render(folder: str | Path) -> Path:
     c = runio.read_json(folder / "claims.json")
     cfg = runio.read_json(folder / "config.json")
     out = [f"# staterank run — {cfg['config'].get('model')}", "",
-           "Every number below is read from a file in this folder; the file is named in the table's rows "
-           "(`claims.json` holds them all).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
+           "Every number below is read from a file in this folder; `claims.json` holds them all and names "
+           "the file and the statistic behind each row (its `source`).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
            *_rules(c.get("verdict_rules", "")), ""]
     for stage in ("stratify", "probe", "prune"):
         rep = folder / stage / "report.md"

@@ -180,7 +180,7 @@ def render(run_dir: str | Path) -> Path:
              g(i, "pearson_rank", "mean_offdiag")),
         _row("Spearman of rank vectors across contexts", "—", s["spearman_contexts"]["mean_offdiag"],
              g(i, "spearman_contexts", "mean_offdiag")),
-        _row("label agreement across contexts (Cohen's κ)", "stable classes", s["label_agreement"]["mean_offdiag"],
+        _row("label agreement across contexts (share of heads; Cohen's κ in brackets)", "stable classes", s["label_agreement"]["mean_offdiag"],
              g(i, "label_agreement", "mean_offdiag"), f" (κ {_f(s['label_agreement']['mean_kappa'])})"),
         _row("bimodality coefficient of mean rank / bound", "bimodal (ref. BC > 5/9)",
              s["bimodality_coefficient"]["value"], g(i, "bimodality_coefficient", "value")),
