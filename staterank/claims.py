@@ -198,10 +198,22 @@ def stratify_claims(s: dict) -> list[dict]:
     m, lo, hi, layers = _weakest_layer(sp)
     isp = _weakest_layer(init["spearman_t_early_t_late"])[0] if init else None
     verdict, why = _threshold_verdict(m, lo, hi, 0.90, isp, init_measured=bool(init))
+    # the decision takes every layer (lowest CI low, lowest CI high); the row shows the weakest
+    # layer with its own interval, and the reason names the layers that decide
+    names = [int(x) for x in sp.get("layers") or range(len(layers))]
+    weak = min(range(len(layers)), key=lambda i: layers[i][0]) if layers else None
+    shown = layers[weak][1:] if weak is not None else [None, None]
+    failing = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers) if l[2] is not None and l[2] <= 0.90]
+    open_ = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers)
+             if l[1] is None or l[1] <= 0.90 < (l[2] if l[2] is not None else 1.0)]
+    if verdict == "fails":
+        why = "upper CI end <= 0.900 in " + ", ".join(failing)
+    elif verdict == "inconclusive" and open_ and m is not None:
+        why = "CI straddles 0.900 (or no interval) in " + ", ".join(open_)
     rows.append(_row(f"Rank order stable over time in every layer: Spearman ρ(t={_t_used(sp, 'early')}, "
                      f"t={_t_used(sp, 'late')}), weakest layer",
                      "ρ > 0.90 per layer (t=128 vs t=2048)",
-                     {"value": m, "ci": [lo, hi], "init": isp, "mean_over_layers": sp.get("mean"),
+                     {"value": m, "ci": shown, "init": isp, "mean_over_layers": sp.get("mean"),
                       "criterion": "> 0.90 in every layer", "per_layer": layers, "note": sp.get("note")},
                      verdict, why, src + " spearman_t_early_t_late (per layer: t interval over contexts, "
                      "Bonferroni over layers)"))

@@ -41,7 +41,7 @@ def _ours(o: dict) -> str:
             s += f"; low − layer-matched random {lr['diff']:+.3f}"
             if lr.get("diff_ci_low") is not None:
                 s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] ({lr.get('seeds')} seeds)"
-            s += f" (p {_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"
+            s += f" ({_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"
         return s
     if "state_saved" in o:
         rc = o.get("random_controls") or {}
