@@ -174,9 +174,10 @@ class _Capturer:
         # transformers hands linear-attention layers a mask only when some position is padding
         self.padded = mask is not None and bool((mask == 0).any())
 
-    def observe(self, layer: LinearLayer, call: RuleCall, out: torch.Tensor, state: torch.Tensor | None):
+    def arrive(self, layer: LinearLayer, call: RuleCall) -> None:
+        """Checks on the call as the layer made it (an ablation may zero heads of the initial state
+        after this, legitimately)."""
         lt = self.by_module[id(layer.module)]
-        tr = self.trace
         if getattr(self, "padded", False):
             raise UserError("capture got a padded batch: positions and statistics would include the pad "
                             "tokens; give one text per forward, or texts of equal length")
@@ -190,6 +191,10 @@ class _Capturer:
                 raise UserError("the cache's state is not the one this capture saw the layer keep (reordered "
                                 "beams, or a reset or foreign cache): the per-row statistics would not "
                                 "follow the sequences; capture greedy or sampled decoding, one cache per capture")
+
+    def observe(self, layer: LinearLayer, call: RuleCall, out: torch.Tensor, state: torch.Tensor | None):
+        lt = self.by_module[id(layer.module)]
+        tr = self.trace
         T = call.num_tokens
         t = torch.arange(lt.t + 1, lt.t + T + 1)
         keep = tr.schedule.mask(t)

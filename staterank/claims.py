@@ -64,7 +64,7 @@ def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, f
     if len(x) == 0:
         return None, None, None
     m = float(x.mean())
-    if len(x) < 2 or (len(x) == 2 and x[0] == x[1]):
+    if len(x) < 2 or np.ptp(x) == 0:
         return m, None, None  # one value (or two equal ones) gives no interval: never a verdict
     h = float(scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
     return m, max(m - h, bounds[0]), min(m + h, bounds[1])
@@ -88,6 +88,8 @@ def _jackknife_pairs(mat, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[fl
         return m, None, None
     n = len(loo)
     se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+    if se == 0:  # every pair equal: no spread to build an interval from
+        return m, None, None
     h = float(scipy.stats.t.ppf(0.975, n - 1)) * se
     return m, max(m - h, bounds[0]), min(m + h, bounds[1])
 
@@ -103,8 +105,9 @@ def _t_used(sp: dict, which: str) -> str:
 def _weakest_layer(sp: dict) -> tuple[float | None, float | None, float | None, list]:
     """The paper's criterion is per layer: each layer's Spearman values over contexts get a t
     interval, Bonferroni-corrected over layers; the claim stands or falls with the weakest layer.
-    Returns (lowest layer mean, lowest CI low — None if a layer has no interval —, lowest CI
-    high, per-layer [mean, lo, hi])."""
+    Returns (lowest layer mean, lowest CI low — None if a layer has no interval, e.g. one value,
+    equal values, or ρ undefined in every context —, lowest CI high, per-layer [mean, lo, hi]
+    in the order of ``sp["layers"]``, None where undefined)."""
     per_ctx = sp.get("per_context") or {}
     P = np.array([[np.nan if v is None else v for v in row] for row in per_ctx.values()], dtype=float)
     if P.ndim != 2 or P.size == 0:
@@ -115,18 +118,20 @@ def _weakest_layer(sp: dict) -> tuple[float | None, float | None, float | None, 
     for x in P.T:
         x = x[np.isfinite(x)]
         if len(x) == 0:
+            layers.append([None, None, None])
             continue
         m = float(x.mean())
-        if len(x) < 2 or np.ptp(x) == 0 and len(x) == 2:
+        if len(x) < 2 or np.ptp(x) == 0:
             layers.append([m, None, None])
             continue
         h = float(scipy.stats.t.ppf(q, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
         layers.append([m, max(m - h, -1.0), min(m + h, 1.0)])
-    if not layers:
-        return None, None, None, []
+    means = [m for m, _, _ in layers if m is not None]
+    if not means:
+        return None, None, None, layers
     his = [h for _, _, h in layers if h is not None]
     lo = None if any(lo is None for _, lo, _ in layers) else min(lo for _, lo, _ in layers)
-    return min(m for m, _, _ in layers), lo, (min(his) if his else None), layers
+    return min(means), lo, (min(his) if his else None), layers
 
 
 def _bc(x: np.ndarray) -> float:
@@ -201,11 +206,12 @@ def stratify_claims(s: dict) -> list[dict]:
     # the decision takes every layer (lowest CI low, lowest CI high); the row shows the weakest
     # layer with its own interval, and the reason names the layers that decide
     names = [int(x) for x in sp.get("layers") or range(len(layers))]
-    weak = min(range(len(layers)), key=lambda i: layers[i][0]) if layers else None
+    defined = [i for i, l in enumerate(layers) if l[0] is not None]
+    weak = min(defined, key=lambda i: layers[i][0]) if defined else None
     shown = layers[weak][1:] if weak is not None else [None, None]
     failing = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers) if l[2] is not None and l[2] <= 0.90]
-    open_ = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers)
-             if l[1] is None or l[1] <= 0.90 < (l[2] if l[2] is not None else 1.0)]
+    open_ = [f"layer {names[i]} " + ("(ρ undefined)" if l[0] is None else f"[{_f(l[1])}, {_f(l[2])}]")
+             for i, l in enumerate(layers) if l[1] is None or l[1] <= 0.90 < (l[2] if l[2] is not None else 1.0)]
     if verdict == "fails":
         why = "upper CI end <= 0.900 in " + ", ".join(failing)
     elif verdict == "inconclusive" and open_ and m is not None:
@@ -288,7 +294,7 @@ def _cmp(c: dict | None, p_holm: float | None = None) -> dict | None:
     if not c:
         return None
     return {**{k: c.get(k) for k in ("diff", "diff_ci_low", "diff_ci_high", "p_items", "seeds", "n_items")},
-            "p_holm": p_holm}
+            "p_holm": p_holm if p_holm is not None else c.get("p_items")}
 
 
 # ---- pruning claims ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ handler; forward pre/post hooks on the linear-attention modules tell it which la
 
 Handler protocol (all methods optional):
   ``enter(layer, kwargs)``                   the layer's forward kwargs (e.g. attention_mask), before it runs
+  ``arrive(layer, call)``                    the rule call as the layer made it, before any handler modifies it
   ``modify(layer, call) -> RuleCall``        before the rule runs (ablation)
   ``observe(layer, call, out, state)``       on the rule's raw outputs (capture, verification)
   ``patch(layer, call, out, state) -> (out, state)``  after observers (mean ablation)
@@ -53,6 +54,9 @@ def _make_wrapper(modname: str, fn):
         if not mine:
             return fn(*args, **kwargs)
         ba, call = _bind(fn, args, kwargs)
+        for h in mine:
+            if hasattr(h, "arrive"):
+                h.arrive(layer, call)
         for h in mine:
             if hasattr(h, "modify"):
                 call = h.modify(layer, call)

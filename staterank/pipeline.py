@@ -298,7 +298,13 @@ def _scalar(v, tp):
             try:
                 return int(v.strip())
             except ValueError:
+                pass
+            try:  # YAML reads 1e3 (no dot) as a string
+                f = float(v.strip())
+            except ValueError:
                 raise _Bad from None
+            if f.is_integer():
+                return int(f)
         raise _Bad
     if tp is float:
         if isinstance(v, (int, float)):

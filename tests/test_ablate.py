@@ -113,47 +113,38 @@ def test_zero_ablation_of_a_nonzero_initial_state():
     assert torch.count_nonzero(output_cache(out).layers[l.index].recurrent_states[0][:, 3]) == 0
 
 
-def test_mean_ablation_replaces_output_with_calibrated_mean():
-    model = tiny_model("qwen3_next")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mean_ablation_feeds_the_output_projection_a_constant(family):
+    """Mean ablation replaces what the head contributes — its slice of the output projection's
+    input, after the per-head norm and output gate — by its calibrated mean: constant over tokens,
+    equal to the mean over calibration tokens; the layer's other heads are untouched."""
+    model = tiny_model(family)
     ad = get_adapter(model)
-    l = ad.linear_layers(model)[1]
-    calib = [_ids(b=1, t=16, seed=s) for s in range(3)]
-    means = calibrate_means(model, calib)
-    assert set(means) == {x.index for x in ad.linear_layers(model)}
-    assert means[l.index].shape == (l.layout.h_v, l.layout.v)
-    # the mean is what it says: average rule output over all calibration tokens
-    from staterank.hooks import intercept
-
-    class Grab:
-        outs = []
-
-        def observe(self, layer, call, out, state):
-            if layer.index == l.index:
-                self.outs.append(out[0].double())
-
-    g = Grab()
-    with intercept(model, ad, g), torch.no_grad():
-        for c in calib:
-            model(c)
-    ref = torch.cat(g.outs).mean(0).float()
-    torch.testing.assert_close(means[l.index], ref, atol=1e-6, rtol=1e-5)
-
+    l = ad.linear_layers(model)[-1]
+    lo = l.layout
+    proj = getattr(l.module, ad.out_proj)
     seen = []
-    ids = _ids()
-    with torch.no_grad():
-        base = model(ids).logits
-        with ablate(model, {l.index: [0]}, mode="mean", means=means):
-            # the patched output is what later modules read: check via a second interceptor's patch
-            class After:
-                def patch(self, layer, call, out, state):
-                    if layer.index == l.index:
-                        seen.append(out[:, :, 0].clone())
-                    return out, state
-
-            with intercept(model, ad, After()):
+    # a forward (post) hook sees the input the projection actually got, after any pre-hook
+    h = proj.register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(*a[0].shape[:-1], lo.h_v, lo.v).clone()))
+    try:
+        calib = [_ids(b=1, t=16, seed=s) for s in range(3)]
+        means = calibrate_means(model, calib)
+        ref = torch.cat([x[0].double() for x in seen]).mean(0).float()  # [H, V] over all 48 tokens
+        assert set(means) == {x.index for x in ad.linear_layers(model)}
+        torch.testing.assert_close(means[l.index], ref, atol=1e-6, rtol=1e-5)
+        seen.clear()
+        ids = _ids()
+        with torch.no_grad():
+            base = model(ids).logits
+            x_base = seen.pop()
+            with ablate(model, {l.index: [0]}, mode="mean", means=means):
                 m = model(ids).logits
+            x_abl = seen.pop()
+    finally:
+        h.remove()
     assert not torch.equal(base, m)
-    assert torch.allclose(seen[0], means[l.index][0].expand_as(seen[0]))
+    torch.testing.assert_close(x_abl[..., 0, :], means[l.index][0].expand_as(x_abl[..., 0, :]), atol=0, rtol=0)
+    torch.testing.assert_close(x_abl[..., 1:, :], x_base[..., 1:, :], atol=0, rtol=0)
 
 
 def test_bad_input_is_a_user_error():

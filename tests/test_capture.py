@@ -244,3 +244,18 @@ def test_interception_of_a_missing_rule_leaves_the_model_untouched(monkeypatch):
     assert getattr(ad.module, ad.chunk_rule) is orig
     for l in ad.linear_layers(model):
         assert not l.module._forward_pre_hooks and not l.module._forward_hooks
+
+
+def test_ablation_starting_mid_sequence_is_not_a_foreign_cache():
+    """Zero ablation zeroes heads of the initial state it is handed: the capture checks the cache
+    before that, so ablating from the second segment on is accepted."""
+    from staterank.probes.ablate import ablate
+
+    model = tiny_model("qwen3_next")
+    ids = torch.randint(3, 97, (1, 9))
+    l = get_adapter(model).linear_layers(model)[0]
+    with capture(model, stats=False) as trace:
+        cache = output_cache(model(ids[:, :8], use_cache=True))
+        with ablate(model, {l.index: [0, 1]}):
+            model(ids[:, 8:], **{cache_kwarg(model): cache}, use_cache=True)
+    assert [int(p) for p in trace.positions()] == list(range(1, 10))

@@ -196,3 +196,8 @@ def test_chance_is_the_best_guess_without_the_skill():
         asked = set(re.findall(r"([a-z]{2})=\d\d", queries))
         hits += rng.choice([v for k, v in re.findall(r"([a-z]{2})=(\d\d)", pairs) if k not in asked]) == it.answer
     assert abs(hits / n - TASKS["mqar"].chance) < 0.03
+
+    from collections import Counter
+
+    answers = Counter(it.answer for it in TASKS["arith"].generate(n, EVAL_SEED_BASE + 7))
+    assert abs(answers.most_common(1)[0][1] / n - TASKS["arith"].chance) < 0.01

@@ -59,6 +59,8 @@ class Adapter:
     decay: str = "head"  # "head": g [B, T, H_v]; "channel": g [B, T, H_v, K] (Kimi)
     # attribute names on the layer module: (H_k, H_v, K, V)
     layout_attrs: tuple[str, str, str, str] = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")
+    # the layer's output projection: its input [B, T, H_v·V] is every head's gated, normed output
+    out_proj: str = "out_proj"
 
     @property
     def module(self) -> ModuleType:

@@ -6,6 +6,7 @@ ADAPTER = Adapter(
     model_type="kimi_linear",
     modeling_module="transformers.models.kimi_linear.modeling_kimi_linear",
     layer_class="KimiLinearDeltaAttention",
+    out_proj="o_proj",
     chunk_rule="chunk_kimi_delta_attention",
     recurrent_rule="recurrent_kimi_delta_attention",
     decay="channel",

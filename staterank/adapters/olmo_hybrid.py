@@ -7,6 +7,7 @@ ADAPTER = Adapter(
     model_type="olmo_hybrid",
     modeling_module="transformers.models.olmo_hybrid.modeling_olmo_hybrid",
     layer_class="OlmoHybridGatedDeltaNet",
+    out_proj="o_proj",
     chunk_rule="torch_chunk_gated_delta_rule",
     recurrent_rule="torch_recurrent_gated_delta_rule",
 )

@@ -9,8 +9,12 @@ Modes (Shapes: B batch, T tokens, H value heads, K key dim, V value dim):
             the same as removing the head (its slice of the output projection then sees zeros;
             the gated RMSNorm is per head, so no other head changes). ``patch`` also zeroes
             out[:, :, h] and state[:, h] in case a rule variant ignores beta.
-  ``mean``  the head's rule output is replaced by its mean output vector [V] over calibration
-            text (``calibrate_means``); its state runs on but is never read.
+  ``mean``  what the head feeds the output projection — its gated, normed output, the slice
+            [h·V, (h+1)·V) of ``out_proj``'s input — is replaced by its mean [V] over calibration
+            text (``calibrate_means``), a constant: a forward pre-hook on the output projection.
+            (Replacing the rule output o_t instead would leave the head live: the per-head RMSNorm
+            rescales the mean and the output gate silu(z_t) varies with every token.) The state
+            runs on but is never read.
 Layers are the model's own layer indices (``adapter.linear_layers(model)[i].index``).
 Ablating nothing leaves every call untouched, so outputs equal the baseline bit for bit.
 """
@@ -56,15 +60,13 @@ def normalize_heads(heads: Heads, layers: list[LinearLayer]) -> dict[int, list[i
 
 @dataclass
 class _Ablator:
-    """hooks.intercept handler. heads: {module id: LongTensor of heads}; means: {module id: [H, V]}."""
+    """hooks.intercept handler of zero mode. heads: {module id: LongTensor of heads}."""
 
     heads: dict[int, torch.Tensor]
-    mode: str
-    means: dict[int, torch.Tensor]
 
     def modify(self, layer: LinearLayer, call: RuleCall) -> RuleCall:
         hs = self.heads.get(id(layer.module))
-        if hs is None or self.mode != "zero":
+        if hs is None:
             return call
         beta = call.beta.clone()
         beta[:, :, hs] = 0
@@ -80,14 +82,33 @@ class _Ablator:
         if hs is None:
             return out, state
         out = out.clone()
-        if self.mode == "zero":
-            out[:, :, hs] = 0
-            if state is not None:
-                state = state.clone()
-                state[:, hs] = 0
-        else:
-            out[:, :, hs] = self.means[id(layer.module)][hs].to(out.dtype).to(out.device)
+        out[:, :, hs] = 0
+        if state is not None:
+            state = state.clone()
+            state[:, hs] = 0
         return out, state
+
+
+@contextlib.contextmanager
+def _out_proj_hooks(adapter: Adapter, layers: list[LinearLayer], hook) -> Iterator[None]:
+    """hook(layer, x [B, T, H, V] view of out_proj's input) -> replacement or None, on each layer; always removed."""
+    handles = []
+
+    def pre(layer):
+        def fn(module, args):
+            x = args[0]
+            lo = layer.layout
+            new = hook(layer, x.reshape(*x.shape[:-1], lo.h_v, lo.v))
+            return None if new is None else (new.reshape(x.shape), *args[1:])
+        return fn
+
+    try:
+        for l in layers:
+            handles.append(getattr(l.module, adapter.out_proj).register_forward_pre_hook(pre(l)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -120,33 +141,39 @@ def ablate(
     if not norm:  # nothing to ablate: do not even route calls through the wrapper
         yield norm
         return
-    handler = _Ablator({id(mod_of[li]): torch.tensor(hs, dtype=torch.long) for li, hs in norm.items()}, mode, means_by_mod)
-    with intercept(model, adapter, handler):
+    if mode == "zero":
+        handler = _Ablator({id(mod_of[li]): torch.tensor(hs, dtype=torch.long) for li, hs in norm.items()})
+        with intercept(model, adapter, handler):
+            yield norm
+        return
+
+    def replace(layer: LinearLayer, x: torch.Tensor) -> torch.Tensor:
+        hs = norm[layer.index]
+        x = x.clone()
+        x[..., hs, :] = means_by_mod[id(layer.module)][hs].to(device=x.device, dtype=x.dtype)
+        return x
+
+    with _out_proj_hooks(adapter, [l for l in layers if l.index in norm], replace):
         yield norm
-
-
-class _MeanAccumulator:
-    def __init__(self):
-        self.sum: dict[int, torch.Tensor] = {}  # layer index -> [H, V] float64
-        self.count: dict[int, int] = {}
-
-    def observe(self, layer: LinearLayer, call: RuleCall, out: torch.Tensor, state) -> None:
-        s = out.detach().to(torch.float64).sum(dim=(0, 1))  # [H, V]
-        n = out.shape[0] * out.shape[1]
-        self.sum[layer.index] = self.sum.get(layer.index, 0) + s
-        self.count[layer.index] = self.count.get(layer.index, 0) + n
 
 
 @torch.no_grad()
 def calibrate_means(model: nn.Module, inputs: Iterable[torch.Tensor], adapter: Adapter | None = None) -> dict[int, torch.Tensor]:
-    """Mean rule output per head over every token of ``inputs`` (each [1, T] token ids, unpadded,
-    so pad tokens never enter the mean). Returns {layer: [H, V] float32}."""
+    """Mean of what each head feeds the output projection (its slice of ``out_proj``'s input) over
+    every token of ``inputs`` (each [1, T] token ids, unpadded, so pad tokens never enter the
+    mean). Returns {layer: [H, V] float32}."""
     adapter = adapter or get_adapter(model)
-    acc = _MeanAccumulator()
+    total: dict[int, torch.Tensor] = {}
+    count: dict[int, int] = {}
+
+    def add(layer: LinearLayer, x: torch.Tensor) -> None:
+        total[layer.index] = total.get(layer.index, 0) + x.detach().to(torch.float64).sum(dim=(0, 1)).cpu()
+        count[layer.index] = count.get(layer.index, 0) + x.shape[0] * x.shape[1]
+
     device = next(model.parameters()).device
-    with intercept(model, adapter, acc):
+    with _out_proj_hooks(adapter, adapter.linear_layers(model), add):
         for ids in inputs:
             model(ids.to(device), use_cache=False)
-    if not acc.count:
+    if not count:
         raise UserError("calibration saw no tokens")
-    return {li: (acc.sum[li] / acc.count[li]).to(torch.float32) for li in acc.sum}
+    return {li: (total[li] / count[li]).to(torch.float32) for li in total}

@@ -308,8 +308,8 @@ def seed_aggregate(rows: list[dict]) -> list[dict]:
 
 
 def _sign_flip_p(d: np.ndarray) -> float:
-    """Two-sided paired permutation test of mean(d) = 0 by sign flips (exact up to 2^16
-    arrangements, else 20,000 Monte-Carlo ones). With d in {-1, 0, 1} it is the exact McNemar test."""
+    """Two-sided paired permutation test of mean(d) = 0 by sign flips (exact up to 14 non-zero
+    differences, 2^14 arrangements; else 20,000 Monte-Carlo ones). With d in {-1, 0, 1} it is the exact McNemar test."""
     nz = d[d != 0]
     if len(nz) == 0:
         return 1.0
@@ -407,7 +407,8 @@ def _task_spec(task: ProbeTask) -> dict:
 
     simple = (str, int, float, bool, type(None), tuple, list)
     d = {f.name: getattr(task, f.name) for f in fields(task)} if is_dataclass(task) else {}
-    d = {k: (str(v) if k == "data_dir" and v is not None else v) for k, v in d.items()}  # a Path too
+    # a Path too; absent when not given, so runs from before tasks took a data_dir still resume
+    d = {k: (str(v) if k == "data_dir" else v) for k, v in d.items() if not (k == "data_dir" and v is None)}
     d = {k: v for k, v in d.items() if k != "batch_size" and not k.startswith("_") and isinstance(v, simple)}
     return {"class": type(task).__name__, "repr": None if is_dataclass(task) else repr(task), **d}
 
@@ -488,6 +489,8 @@ def probe(
     }
     if data_dir is not None:  # calibration prose comes from it (absent when not given: older runs resume)
         config["data_dir"] = str(data_dir)
+    if mode == "mean":  # means were taken at the rule output before; those runs must not resume
+        config["mean_site"] = "output projection input"
     # items (and lm-eval) first: a missing dataset or package fails here, before a run folder exists
     task_items = [(task, task.items(tok)) for task in task_objects]
     if lm_eval_tasks:

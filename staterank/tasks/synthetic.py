@@ -94,3 +94,13 @@ def arith(n: int, seed: int, digits: int = 2) -> list[Item]:
             continue
         items.append(Item(f"arith-{seed}-{len(items)}", f"{a}+{b}=", str(a + b), {"digits": digits}))
     return items
+
+
+def arith_modal_share(digits: int = 2) -> float:
+    """Accuracy of always answering the commonest sum of the evaluation (held-out) problems: the
+    best guess without addition (above 1 / #sums, as sums near the middle are more frequent)."""
+    from collections import Counter
+
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    sums = Counter(a + b for a in range(lo, hi + 1) for b in range(lo, hi + 1) if _arith_heldout(a, b))
+    return max(sums.values()) / sum(sums.values())
