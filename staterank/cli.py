@@ -324,7 +324,7 @@ def _add_probe(sub) -> None:
     p = sub.add_parser(
         "probe", help="ablate low-/high-rank heads and count-, layer- and byte-matched random controls; measure tasks",
         description="Remove groups of value heads from the in-memory model (zero: the head never writes its state; "
-                    "mean: its output is replaced by its mean over calibration text) and measure tasks on the same "
+                    "mean: what it feeds the output projection is replaced by its mean over calibration text) and measure tasks on the same "
                     "items as the unablated model, with Wilson intervals and exact paired tests.",
         epilog=PROBE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -80,12 +80,20 @@ def _resolve_method(method: str, eps: float | None) -> str:
     return method
 
 
+_NON_FINITE = "states contain inf or nan (a diverged model?): no spectrum of them means anything"
+
+
 def _svd_sigma(S: torch.Tensor, with_fro: bool = False) -> torch.Tensor:
     Sd = S.to(torch.float64).contiguous()
-    sigma = torch.linalg.svdvals(Sd)
+    try:
+        sigma = torch.linalg.svdvals(Sd)
+    except torch.linalg.LinAlgError:
+        sigma = torch.full(Sd.shape[:-2] + (min(Sd.shape[-2:]),), float("nan"), dtype=torch.float64)
+    if not bool(torch.isfinite(sigma).all()):
+        raise ValueError(_NON_FINITE)
     if not with_fro:
         return sigma
-    return torch.cat([sigma, torch.einsum("mkv,mkv->m", Sd, Sd)[:, None]], dim=1)
+    return torch.cat([sigma, torch.linalg.vector_norm(Sd, dim=(-2, -1))[:, None]], dim=1)
 
 
 _TLS = threading.local()
@@ -108,27 +116,41 @@ def _buffers(device, M: int, K: int, V: int, n: int) -> tuple[torch.Tensor, torc
 
 def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> torch.Tensor:
     """S [M, K, V] -> σ [M, N] fp64 descending; matrices ambiguous at ε redone by SVD.
-    ``with_fro``: ‖S‖_F² appended as column N, the Gram's trace (the fp64 sum of squares of S;
+    ``with_fro``: ‖S‖_F appended as column N, from the Gram's trace (the fp64 sum of squares of S;
     ``vector_norm(..., dtype=float64)`` costs ~60 µs per 128x128 state, 12 % of the engine)."""
     K, V = S.shape[-2:]
     M, n = S.shape[0], min(K, V)
     buf_s, buf_g = _buffers(S.device, M, K, V, n)
     Sd = buf_s.copy_(S)
+    scale = None
+    if S.dtype == torch.float64:
+        # fp32/16 squares cannot leave fp64's range, fp64 ones can: scale each state by a power of
+        # two (exact) so its largest entry is ~1, and undo it on σ
+        scale = torch.exp2(-torch.frexp(Sd.abs().amax(dim=(-2, -1)))[1].to(torch.float64))  # [M]
+        Sd.mul_(scale[:, None, None])
     G = torch.matmul(Sd, Sd.mT, out=buf_g) if K <= V else torch.matmul(Sd.mT, Sd, out=buf_g)
+    fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
+    if not bool(torch.isfinite(fro2).all()):  # finite states cannot overflow it (scaled above): free check
+        raise ValueError(_NON_FINITE)
     lam = torch.linalg.eigvalsh(G).flip(-1)  # descending
     lam1 = lam[:, :1].clamp(min=0)
     # Eigenvalues under eigvalsh's own backward error are noise around 0; zero them so exactly
     # low-rank states get exactly low-rank spectra (entropy rank 1 for rank 1, not 1.00002).
     sigma = torch.where(lam > n * _U64 * lam1, lam, 0).sqrt()
-    fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
+
     if eps is not None:
         # Gram rounding (≤ (K+V)·u·‖S‖_F², fp32 products being exact) + eigvalsh backward error.
         band = 4 * (K + V) * _U64 * fro2 + 4 * n * _U64 * lam1
         amb = ((lam - eps * eps * lam1).abs() <= band).any(-1) & (lam1[:, 0] > 0)
         if bool(amb.any()):
             idx = amb.nonzero().squeeze(-1)
-            sigma[idx] = _svd_sigma(S[idx])
-    return torch.cat([sigma, fro2], dim=1) if with_fro else sigma
+            sigma[idx] = _svd_sigma(S[idx]) * (scale[idx, None] if scale is not None else 1)
+    if not with_fro and scale is None:
+        return sigma
+    fro = fro2.clamp(min=0).sqrt()
+    if scale is not None:
+        sigma, fro = sigma / scale[:, None], fro / scale[:, None]
+    return torch.cat([sigma, fro], dim=1) if with_fro else sigma
 
 
 @contextmanager
@@ -208,9 +230,10 @@ def threshold_rank(S: torch.Tensor | None = None, eps: float = 1e-4, *, sigma: t
     """#{i : σ_i > ε·σ_1} (paper Eq. 6) -> LongTensor [...]; 0 when σ_1 = 0.
 
     From states S [..., K, V], exact (equal to fp64 ``svdvals`` counts; see module doc), or from
-    precomputed descending ``sigma`` [..., N]. ``tokens``: tokens seen per state (int or tensor
-    broadcastable to [...]); states whose bound min(t, K, V) is 0 or 1 are settled without an
-    eigensolve (t = 1: rank 1 unless S = 0).
+    precomputed descending ``sigma`` [..., N]. ``tokens``: rank-one writes since a ZERO state per
+    state (int or tensor broadcastable to [...]); states whose bound min(t, K, V) is 0 or 1 are
+    settled without an eigensolve (t = 1: rank 1 unless S = 0). The bound is exact arithmetic's:
+    below ε = 1e-6 fp32 rounding of a rank-one state shows as more rank, so the shortcut is off there.
     """
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -227,7 +250,7 @@ def threshold_rank(S: torch.Tensor | None = None, eps: float = 1e-4, *, sigma: t
     K, V = S.shape[-2:]
     t = torch.as_tensor(tokens, device=S.device).broadcast_to(batch)
     bound = rank_bound(t, K, V).clamp(min=0)
-    small = bound <= 1
+    small = bound <= 1 if eps >= _MIN_GRAM_EPS else torch.zeros_like(bound, dtype=torch.bool)
     n_small = int(small.sum())
     if 2 * n_small <= small.numel():
         # mostly unsettled: solve all in place (gathering S[todo] would copy every state)
@@ -257,7 +280,8 @@ def stable_rank(sigma: torch.Tensor) -> torch.Tensor:
     if sigma.shape[-1] == 0:
         return sigma.sum(-1)
     s1 = sigma[..., 0]
-    return torch.where(s1 > 0, (sigma * sigma).sum(-1) / torch.where(s1 > 0, s1 * s1, 1), 0)
+    r = sigma / torch.where(s1 > 0, s1, 1)[..., None]  # ratios first: σ² may leave fp64's range
+    return torch.where(s1 > 0, (r * r).sum(-1), 0)
 
 
 def spectrum_stats(S: torch.Tensor, eps: float = 1e-4, *, method: str = "auto",
@@ -272,12 +296,12 @@ def spectrum_stats(S: torch.Tensor, eps: float = 1e-4, *, method: str = "auto",
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     both = _sigma(S, eps, method, threads, with_fro=True)
-    sigma, fro = both[..., :-1], both[..., -1].clamp(min=0).sqrt()
+    sigma, fro = both[..., :-1], both[..., -1]
     s1 = sigma[..., 0] if sigma.shape[-1] else fro * 0
     return {
         "threshold_rank": _count(sigma, eps),
         "entropy_rank": entropy_rank(sigma),
-        "stable_rank": torch.where(s1 > 0, fro * fro / torch.where(s1 > 0, s1 * s1, 1), 0),
+        "stable_rank": torch.where(s1 > 0, (fro / torch.where(s1 > 0, s1, 1)) ** 2, 0),
         "nuclear_norm": sigma.sum(-1),
         "frobenius_norm": fro,
         "spectral_norm": s1,

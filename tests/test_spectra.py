@@ -283,3 +283,23 @@ def test_torch_threads_restored():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e170])
+def test_fp64_states_far_from_one_keep_their_spectrum(scale):
+    """fp64 squares can under- or overflow the Gram: states are scaled by a power of two first."""
+    g = torch.Generator().manual_seed(0)
+    S = (torch.randn(4, 8, 3, generator=g, dtype=torch.float64) @ torch.randn(4, 3, 6, generator=g, dtype=torch.float64))
+    ref = sp.spectrum_stats(S)
+    got = sp.spectrum_stats(S * scale)
+    assert torch.equal(got["threshold_rank"], ref["threshold_rank"]) and ref["threshold_rank"].tolist() == [3] * 4
+    for k in ("nuclear_norm", "frobenius_norm", "spectral_norm"):
+        torch.testing.assert_close(got[k] / scale, ref[k], rtol=1e-12, atol=0)
+    torch.testing.assert_close(got["stable_rank"], ref["stable_rank"], rtol=1e-12, atol=0)
+
+
+def test_non_finite_states_are_refused():
+    S = torch.zeros(2, 4, 4)
+    S[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inf or nan"):
+        sp.threshold_rank(S)
