@@ -264,3 +264,22 @@ def test_ppl_and_niah_read_the_given_data_dir(tmp_path):
     for t in (PerplexityTask(data_dir=tmp_path / "empty"), NiahTask(data_dir=tmp_path / "empty", limit=1)):
         with pytest.raises(UserError, match="prose"):
             t.items(tok)
+
+
+def test_gsm8k_local_is_lm_evals_gsm8k_on_local_files():
+    """Same prompt, metric, regexes, stop sequences, filters and version as the installed task."""
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    from pathlib import Path
+
+    import yaml
+
+    from staterank.probes.lmeval import gsm8k_local_yaml
+
+    ours = yaml.safe_load(gsm8k_local_yaml())
+    theirs = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml").read_text())
+    assert ours.pop("task") == "gsm8k_local" and ours.pop("dataset_path") == "json"
+    assert set(ours.pop("dataset_kwargs")["data_files"]) == {"train", "test"}
+    for k in ("task", "dataset_path", "dataset_name", "tag"):
+        theirs.pop(k, None)
+    assert ours == theirs

@@ -4,7 +4,7 @@ A group is ``{model layer index: [value heads]}``. Heads are addressed in a flat
 ``HeadSpace`` (layer by layer, head by head). Every random group is drawn from
 ``numpy.random.default_rng([seed, kind, draw])``, so the same seed gives the same heads.
 
-Controls (all the same size as the tested group, counted in heads):
+Controls (the same size as the tested group: in heads, except byte_random, in state bytes):
   random        any heads, uniformly (count-matched)
   layer_random  per layer, as many heads as the tested group removes from that layer (layer
                 position is a confounder: early short-memory heads can matter most)
@@ -25,6 +25,7 @@ from ..errors import UserError
 
 DEFAULT_FRACTION = 7 / 18  # the paper's pruning ratio
 _KIND_ID = {"random": 1, "layer_random": 2, "byte_random": 3}
+MAX_SEEDS = 1000  # high's controls draw at s + MAX_SEEDS: more seeds would reuse low's draws
 Group = dict[int, list[int]]
 
 
@@ -133,15 +134,16 @@ KINDS = ("low", "high", "random", "layer_random", "byte_random")
 
 
 def check_kinds(kinds: Sequence[str], seeds: int = 1) -> None:
-    """One-line UserError for unknown group kinds, matched controls without a tested group, seeds < 1."""
+    """One-line UserError for unknown group kinds, matched controls without a tested group, seeds
+    outside 1..MAX_SEEDS."""
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise UserError(f"unknown group(s) {bad}; choose from {', '.join(KINDS)}")
     for kind in ("layer_random", "byte_random"):
         if kind in kinds and not any(t in kinds for t in ("low", "high")):
             raise UserError(f"{kind} is matched to a tested group: add low and/or high to --groups")
-    if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be in 1..{MAX_SEEDS}, got {seeds}")
 
 
 def make_groups(space: HeadSpace, kinds: Sequence[str], n: int, seeds: int, seed: int,
@@ -165,7 +167,7 @@ def make_groups(space: HeadSpace, kinds: Sequence[str], n: int, seeds: int, seed
         for t in tested:
             for s in range(seeds):
                 # draw index distinct per matched group so low's and high's controls are independent
-                draw = s + 1000 * (t == "high")
+                draw = s + MAX_SEEDS * (t == "high")
                 out[f"{kind}.{t}/s{s}"] = (layer_matched_group(space, out[t], seed, draw) if kind == "layer_random"
                                            else byte_matched_group(space, space.bytes_of(out[t]), seed, draw))
     return out

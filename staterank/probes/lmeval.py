@@ -4,9 +4,9 @@
 
 The model object itself is handed to ``HFLM(pretrained=model, tokenizer=...)`` and evaluated inside
 ``with ablate(...)``, so lm-eval sees exactly the ablated model. ``lm_eval`` is imported only here
-(the ``eval`` extra: ``pip install 'staterank[eval]'``). ``gsm8k_local`` is the lm-eval ``gsm8k``
-task (5-shot, "Question: ...\\nAnswer:", strict "#### n" match) reading the local GSM8K jsonl files,
-so it runs offline. Batch size defaults to 1: lm-eval pads batches, and pad tokens would run
+(the ``eval`` extra: ``pip install 'staterank[eval]'``). ``gsm8k_local`` is the installed lm-eval's
+own ``gsm8k`` task config (5-shot, "Question: ...\\nAnswer:", strict and flexible match) reading the
+local GSM8K jsonl files, so it runs offline. Batch size defaults to 1: lm-eval pads batches, and pad tokens would run
 through the recurrent state.
 """
 
@@ -36,52 +36,30 @@ def _import_lm_eval():
 
 
 def gsm8k_local_yaml(data_dir: str | os.PathLike | None = None) -> str:
-    """lm-eval task config equal to its ``gsm8k`` task, but reading ``<data>/gsm8k/*.jsonl``."""
+    """The installed lm-eval's own ``gsm8k`` task config (prompt, metric, regexes, stop
+    sequences, filters, version), reading ``<data>/gsm8k/*.jsonl`` instead of the Hub."""
+    import importlib.metadata
+
+    import yaml
+
     from ..data import data_dir as resolve
 
     root = resolve(data_dir) / "gsm8k"
     for split in ("train", "test"):
         if not (root / f"{split}.jsonl").is_file():
             raise UserError(f"{root / (split + '.jsonl')} not found; pass --data-dir")
-    return f"""task: gsm8k_local
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {root / 'train.jsonl'}
-    test: {root / 'test.jsonl'}
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: false
-    regexes_to_ignore:
-      - ","
-      - "\\\\$"
-      - "(?s).*#### "
-generation_kwargs:
-  until:
-    - "\\n\\n"
-    - "Question:"
-  do_sample: false
-  temperature: 0.0
-repeats: 1
-num_fewshot: 5
-filter_list:
-  - name: "strict-match"
-    filter:
-      - function: "regex"
-        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
-      - function: "take_first"
-metadata:
-  version: 1.0
-"""
+    try:  # the installed distribution's file (not the imported module: tests may stand one in)
+        src = Path(str(importlib.metadata.distribution("lm_eval").locate_file("lm_eval/tasks/gsm8k/gsm8k.yaml")))
+    except importlib.metadata.PackageNotFoundError:
+        src = None
+    if src is None or not src.is_file():
+        raise UserError("gsm8k_local needs lm-evaluation-harness and its gsm8k task: pip install 'staterank[eval]'")
+    cfg = yaml.safe_load(src.read_text(encoding="utf-8"))
+    for k in ("tag", "dataset_name"):
+        cfg.pop(k, None)
+    cfg.update(task="gsm8k_local", dataset_path="json",
+               dataset_kwargs={"data_files": {"train": str(root / "train.jsonl"), "test": str(root / "test.jsonl")}})
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def lm_eval_probe(
