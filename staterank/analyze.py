@@ -41,7 +41,7 @@ import torch
 from . import runio, spectra
 from .capture import Schedule, capture
 from .errors import UserError
-from .models import Loaded, cache_kwarg, output_cache, tokenize_texts
+from .models import Loaded, cache_kwarg, output_cache, tokenize_texts, weights_fingerprint
 
 STAT_NAMES = spectra.STAT_NAMES
 DEFAULT_MAX_STATE_BYTES = 2**30
@@ -254,7 +254,7 @@ def analyze(
     }
     run_dir = None
     if out is not None:
-        run_dir = runio.new_run_dir(out, config)
+        run_dir = runio.new_run_dir(out, config, weights=weights_fingerprint(loaded.model))
         if (run_dir / "dynamics.npz").exists():
             return load_dynamics(run_dir)
 

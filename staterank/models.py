@@ -322,6 +322,21 @@ def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
                   config=_summary(model, adapter, cfg, dt, dev))
 
 
+def weights_fingerprint(model: nn.Module, sample: int = 256) -> str:
+    """16 hex digits over every parameter's name, shape, dtype and its first and last ``sample``
+    values: any retraining or other revision changes it, and it costs a few small reads per tensor
+    (not a pass over 160 GB of weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        part = torch.cat([flat[:sample], flat[-sample:]]).float().cpu().numpy()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(part.tobytes())
+    return h.hexdigest()[:16]
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """The forward keyword that takes a cache: transformers 5.24 renamed ``past_key_values`` to
     ``cache`` (the old name warns and goes in 5.40); older 5.x releases only know the old one."""

@@ -125,11 +125,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True) -> Path:
+def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True, weights: str | None = None) -> Path:
     """Create (or resume) the run folder ``out`` for ``config``.
 
     A folder that holds a run with a different config is never overwritten: that is an error.
-    The same config resumes (finished pieces are skipped by the caller).
+    The same config resumes (finished pieces are skipped by the caller). ``weights``: a fingerprint
+    of the model's weights, kept beside the config: a resume with other weights (the same model
+    id retrained, or another revision) is refused instead of mixing two models' results.
     """
     out = Path(out)
     cfg_path = out / "config.json"
@@ -138,11 +140,17 @@ def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True) -> Pa
         old = read_json(cfg_path)
         if old.get("config_hash") != h:
             raise UserError(f"{out} already holds a run with a different config; choose another --out")
+        if weights is not None and old.get("weights_fingerprint") not in (None, weights):
+            raise UserError(f"{out} was started with other weights of this model (fingerprint "
+                            f"{old['weights_fingerprint']}, now {weights}); choose another --out")
         if not resume:
             raise UserError(f"{out} already holds this run; pass --resume to continue it or choose another --out")
         return out
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a staterank run folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, {"config": config, "config_hash": h, "environment": environment()})
+    body = {"config": config, "config_hash": h, "environment": environment()}
+    if weights is not None:
+        body["weights_fingerprint"] = weights
+    write_json(cfg_path, body)
     return out

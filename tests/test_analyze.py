@@ -172,3 +172,16 @@ def test_bad_inputs(tmp_path):
         analyze(loaded, ["ok"], eps=0, progress=False)
     with pytest.raises(UserError, match="no scheduled positions"):
         analyze(loaded, ["ok"], schedule=Schedule(stride=50), progress=False)
+
+
+def test_resume_with_other_weights_is_refused(tmp_path):
+    """A resumed run must not mix per-text parts of two models (a retrained builtin, a new revision)."""
+    save_tiny(tmp_path / "m", "qwen3_next")
+    loaded = load_model(str(tmp_path / "m"), device="cpu")
+    out = tmp_path / "run"
+    analyze(loaded, TEXTS, out=out, progress=False)
+    analyze(loaded, TEXTS, out=out, progress=False)  # same weights: resumes
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1.0)
+    with pytest.raises(UserError, match="other weights"):
+        analyze(loaded, TEXTS, out=out, progress=False)

@@ -499,7 +499,10 @@ def probe(
         _import_lm_eval()
     # an existing folder is resumed (same config) or refused now, before anything is measured
     out = Path(out)
-    folder = runio.new_run_dir(out, config) if out.exists() and any(out.iterdir()) else None
+    from ..models import weights_fingerprint
+
+    weights = weights_fingerprint(model)
+    folder = runio.new_run_dir(out, config, weights=weights) if out.exists() and any(out.iterdir()) else None
     done = folder is not None and (folder / "scores.json").exists()
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
@@ -525,7 +528,7 @@ def probe(
         conds.update(_single_head_conditions(space))
 
     if folder is None:
-        folder = runio.new_run_dir(out, config)
+        folder = runio.new_run_dir(out, config, weights=weights)
     if hs is not None and not done:
         runio.write_json(folder / "scores.json", hs.to_dict())
     runio.write_json(folder / "groups.json", {

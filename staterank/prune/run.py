@@ -40,7 +40,7 @@ import torch
 
 from .. import runio
 from ..errors import UserError, VerificationFailed
-from ..models import Loaded
+from ..models import Loaded, weights_fingerprint
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
 from ..stratify import HeadStats
@@ -236,7 +236,8 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     if cfg.plan_file:
         given = Plan.load(cfg.plan_file)
         given.check_model(model)
-    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)})
+    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)},
+                                weights=weights_fingerprint(model))
     if (run_dir / "prune.json").exists():
         done = runio.read_json(run_dir / "prune.json")
         if not done["check"]["passed"]:
@@ -372,7 +373,8 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     for a in sc.alphas:
         get_method("jrnp", alpha=a)
     cfg.validate()
-    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc)})
+    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc)},
+                                weights=weights_fingerprint(loaded.model))
     if (run_dir / "sweep.json").exists():
         return runio.read_json(run_dir / "sweep.json")
     model, tok = loaded.model, loaded.tokenizer

@@ -57,9 +57,17 @@ def render(run_dir: str | Path) -> Path:
     cfg = runio.read_json(run_dir / "config.json")
     c = cfg["config"]
     plt = _plt()
-    rank = _mean_over_texts(dyn.stats["threshold_rank"])  # [L, H, P]
+    per_text = dyn.stats["threshold_rank"]  # [N, L, H, P]
+    # a mean over texts that end at different t would step where one ends: plot only positions
+    # every text reached
+    every = np.isfinite(per_text).all(axis=(0, 1, 2))
+    rank = _mean_over_texts(per_text)  # [L, H, P]
     L, H, P = rank.shape
+    rank = np.where(every, rank, np.nan)
     pos = dyn.positions
+    n_texts = per_text.shape[0]
+    over = "" if n_texts == 1 else (f"; mean over {n_texts} texts" + (
+        f", up to t = {int(pos[every].max())} (the shortest)" if not every.all() and every.any() else ""))
     bound = dyn.layer_bound()
     log_x = bool(c["schedule"].get("log"))
 
@@ -83,7 +91,7 @@ def render(run_dir: str | Path) -> Path:
         if li // cols == rows - 1:
             ax.set_xlabel("token t")
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"state rank (ε = {c['eps']:g}) of every value head; colour = head index", fontsize=10)
+    fig.suptitle(f"state rank (ε = {c['eps']:g}) of every value head; colour = head index{over}", fontsize=10)
     fig.tight_layout()
     fig.savefig(run_dir / "rank_dynamics.png", dpi=120)
     plt.close(fig)
