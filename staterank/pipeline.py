@@ -213,7 +213,7 @@ class RunConfig:
         s = self.stratify
         t_late = min(s.t_late, s.max_tokens)
         return StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
-                              t_early=min(s.t_early, t_late // 2), t_late=t_late)
+                              t_early=min(s.t_early, t_late // 2), t_late=t_late, init_seed=self.seed)
 
     def prune_config(self):
         """The prune stage's PruneConfig."""

@@ -665,8 +665,22 @@ def merge_dynamics(runs: list[dict]) -> dict:
 
 
 def _from_analyze(folders: list) -> dict:
-    from .analyze import load_dynamics
+    """Merged dynamics of analyze run folders, which must come from one model (same weights, or
+    the same model spec and source for folders without a fingerprint) and one ε."""
+    from pathlib import Path
 
+    from .analyze import load_dynamics
+    from .runio import read_json
+
+    ids = []
+    for f in folders:
+        c = read_json(Path(f) / "config.json")
+        m = c["config"].get("model") or {}
+        ids.append((c.get("weights_fingerprint") or (m.get("spec"), m.get("source")), c["config"].get("eps")))
+    if len({i[0] for i in ids}) > 1:
+        raise UserError("the analyze runs come from different models (or weights); merge runs of one model only")
+    if len({i[1] for i in ids}) > 1:
+        raise UserError(f"the analyze runs used different eps ({sorted({str(i[1]) for i in ids})})")
     return merge_dynamics([load_dynamics(f).arrays() for f in folders])
 
 
@@ -700,6 +714,21 @@ def summarise(run, dyn: dict, dyn_init: dict | None, cfg: StratifyConfig, meta: 
     return result
 
 
+def _is_builtin(loaded) -> bool:
+    """The shipped model however it was named (``builtin`` or its folder's path): it was trained
+    from fla-style gates, so "auto" gates give its initialisation baseline those."""
+    from pathlib import Path
+
+    from .models import builtin_dir
+
+    if loaded.spec == "builtin":
+        return True
+    try:
+        return Path(str(loaded.source)).resolve() == builtin_dir().resolve()
+    except OSError:
+        return False
+
+
 def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None, log=print, progress: bool = False):
     """Analyze ``contexts`` (list of ``contexts.Context``) on ``loaded`` (``models.Loaded``) and, unless
     ``cfg.init`` is off, on the same architecture at initialisation (``init_copy``); write the run folder
@@ -721,7 +750,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
     names = [c.name for c in contexts]
     if len(set(names)) != len(names):
         raise UserError(f"context names must be unique, got {names}")
-    gates = cfg.init_gates if cfg.init_gates != "auto" else ("fla" if loaded.spec == "builtin" else "model")
+    gates = cfg.init_gates if cfg.init_gates != "auto" else ("fla" if _is_builtin(loaded) else "model")
     positions = default_positions(cfg.max_tokens, cfg.stride, cfg.t_early, cfg.t_late)
     config = {"stage": "stratify", "model": loaded.spec, "source": loaded.source, "model_config": loaded.config,
               "contexts": names, "contexts_hash": suite_hash(contexts), **asdict(cfg), "init_gates_used": gates}

@@ -385,3 +385,21 @@ def test_cli_writes_a_complete_folder_and_resumes(tmp_path, capsys):
     for k in ("spearman_t_early_t_late", "cosine_rank", "classes", "decay_rank_r2"):
         assert s2[k] == s[k], k
     assert s2["init_baseline"]["cosine_rank"] == s["init_baseline"]["cosine_rank"]
+    # the model's and the initialisation's analyze runs are two models: never merged as contexts of one
+    capsys.readouterr()
+    assert main(["stratify", "--from-runs", str(out / "analyze"), str(out / "analyze_init"),
+                 "--out", str(tmp_path / "mixed"), "--no-report"]) == 2
+    assert "different models" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+
+
+def test_builtin_is_recognised_by_its_folder_and_run_seeds_the_init():
+    """auto gates follow the model, not the spelling of --model; staterank run's --seed reaches the init."""
+    from types import SimpleNamespace
+
+    from staterank.models import builtin_dir
+    from staterank.pipeline import RunConfig
+
+    assert st._is_builtin(SimpleNamespace(spec="builtin", source="x"))
+    assert st._is_builtin(SimpleNamespace(spec="./m", source=str(builtin_dir())))
+    assert not st._is_builtin(SimpleNamespace(spec="./m", source="/nonexistent/model"))
+    assert RunConfig.from_dict({"model": "builtin", "seed": 7}).stratify_config().init_seed == 7

@@ -7,9 +7,10 @@ Run folder (never overwritten; rerunning the same command resumes and skips fini
   config.json            every setting (runio.new_run_dir)
   calibration/           the analyze run of the calibration contexts (dynamics.npz, heads.csv)
   plan.json              the tested plan (see plan.py)
-  baselines/*.json       the control plans: count-matched random (same budget and ranking),
-                         layer-matched random (same heads per layer), byte-matched random (same
-                         recurrent-state bytes, global), each for ``random_seeds`` seeds
+  baselines/*.json       the control plans, matched to the plan's removals: count-matched random
+                         (as many heads, any layer), layer-matched random (as many per layer),
+                         byte-matched random (as many recurrent-state bytes, any layer), each for
+                         ``random_seeds`` seeds
   evals/*.json           per model variant and task: per-item rows and accuracy with Wilson 95 % CI
   before.json            state bytes, decode speed of the original; masked_logits.npz: the reference
   model/                 the pruned checkpoint (stock transformers loads it), with prune_plan.json
@@ -117,11 +118,13 @@ def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
     from ..analyze import analyze
     from ..capture import Schedule
     from ..contexts import suite_hash
-    from ..stratify import head_stats
+    from ..stratify import default_positions, head_stats
 
     ctx = ctx if ctx is not None else calibration_contexts(loaded, cfg)
     dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
-                  schedule=Schedule(stride=cfg.calib_stride), seed=cfg.seed, out=out, progress=progress)
+                  # the positions stratify takes its time mean over (from t = 1), so r̄ means the same
+                  schedule=Schedule(positions=default_positions(cfg.calib_tokens, cfg.calib_stride)),
+                  seed=cfg.seed, out=out, progress=progress)
     stats = head_stats(dyn.arrays())
     head_bytes = np.array([l.layout.k * l.layout.v * 4 for l in loaded.adapter.linear_layers(loaded.model)])
     info = {"suite": cfg.calib_suite, "contexts": [c.name for c in ctx], "suite_hash": suite_hash(ctx),

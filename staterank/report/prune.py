@@ -94,7 +94,8 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
     ex = r.get("export")
     if ex:
         lines += ["", f"Exported to `{ex['path']}`: H_k {ex['key_heads_before'] // max(1, len(r['removed_per_layer']))}"
-                  f" → {ex['h_k']}, H_v → {ex['h_v']} per layer (GVA ratio {ex['group']}); "
+                  f" → {ex['h_k']}, H_v {r['value_heads'] // max(1, len(r['removed_per_layer']))} → {ex['h_v']} per layer "
+                  f"(GVA ratio {ex['group']}); "
                   f"{ex['key_heads_duplicated']} key heads duplicated to keep the GVA mapping exact "
                   "(they add conv state, not recurrent state)."]
     if r.get("not_exported"):
@@ -117,10 +118,10 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
               f"{d['before']['prompt']}-token prompt, median of {len(d['before']['repeats'])}): "
               f"{d['before']['tokens_per_s']:.1f} → {d['after']['tokens_per_s']:.1f} tokens/s "
               "(a short measurement on a possibly shared machine, not a benchmark).", "",
-              "Controls are zero-ablated random heads: count-matched (same budget and ranking), layer-matched "
-              "(same heads per layer), byte-matched (same recurrent-state bytes)."
-              + (" With per-layer ranking, count-matched and layer-matched draws are the same draws."
-                 if r["ranking"] == "per_layer" else ""), "",
+              "Controls are zero-ablated random heads matched to what the plan removed, each kind from its own "
+              "random seeds: count-matched (as many heads, drawn over all layers), layer-matched (as many in "
+              "each layer), byte-matched (at least as many recurrent-state bytes, over all layers)."
+              + "".join(f" Note: {n}." for n in r.get("control_notes") or []), "",
               "![accuracy vs state](prune_accuracy.png)", ""]
     return lines
 
