@@ -1,5 +1,6 @@
 """Captured states are the model's own: checked against its cache, prefill vs decode, GVA."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -259,3 +260,60 @@ def test_ablation_starting_mid_sequence_is_not_a_foreign_cache():
         with ablate(model, {l.index: [0, 1]}):
             model(ids[:, 8:], **{cache_kwarg(model): cache}, use_cache=True)
     assert [int(p) for p in trace.positions()] == list(range(1, 10))
+
+
+@pytest.mark.parametrize("family", ["qwen3_next", "kimi_linear"])
+def test_log_decay_is_the_mean_g_over_every_segment(family):
+    """dynamics()["log_decay"] [B, L, H] = Σ over all tokens of all segments of the log decay g the
+    rule calls received (per-channel decay: mean over K first) / the token count — a prefill, a
+    segment through the cache, then decode steps."""
+    model = tiny_model(family)
+    ad = get_adapter(model)
+    grabbed = {}
+
+    class Grab:
+        def observe(self, layer, call, out, state):
+            grabbed.setdefault(layer.index, []).append(call.g.detach().to(torch.float64).clone())
+
+    ids = torch.randint(3, 97, (2, 14), generator=torch.Generator().manual_seed(5))
+    bounds = [(0, 6), (6, 11), (11, 12), (12, 13), (13, 14)]
+    kw = cache_kwarg(model)
+    with torch.no_grad(), intercept(model, ad, Grab()), capture(model, stats=True) as trace:
+        cache = None
+        for a, b in bounds:
+            cache = output_cache(model(ids[:, a:b], **({kw: cache} if cache is not None else {}), use_cache=True))
+    dyn = trace.dynamics()
+    assert dyn["log_decay"].shape == (2, len(trace.layers), 4)
+    for li, layer in enumerate(dyn["layers"]):
+        gs = grabbed[int(layer)]
+        assert [g.shape[1] for g in gs] == [b - a for a, b in bounds]
+        g = torch.cat(gs, dim=1)  # [B, T, H] or [B, T, H, K]
+        assert g.dim() == (4 if ad.decay == "channel" else 3)
+        if g.dim() == 4:
+            assert not torch.equal(g.amax(-1), g.amin(-1))  # channels differ: the mean over K matters
+            g = g.mean(-1)
+        ref = (g.sum(dim=1) / g.shape[1]).numpy()  # [B, H]
+        np.testing.assert_allclose(dyn["log_decay"][:, li], ref, rtol=1e-12, atol=0)
+        assert (ref < 0).all()
+
+
+@pytest.mark.parametrize("family", ["qwen3_next", "kimi_linear"])
+def test_threshold_ranks_use_the_capture_eps(family):
+    """capture(eps=1e-2): threshold ranks are #{σ > 1e-2·σ_1} by fp64 svdvals of the captured
+    states, which differ from the default ε = 1e-4 ranks here."""
+    model = tiny_model(family)
+    ids = torch.randint(3, 97, (2, 20), generator=torch.Generator().manual_seed(6))
+    eps = 1e-2
+    with torch.no_grad(), capture(model, eps=eps, keep_states=True) as trace:
+        out = model(ids[:, :13], use_cache=True)
+        model(ids[:, 13:], **{cache_kwarg(model): output_cache(out)}, use_cache=True)
+    dyn = trace.dynamics()
+    rank = dyn["threshold_rank"]  # [B, L, H, P]
+    assert rank.shape[-1] == 20
+    differs = False
+    for li, layer in enumerate(dyn["layers"]):
+        sig = torch.linalg.svdvals(trace.states(int(layer)).double())  # [B, H, P, min(K, V)]
+        ref = (sig > eps * sig[..., :1]).sum(-1).numpy()
+        np.testing.assert_array_equal(rank[:, li], ref, err_msg=f"layer {layer}")
+        differs |= bool(((sig > 1e-4 * sig[..., :1]).sum(-1).numpy() != ref).any())
+    assert differs  # the test tells the two eps apart
