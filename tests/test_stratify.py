@@ -403,3 +403,67 @@ def test_builtin_is_recognised_by_its_folder_and_run_seeds_the_init():
     assert st._is_builtin(SimpleNamespace(spec="./m", source=str(builtin_dir())))
     assert not st._is_builtin(SimpleNamespace(spec="./m", source="/nonexistent/model"))
     assert RunConfig.from_dict({"model": "builtin", "seed": 7}).stratify_config().init_seed == 7
+
+
+# ---- the summary's assembly, against independent computations ---------------------------------------
+
+def test_stratify_stats_summary_matrices_labels_and_decay_against_independent_computation():
+    """Each summary block is computed from the right per-context vectors: cosines and Pearsons of the
+    per-context mean-rank / mean-nuclear vectors (not the final rank), Spearman between contexts over
+    heads, per-context labels from each context alone, decay → rank on the mean rank."""
+    N, L, H = 4, 3, 6
+    pos = np.array([4, 8, 16, 32, 64, 128])
+    rng = np.random.default_rng(11)
+    # per-context head levels that differ between contexts (so labels differ), plus a time trend that
+    # makes the final rank differ from the time mean
+    level = rng.random((N, L, H))
+    level[0] = np.where(np.arange(H) < 3, 0.05, 0.95)[None, :]  # context 0: heads 0-2 low
+    level[1] = np.where(np.arange(H) < 3, 0.95, 0.05)[None, :]  # context 1: the opposite
+    trend = rng.random((N, L, H, 1)) * np.linspace(-1, 1, len(pos))
+    rank = np.clip(16 * level[..., None] + 3 * trend + rng.normal(0, 0.3, (N, L, H, len(pos))), 0.1, 16)
+    nuc = 5 + rng.random((N, L, H, len(pos))) * rng.random((N, L, H, 1)) * 4  # positive, far from zero mean
+    ld = -np.exp(rng.normal(size=(N, L, H)))
+    d = synth(N, L, H, positions=pos, rank=rank, nuc=nuc, ld=ld, K=16)
+    names = [f"c{i}" for i in range(N)]
+    summary, cls, stats, per_ctx = st.stratify_stats(d, names)
+
+    span = pos[-1] - pos[0]
+    mean_rank = np.trapezoid(rank, pos, axis=-1) / span  # [N, L, H]
+    mean_nuc = np.trapezoid(nuc, pos, axis=-1) / span
+    final_rank = rank[..., -1]
+    assert not np.allclose(mean_rank, final_rank, rtol=0.05)  # the test can tell them apart
+    R, U = mean_rank.reshape(N, -1), mean_nuc.reshape(N, -1)
+    cos = lambda V: np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in V] for a in V])
+    np.testing.assert_allclose(summary["cosine_rank"]["matrix"], cos(R), atol=1e-12)
+    np.testing.assert_allclose(summary["cosine_nuclear"]["matrix"], cos(U), atol=1e-12)
+    np.testing.assert_allclose(summary["pearson_rank"]["matrix"], np.corrcoef(R), atol=1e-12)
+    np.testing.assert_allclose(summary["pearson_nuclear"]["matrix"], np.corrcoef(U), atol=1e-12)
+    assert not np.allclose(cos(U), np.corrcoef(U), atol=0.05)  # centring matters on these vectors
+    sp = scipy.stats.spearmanr(R, axis=1).statistic  # contexts are the variables, heads the observations
+    np.testing.assert_allclose(summary["spearman_contexts"]["matrix"], sp, atol=1e-12)
+    off = ~np.eye(N, dtype=bool)
+    assert summary["cosine_rank"]["mean_offdiag"] == pytest.approx(cos(R)[off].mean())
+    assert summary["spearman_contexts"]["mean_offdiag"] == pytest.approx(sp[off].mean())
+
+    # per-context labels: the two-cluster rule applied to that context alone
+    d_bound = np.minimum(pos[-1], 16)
+    for n in range(N):
+        x = mean_rank[n] / d_bound
+        thr = st.two_means(x.ravel())["threshold"]
+        want = np.where(x < thr, "low", "high")
+        assert (per_ctx["labels"][n] == want).all(), n
+        one = {k: (v[n:n + 1] if k in ("threshold_rank", "nuclear_norm", "log_decay") else v) for k, v in d.items()}
+        assert (st.classify(st.head_stats(one)).labels == want).all(), n
+    assert (per_ctx["labels"][0] != per_ctx["labels"][1]).all()  # contexts 0 and 1 disagree on every head
+    agree = np.mean(per_ctx["labels"][0] == per_ctx["labels"][2])
+    assert summary["label_agreement"]["matrix"][0, 1] == 0.0
+    assert summary["label_agreement"]["matrix"][0, 2] == pytest.approx(agree)
+
+    # decay -> rank: on the pooled mean rank over d, the gates' x = log(-mean log decay)
+    y = (mean_rank.mean(0) / d_bound).ravel()
+    x = np.log(-ld.mean(0)).ravel()
+    dr = summary["decay_rank_r2"]
+    assert dr["linear_r2"] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2)
+    assert dr["spearman"] == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    y_final = (final_rank.mean(0) / d_bound).ravel()
+    assert np.corrcoef(x, y_final)[0, 1] ** 2 != pytest.approx(dr["linear_r2"], abs=1e-3)
