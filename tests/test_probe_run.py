@@ -385,3 +385,44 @@ def test_cli_bad_scores_and_data_dir_leave_no_folder(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert not (tmp_path / "r").exists()
+
+
+def _exact_sign_flip_p(d):
+    """Two-sided sign-flip p by enumerating all 2^n sign patterns of the non-zero differences:
+    share of patterns whose |mean| reaches the observed |mean| (the null is symmetric, so this is
+    also 2·min(P(≥), P(≤)))."""
+    nz = np.asarray([x for x in d if x != 0], dtype=float)
+    n = len(nz)
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)  # [2^n, n] all patterns
+    means = (signs * nz).mean(1)
+    obs = abs(nz.mean())
+    return float((np.abs(means) >= obs * (1 - 1e-12)).mean())
+
+
+@pytest.mark.parametrize("d", [
+    [1, 0.5, 0.25, 0.75, 1, -0.5, 0.25, 1, 0, 0.5, 0.75, 0, -0.25],  # 11 non-zero, several magnitudes
+    [-1, -0.5, -0.25, 0.75, -1, -0.5, 0.25, -1, -0.5, -0.75, -0.25, 0.5, -1, -0.5],  # 14: the exact limit, mean < 0
+    [0.5, -1, 0.25, 0.25, -0.75],  # weak effect: p near 1
+    [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25],  # all positive: the smallest p, 2/2^8
+])
+def test_sign_flip_p_exact_with_several_magnitudes(d):
+    from staterank.probes.run import _sign_flip_p
+
+    want = _exact_sign_flip_p(d)
+    assert len([x for x in d if x]) <= 14
+    assert _sign_flip_p(np.array(d, dtype=float)) == pytest.approx(want, rel=1e-9, abs=0)
+    # the sign of the effect does not matter: two-sided
+    assert _sign_flip_p(-np.array(d, dtype=float)) == pytest.approx(want, rel=1e-9, abs=0)
+
+
+def test_sign_flip_p_monte_carlo_beyond_14_items():
+    from staterank.probes.run import _sign_flip_p
+
+    d = np.array([1, 0.5, -0.25, 0.75, 1, -0.5, 0.25, 1, 0.5, -1, 0.75, 0.25, -0.75, 0.5, 0.25, -0.5, 1, 0, 0.5, -0.25])
+    assert (d != 0).sum() == 19
+    want = _exact_sign_flip_p(d)  # 2^19 patterns: still cheap to enumerate here
+    assert 0.02 < want < 0.2  # a p where one-sided and two-sided answers differ by far more than MC error
+    got = _sign_flip_p(d)
+    # 20,000 resamples: two-sided MC s.d. ≈ 2·sqrt(0.05·0.95/20000) ≈ 0.003; one-sided would be ≈ want/2 or 1 - want/2
+    assert got == pytest.approx(want, abs=0.015)
+    assert _sign_flip_p(-d) == pytest.approx(want, abs=0.015)

@@ -303,3 +303,111 @@ def test_non_finite_states_are_refused():
     S[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="inf or nan"):
         sp.threshold_rank(S)
+
+
+def _record(monkeypatch):
+    """Route spy: every call of the engines' workers, by name, with its batch size."""
+    calls = []
+    for name in ("_svd_sigma", "_gram_sigma"):
+        real = getattr(sp, name)
+        monkeypatch.setattr(sp, name, lambda X, *a, _n=name, _r=real, **k: calls.append((_n, X.shape[0])) or _r(X, *a, **k))
+    return calls
+
+
+def test_auto_routes_to_svd_below_min_gram_eps(monkeypatch):
+    """"auto" takes the Gram route down to ε = 1e-6 (inclusive) and fp64 svdvals below it: compared
+    by the route taken, since both routes agree on easy spectra."""
+    S = gdn_states(6, H=2, K=10, V=9)
+    calls = _record(monkeypatch)
+    for fn in (lambda e: sp.threshold_rank(S, e), lambda e: sp.spectrum_stats(S, e)["threshold_rank"]):
+        for eps, route in [(1e-4, "_gram_sigma"), (1e-6, "_gram_sigma"), (9.99e-7, "_svd_sigma"), (5e-8, "_svd_sigma"),
+                           (0.0, "_svd_sigma")]:
+            calls.clear()
+            r = fn(eps)
+            assert torch.equal(r, ref_rank(S, eps)), eps
+            assert calls and {c[0] for c in calls} == {route}, (eps, calls)
+    # no ε (singular_values): the Gram route; explicit methods are obeyed at any ε
+    calls.clear()
+    sp.singular_values(S)
+    assert {c[0] for c in calls} == {"_gram_sigma"}
+    calls.clear()
+    sp.threshold_rank(S, 5e-8, method="gram")
+    assert "_gram_sigma" in {c[0] for c in calls}
+    calls.clear()
+    sp.threshold_rank(S, 1e-2, method="svd")
+    assert {c[0] for c in calls} == {"_svd_sigma"}
+
+
+@pytest.mark.parametrize("scale", [1e170, 1e-170])
+def test_fp64_ambiguous_fallback_is_rescaled(scale, monkeypatch):
+    """A far-from-one fp64 state with σ exactly on ε·σ_1 goes to the SVD fallback inside the Gram
+    engine, which works in the power-of-two-scaled units: its σ must come back in the state's own."""
+    eps = 1e-4
+    g = torch.Generator().manual_seed(5)
+    easy = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    on = with_spectrum(torch.tensor([1.0, 0.5, 0.2, eps, 1e-7]), 8, 6, seed=11)  # σ_4 = ε·σ_1
+    base = torch.stack([easy, on * 3.0, easy.flip(0) / 7.0])  # [3, 8, 6]; only the middle one is ambiguous
+    S = base * scale
+    calls = _record(monkeypatch)
+    stats = sp.spectrum_stats(S, eps, method="gram")
+    svd_batches = [n for name, n in calls if name == "_svd_sigma"]
+    assert svd_batches == [1], "the on-threshold state (and only it) must go to the fallback"
+    ref = torch.linalg.svdvals(base) * scale  # the unscaled state's spectrum, times the scale
+    fro = torch.linalg.vector_norm(base, dim=(-2, -1)) * scale
+    s1 = ref[:, 0]
+    torch.testing.assert_close(stats["spectral_norm"], s1, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stats["nuclear_norm"], ref.sum(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(stats["frobenius_norm"], fro, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stats["stable_rank"], (fro / s1) ** 2, rtol=1e-10, atol=0)
+    p = ref / ref.sum(-1, keepdim=True)
+    torch.testing.assert_close(stats["entropy_rank"], torch.exp(-(p * p.log()).sum(-1)), rtol=1e-10, atol=0)
+    assert torch.equal(stats["threshold_rank"], ref_rank(S, eps))
+    assert stats["threshold_rank"][0].item() == 6 and stats["threshold_rank"][2].item() == 6
+    sig = sp.singular_values(S, method="gram")  # no ε, no fallback: still in the state's units
+    torch.testing.assert_close(sig[:, 0], s1, rtol=1e-12, atol=0)
+
+
+def test_tokens_shortcut_only_for_bound_at_most_one():
+    """t = 2 writes bound the rank by 2, which settles nothing: such states are solved. A genuinely
+    rank-2 state stays 2, two writes along one key are rank 1, and a state that decayed to 0 is 0."""
+    g = torch.Generator().manual_seed(2)
+    K, V = 9, 7
+    k1, k2 = torch.randn(K, generator=g), torch.randn(K, generator=g)
+    v1, v2 = torch.randn(V, generator=g), torch.randn(V, generator=g)
+    two = torch.outer(k1, v1) + torch.outer(k2, v2)  # rank 2
+    same_key = torch.outer(k1, v1) + torch.outer(k1, v2)  # rank 1 after 2 writes
+    # delta rule, β = 1, unit key written twice: the second write replaces the first (rank 1)
+    k = k1 / k1.norm()
+    S1 = torch.outer(k, v1)
+    overwrite = S1 + torch.outer(k, v2 - S1.T @ k)
+    for S, want in [(two, 2), (same_key, 1), (overwrite, 1)]:
+        assert ref_rank(S).item() == want
+        assert sp.threshold_rank(S, tokens=2).item() == want
+        assert sp.threshold_rank(S[None], tokens=torch.tensor([2])).item() == want
+    # a batch mostly settled by the shortcut (t <= 1) with t = 2 states among them
+    batch = torch.stack([torch.outer(k1, v1), torch.zeros(K, V), torch.outer(k2, v2), same_key, two,
+                         torch.outer(v1[:1].repeat(K), v2)])
+    t = torch.tensor([1, 0, 1, 2, 2, 1])
+    assert torch.equal(sp.threshold_rank(batch, tokens=t), torch.tensor([1, 0, 1, 1, 2, 1]))
+    assert torch.equal(sp.threshold_rank(batch, tokens=t), ref_rank(batch))
+
+
+@pytest.mark.parametrize("method", ["auto", "svd"])  # the Gram route cannot resolve 1e-9 (its docstring)
+def test_tokens_shortcut_off_below_min_gram_eps(method):
+    """An fp32 rank-one write has fp64 rank > 1 at ε = 1e-9 (fp32 rounding of k_i·v_j): tokens = 1
+    must not claim rank 1 there; the count is fp64 svdvals'."""
+    eps = 1e-9
+    g = torch.Generator().manual_seed(4)
+    S = torch.stack([torch.outer(torch.randn(16, generator=g), torch.randn(12, generator=g)) for _ in range(3)])
+    assert S.dtype == torch.float32
+    sig = ref_sigma(S)
+    ratio = sig / sig[:, :1]
+    assert not ((ratio - eps).abs() < 0.05 * eps).any()  # no σ near the threshold: the count is robust
+    want = (ratio > eps).sum(-1)
+    assert (want > 1).all()
+    assert torch.equal(sp.threshold_rank(S, eps, tokens=1, method=method), want)
+    assert torch.equal(sp.threshold_rank(S[:1], eps, tokens=torch.tensor([1]), method=method), want[:1])
+    # mixed with zero states (t = 0 bound): those stay 0 either way
+    Z = torch.cat([S, torch.zeros(3, 16, 12)])
+    assert torch.equal(sp.threshold_rank(Z, eps, tokens=torch.tensor([1, 1, 1, 0, 0, 0]), method=method),
+                       torch.cat([want, torch.zeros(3, dtype=torch.long)]))

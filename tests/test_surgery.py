@@ -120,3 +120,53 @@ def test_bad_plans_are_one_line_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a staterank prune plan"):
         Plan.load(tmp_path / "bad.json")
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family,h_k,h_v", CASES)
+def test_surgery_functions_with_nothing_removed_are_identity(family, h_k, h_v):
+    """Each family's slicing function, called directly (prune_heads skips a layer with nothing to
+    remove), with every head kept: every tensor, layout and logit stays bit-identical."""
+    from staterank.adapters import get_adapter
+    from staterank.prune.surgery import SURGERY
+    from staterank.testing import FAMILIES
+
+    assert set(FAMILIES) == {c[0] for c in CASES} == set(SURGERY)
+    model = _model(family, h_k, h_v)
+    ids = _ids()
+    with torch.no_grad():
+        before = logits(model, ids)
+    params = _state(model)
+    adapter = get_adapter(model)
+    layers = adapter.linear_layers(model)
+    assert [l.index for l in layers] == list(LINEAR)
+    for layer in layers:
+        gp, keys = regroup(layer.layout, [])
+        assert gp == layer.layout.group
+        SURGERY[family](layer.module, layer.layout, keys)
+        assert adapter.layout_of(layer.module) == layer.layout
+    after = _state(model)
+    assert after.keys() == params.keys()
+    for name, val in params.items():
+        assert after[name].shape == val.shape and torch.equal(after[name], val), name
+    with torch.no_grad():
+        torch.testing.assert_close(logits(model, ids), before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family,h_k,h_v,gp", [(*c, gp) for c in CASES for gp in (1, 2) if gp < c[2] // c[1]])
+def test_regrouping_with_nothing_removed_keeps_the_model(family, h_k, h_v, gp):
+    """prune_heads with nothing removed but a smaller GVA ratio G' does reach the surgery: key heads
+    are duplicated so that each serves G' value heads, which computes the same q, k and outputs."""
+    model = _model(family, h_k, h_v)
+    ids = _ids()
+    with torch.no_grad():
+        before = logits(model, ids)
+        layouts = prune_heads(model, {}, group=gp)
+        assert sorted(layouts) == list(LINEAR)
+        for lo in layouts.values():
+            assert (lo.h_v, lo.group, lo.h_k) == (h_v, gp, h_v // gp)
+        # other matrix shapes, other fp32 summation orders: ~1e-7 here
+        torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=1e-5)
