@@ -126,7 +126,7 @@ def test_lm_eval_missing_is_one_line_user_error(monkeypatch):
         lm_eval_probe(SimpleNamespace(model=None, tokenizer=None), ["gsm8k"])
 
 
-def test_lm_eval_sees_the_ablated_model(monkeypatch):
+def test_lm_eval_sees_the_ablated_model(monkeypatch, tmp_path):
     """A stand-in lm_eval: its evaluate runs the HFLM's model; the ablation must be active there,
     and gsm8k_local must be offered through include_path."""
     import sys
@@ -167,6 +167,12 @@ def test_lm_eval_sees_the_ablated_model(monkeypatch):
     for name, mod in {"lm_eval": fake, "lm_eval.models": types.ModuleType("lm_eval.models"),
                       "lm_eval.models.huggingface": hf, "lm_eval.tasks": tm}.items():
         monkeypatch.setitem(sys.modules, name, mod)
+    # the stand-in has no task files: give it a gsm8k.yaml of the installed shape
+    import staterank.probes.lmeval as lmeval_mod
+
+    src = tmp_path / "gsm8k.yaml"
+    src.write_text("task: gsm8k\ndataset_path: openai/gsm8k\ndataset_name: main\noutput_type: generate_until\n")
+    monkeypatch.setattr(lmeval_mod, "_installed_gsm8k_yaml", lambda: src)
     loaded = SimpleNamespace(model=model, tokenizer=None, adapter=get_adapter(model))
     li = loaded.adapter.linear_layers(model)[0].index
     r0 = lm_eval_probe(loaded, ["gsm8k_local"])

@@ -35,11 +35,23 @@ def _import_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
+def _installed_gsm8k_yaml() -> Path:
+    """The installed lm-eval distribution's gsm8k.yaml (found through the distribution, not the
+    imported module)."""
+    import importlib.metadata
+
+    try:
+        src = Path(str(importlib.metadata.distribution("lm_eval").locate_file("lm_eval/tasks/gsm8k/gsm8k.yaml")))
+    except importlib.metadata.PackageNotFoundError:
+        src = None
+    if src is None or not src.is_file():
+        raise UserError("gsm8k_local needs lm-evaluation-harness and its gsm8k task: pip install 'staterank[eval]'")
+    return src
+
+
 def gsm8k_local_yaml(data_dir: str | os.PathLike | None = None) -> str:
     """The installed lm-eval's own ``gsm8k`` task config (prompt, metric, regexes, stop
     sequences, filters, version), reading ``<data>/gsm8k/*.jsonl`` instead of the Hub."""
-    import importlib.metadata
-
     import yaml
 
     from ..data import data_dir as resolve
@@ -48,13 +60,7 @@ def gsm8k_local_yaml(data_dir: str | os.PathLike | None = None) -> str:
     for split in ("train", "test"):
         if not (root / f"{split}.jsonl").is_file():
             raise UserError(f"{root / (split + '.jsonl')} not found; pass --data-dir")
-    try:  # the installed distribution's file (not the imported module: tests may stand one in)
-        src = Path(str(importlib.metadata.distribution("lm_eval").locate_file("lm_eval/tasks/gsm8k/gsm8k.yaml")))
-    except importlib.metadata.PackageNotFoundError:
-        src = None
-    if src is None or not src.is_file():
-        raise UserError("gsm8k_local needs lm-evaluation-harness and its gsm8k task: pip install 'staterank[eval]'")
-    cfg = yaml.safe_load(src.read_text(encoding="utf-8"))
+    cfg = yaml.safe_load(_installed_gsm8k_yaml().read_text(encoding="utf-8"))
     for k in ("tag", "dataset_name"):
         cfg.pop(k, None)
     cfg.update(task="gsm8k_local", dataset_path="json",
