@@ -50,17 +50,9 @@ def test_zero_ablation_equals_slicing_the_head_out(family):
         base = model(ids).logits
         with ablate(model, target):
             abl = model(ids).logits
-        # slice out: zero the heads' columns of the output projection
-        saved = []
-        for l in layers:
-            if l.index in target:
-                W = _out_proj(l.module, l.layout.h_v, l.layout.v).weight
-                saved.append((W, W.clone()))
-                for h in target[l.index]:
-                    W[:, h * l.layout.v:(h + 1) * l.layout.v] = 0
+        saved = _zero_columns(layers, target)  # slice out: zero the heads' columns of the output projection
         sliced = model(ids).logits
-        for W, w0 in saved:
-            W.copy_(w0)
+        _restore(saved)
     assert (abl - base).abs().max() > 1e-4  # the ablation did something
     torch.testing.assert_close(abl, sliced, atol=1e-6, rtol=1e-5)
 
