@@ -370,7 +370,9 @@ def cosine_matrix(vectors: np.ndarray, names: list[str], centred: bool = False) 
     if centred:
         v = v - v.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(v, axis=1)
-    reasons = {names[i]: ("constant vector" if centred else "zero vector") for i in np.nonzero(~(norm > 0))[0]}
+    finite = np.isfinite(v).all(axis=1)
+    reasons = {names[i]: ("has undefined entries" if not finite[i] else "constant vector" if centred else "zero vector")
+               for i in np.nonzero(~(norm > 0))[0]}
     with np.errstate(invalid="ignore", divide="ignore"):
         m = (v @ v.T) / np.outer(norm, norm)
     m[~(np.outer(norm, norm) > 0)] = np.nan
