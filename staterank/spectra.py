@@ -15,7 +15,7 @@ every matrix with an eigenvalue inside that error band around ε²σ_1² is reco
 Threads. ``threads`` (default ``torch.get_num_threads()``) CPU workers each take a slice of the
 batch with torch's intra-op threads set to 1 for the duration of the call (process-wide; restored
 after). Cost on one core, 128x128: ~0.5 ms/matrix vs ~0.8 ms for fp64 ``svdvals`` (1.55x;
-3.5x with two workers, since batched ``svdvals`` cannot use a second core).
+2.9-3.5x with two workers, since batched ``svdvals`` cannot use a second core).
 
 Why not faster on one core: the fp64 Gram product alone costs about a third of ``svdvals``
 (``benchmarks/spectra.py`` prints that ceiling), and every certificate we know for an exact count
