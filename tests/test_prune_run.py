@@ -166,3 +166,88 @@ def test_cli_failed_check_renders_the_report_then_one_line_and_exit_3(tmp_path, 
     assert rendered == [str(tmp_path / "r")]
     assert capsys.readouterr().err.strip().splitlines() == [
         "staterank: check failed: pruned model differs from the masked model by 0.5 > 0.0001"]
+
+
+# ---- mutation-audit additions --------------------------------------------------------------------
+
+def _plan(removed, layouts=((2, 4, 8, 16), (2, 4, 8, 16), (1, 2, 4, 6))):
+    from staterank.prune.plan import Plan
+
+    return Plan(model_id="m", fingerprint="f", method="jrnp", params={}, ranking="global",
+                budget={"kind": "count", "value": len(removed)}, scores=[[0.0] * 4] * 3, removed=list(removed),
+                facts={"linear_layers": [0, 1, 3], "layouts": [list(lo) for lo in layouts]})
+
+
+def test_plan_summary_numbers_by_hand():
+    p = _plan([(0, 3), (3, 1), (0, 0)])
+    p.validate()
+    # K·V·4 bytes per head: layer 0 8·16·4 = 512 (twice), layer 3 4·6·4 = 96
+    assert p.removed_state_bytes() == 2 * 512 + 96
+    assert p.removed_state_bytes(dtype_bytes=2) == 2 * 256 + 48
+    assert p.fraction == pytest.approx(3 / 10)  # of all 4 + 4 + 2 value heads
+    assert p.counts() == [2, 0, 1] and p.kept_h_v() == [2, 4, 1]
+    assert p.by_layer() == {0: [0, 3], 1: [], 3: [1]}
+    s = p.to_dict()["summary"]
+    assert s == {"removed": 3, "value_heads": 10, "fraction": pytest.approx(0.3), "per_layer": [2, 0, 1],
+                 "removed_state_bytes_per_sequence": 1120}
+
+
+@pytest.mark.parametrize("removed, match", [
+    ([(0, 4)], "head 4 of layer 0"),            # layer 0 has heads 0..3
+    ([(3, 2)], "head 2 of layer 3"),
+    ([(0, -1)], "head -1"),
+    ([(2, 0)], "layer 2"),                       # not a linear layer
+    ([(0, 1), (1, 2), (0, 1)], "twice"),
+    ([(3, 0), (3, 1)], "every value head of layer 3"),
+    ([(0, 0), (0, 1), (0, 2), (0, 3)], "every value head of layer 0"),
+])
+def test_plan_validate_refuses_impossible_plans(removed, match):
+    from dataclasses import asdict
+
+    from staterank.prune.plan import FORMAT, Plan
+
+    with pytest.raises(UserError, match=match):
+        _plan(removed).validate()
+    d = {"format": FORMAT, **asdict(_plan(removed))}  # (to_dict's summary needs a valid plan)
+    with pytest.raises(UserError, match=match):  # a hand-edited plan.json is refused on load too
+        Plan.from_dict(d)
+
+
+def test_plan_check_model_sees_every_layout_fact():
+    from staterank.prune.plan import fingerprint, make_plan
+
+    base = tiny_model("qwen3_next", h_v=4, k=8, v=12)
+    plan = make_plan(base, [(0, 1)], model_id="base", method="jrnp", params={}, ranking="global",
+                     budget={"kind": "count", "value": 1})
+    plan.check_model(tiny_model("qwen3_next", h_v=4, k=8, v=12, seed=1))  # other weights, same architecture
+    for kw in (dict(h_v=4, k=8, v=16), dict(h_v=4, k=16, v=12), dict(h_v=8, k=8, v=12)):
+        other = tiny_model("qwen3_next", **kw)
+        assert fingerprint(other) != plan.fingerprint, kw
+        with pytest.raises(UserError, match="another model"):
+            plan.check_model(other)
+
+
+def test_check_tolerance_is_relative_to_the_logit_scale(tmp_path, monkeypatch):
+    """fp32: the check allows max(check_tol, 3e-5 · max |logit|); a pruned model off by ~1e-3 of the
+    logit scale fails it (a surgery bug can be small), one that is exact passes."""
+    import staterank.prune.run as run_mod
+    from staterank.prune.run import CheckFailed
+    from staterank.runio import read_npz
+
+    real = run_mod.prune_heads
+
+    def off_by_a_little(model, removed):
+        out = real(model, removed)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1 + 1e-3)
+        return out
+
+    monkeypatch.setattr(run_mod, "prune_heads", off_by_a_little)
+    cfg = _cfg(export=False, random_seeds=0, check_tol=1e-9)
+    with pytest.raises(CheckFailed):
+        run_prune(_loaded(), cfg, tmp_path / "run")
+    r = read_json(tmp_path / "run" / "prune.json")
+    scale = float(np.abs(read_npz(tmp_path / "run" / "masked_logits.npz")["logits"]).max())
+    assert r["check"]["tolerance"] == pytest.approx(3e-5 * scale)
+    assert r["check"]["max_abs_logit_diff_vs_masked"] > r["check"]["tolerance"]
+    assert not r["check"]["passed"]

@@ -87,3 +87,61 @@ def test_scores_read_stratify_head_stats():
     hs = head_stats(dyn)
     np.testing.assert_allclose(get_method("rank").score(hs), 0.75 * RANK / 8)
     np.testing.assert_allclose(get_method("norm").score(hs), NORM / 8)
+
+
+# ---- mutation-audit additions: exact expectations computed by hand -------------------------------
+
+def _stats_bounds(bound):
+    z = np.zeros_like(RANK)
+    return HeadStats(layers=np.array([0, 3]), mean_rank=RANK, final_rank=z, mean_nuclear=NORM,
+                     bound=np.asarray(bound, float), log_decay=z, n_contexts=1)
+
+
+def test_rank_divides_by_each_layers_own_bound():
+    """d is min(T, K, V) per layer: a layer with smaller K·V divides by its own, smaller d."""
+    s = _stats_bounds([4.0, 8.0])
+    np.testing.assert_allclose(get_method("rank").score(s), [[0.25, 1.0, 0.5], [1.0, 0.375, 0.875]])
+    # JRNP (α = 0.5): mean of that rank score and n/8
+    np.testing.assert_allclose(get_method("jrnp").score(s),
+                               [[0.25, 0.5625, 0.5], [0.6875, 0.6875, 0.75]])
+
+
+def test_bytes_budget_stops_as_soon_as_it_is_met():
+    s, hb = _stats(), (100, 200)
+    m = get_method("jrnp")
+    assert m.select(s, Budget("bytes", 200), head_bytes=hb) == [(3, 2)]  # 200 freed: exactly enough
+    assert m.select(s, Budget("bytes", 0), head_bytes=hb) == []
+    # 600 = every layer down to one head: (3,2) 200, (3,0) 400, (3,1) would empty layer 3, (0,2) 500, (0,1) 600
+    assert m.select(s, Budget("bytes", 600), head_bytes=hb) == [(3, 2), (3, 0), (0, 2), (0, 1)]
+    with pytest.raises(UserError, match="cannot free 601 bytes"):
+        m.select(s, Budget("bytes", 601), head_bytes=hb)
+
+
+def test_per_layer_bytes_takes_the_smallest_count_that_suffices():
+    s, hb = _stats(), (100, 200)
+    m = get_method("jrnp")
+    # one head per layer frees 300 < 350: two per layer (600) are needed
+    assert m.select(s, Budget("bytes", 350), "per_layer", hb) == [(0, 2), (0, 1), (3, 2), (3, 0)]
+    assert m.select(s, Budget("bytes", 300), "per_layer", hb) == [(0, 2), (3, 2)]
+
+
+def test_layer_counts_take_each_layers_highest_scores_whatever_the_ranking():
+    s = _stats()
+    m = get_method("jrnp")
+    for ranking in ("global", "per_layer"):
+        assert m.select(s, Budget("layer_counts", (2, 1)), ranking) == [(0, 2), (0, 1), (3, 2)]
+        assert m.select(s, Budget("layer_counts", (0, 2)), ranking) == [(3, 2), (3, 0)]
+    assert get_method("inverse").select(s, Budget("layer_counts", (1, 1))) == [(0, 0), (3, 0)]
+    with pytest.raises(UserError):
+        m.select(s, Budget("layer_counts", (1,)))
+    with pytest.raises(UserError):
+        m.select(s, Budget("layer_counts", (3, 0)))  # would empty layer 0
+
+
+def test_count_and_bytes_budgets_must_be_integers():
+    for kind in ("count", "bytes"):
+        with pytest.raises(UserError, match="non-negative integer"):
+            Budget(kind, 2.5)
+        assert Budget(kind, 2.0).value == 2.0
+    with pytest.raises(UserError):
+        Budget("layer_counts", (1, -1))
