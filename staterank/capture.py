@@ -168,6 +168,7 @@ class _Capturer:
         self.on_states = on_states
         self.verify = verify
         self.chunk = chunk
+        self.padded = False  # set by enter() for the layer about to call its rule
 
     def enter(self, layer: LinearLayer, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
@@ -178,7 +179,7 @@ class _Capturer:
         """Checks on the call as the layer made it (an ablation may zero heads of the initial state
         after this, legitimately)."""
         lt = self.by_module[id(layer.module)]
-        if getattr(self, "padded", False):
+        if self.padded:
             raise UserError("capture got a padded batch: positions and statistics would include the pad "
                             "tokens; give one text per forward, or texts of equal length")
         if call.initial_state is None:

@@ -29,7 +29,6 @@ their seeds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -58,15 +57,16 @@ def _no_skill(task: str, acc: float | None, ci_low: float | None) -> str | None:
     return None
 
 
-def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, float | None, float | None]:
-    """Mean and t interval, clipped to ``bounds`` (correlations and cosines live in [-1, 1])."""
+def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0), level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """Mean and two-sided ``level`` t interval of the finite values of ``x``, clipped to ``bounds``
+    (correlations and cosines live in [-1, 1])."""
     x = np.asarray([v for v in np.ravel(np.asarray(x, dtype=float)) if np.isfinite(v)])
     if len(x) == 0:
         return None, None, None
     m = float(x.mean())
     if len(x) < 2 or np.ptp(x) == 0:
-        return m, None, None  # one value (or two equal ones) gives no interval: never a verdict
-    h = float(scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+        return m, None, None  # one value (or only equal ones) gives no interval: never a verdict
+    h = float(scipy.stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
     return m, max(m - h, bounds[0]), min(m + h, bounds[1])
 
 
@@ -112,20 +112,7 @@ def _weakest_layer(sp: dict) -> tuple[float | None, float | None, float | None, 
     P = np.array([[np.nan if v is None else v for v in row] for row in per_ctx.values()], dtype=float)
     if P.ndim != 2 or P.size == 0:
         return None, None, None, []
-    L = P.shape[1]
-    q = 1 - 0.05 / (2 * L)
-    layers = []
-    for x in P.T:
-        x = x[np.isfinite(x)]
-        if len(x) == 0:
-            layers.append([None, None, None])
-            continue
-        m = float(x.mean())
-        if len(x) < 2 or np.ptp(x) == 0:
-            layers.append([m, None, None])
-            continue
-        h = float(scipy.stats.t.ppf(q, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-        layers.append([m, max(m - h, -1.0), min(m + h, 1.0)])
+    layers = [list(_t_ci(x, level=1 - 0.05 / P.shape[1])) for x in P.T]
     means = [m for m, _, _ in layers if m is not None]
     if not means:
         return None, None, None, layers

@@ -15,6 +15,13 @@ from .errors import UserError
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def check_given(path: str | os.PathLike | None) -> None:
+    """One-line UserError when a data folder was given (``--data-dir``) and does not exist; None
+    is fine (the resolution order applies)."""
+    if path is not None and not os.path.isdir(path):
+        raise UserError(f"--data-dir {path}: no such directory")
+
+
 def data_dir(path: str | os.PathLike | None = None, required: bool = True) -> Path | None:
     """Return the data directory, or raise a one-line UserError if none exists and ``required``."""
     candidates = []

@@ -13,7 +13,6 @@ never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 import types
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from . import runio
+from .data import check_given
 from .errors import UserError
 
 
@@ -161,8 +161,7 @@ class RunConfig:
             raise UserError("model is empty: give an HF id, a local folder, 'builtin' or 'negative-control'")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
-        if self.data_dir is not None and not os.path.isdir(self.data_dir):
-            raise UserError(f"data_dir {self.data_dir}: no such directory")
+        check_given(self.data_dir)
         for name, f in (("probe.fraction", self.probe.fraction), ("prune.fraction", self.prune.fraction)):
             if not 0 < f < 1:
                 raise UserError(f"{name} must be in (0, 1), got {f}")
@@ -173,8 +172,6 @@ class RunConfig:
         s = self.stratify
         if s.suite not in SUITES:
             raise UserError(f"unknown stratify.suite {s.suite!r}; choose one of {', '.join(SUITES)}")
-        if s.max_tokens < 2:
-            raise UserError("stratify.max_tokens must be >= 2")
         if s.stride < 1:
             raise UserError(f"stratify.stride must be >= 1, got {s.stride}")
         _at("stratify", lambda: self.stratify_config().validate())
@@ -198,10 +195,8 @@ class RunConfig:
                                            niah_lengths=p.niah_lengths, niah_depths=p.niah_depths))
         _at("probe", lambda: G.check_kinds(p.groups, p.seeds))
 
-        # prune: the PruneConfig the stage builds, checked by its own validate; its calibration suite
+        # prune: the PruneConfig the stage builds, checked by its own validate (suite, method, budget...)
         q = self.prune
-        if q.calib_suite not in SUITES:
-            raise UserError(f"unknown prune.calib_suite {q.calib_suite!r}; choose one of {', '.join(SUITES)}")
         if q.calib_tokens < 1:
             raise UserError(f"prune.calib_tokens must be >= 1, got {q.calib_tokens}")
         _at("prune", lambda: self.prune_config().validate())

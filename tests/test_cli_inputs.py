@@ -5,8 +5,6 @@ import json
 import pytest
 
 from staterank.cli import main as _main
-from staterank.errors import UserError
-from staterank.runio import read_json
 
 
 def main(argv) -> int:
@@ -45,14 +43,6 @@ def test_plan_with_scoring_options_is_refused(tmp_path, capsys):
         plan.write_bytes(body)
         assert main(["prune", "--plan", str(plan), "--out", str(tmp_path / "run")]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
-
-
-def test_read_json_of_a_torn_or_binary_file_is_a_user_error(tmp_path):
-    p = tmp_path / "x.json"
-    for body in (b"{bad", b"\x89PNG\x00\xff"):
-        p.write_bytes(body)
-        with pytest.raises(UserError, match="not a JSON file"):
-            read_json(p)
 
 
 def test_same_text_twice_is_refused(tmp_path, capsys):

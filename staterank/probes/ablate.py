@@ -129,19 +129,16 @@ def ablate(
     adapter = adapter or get_adapter(model)
     layers = adapter.linear_layers(model)
     norm = normalize_heads(heads, layers)
-    mod_of = {l.index: l.module for l in layers}
     if mode == "mean":
         have = {int(k): torch.as_tensor(v) for k, v in (means or {}).items()}
         missing = [li for li in norm if li not in have]
         if missing:
             raise UserError(f"mean ablation needs calibrated means for layers {missing}")
-        means_by_mod = {id(mod_of[li]): have[li] for li in norm}
-    else:
-        means_by_mod = {}
     if not norm:  # nothing to ablate: do not even route calls through the wrapper
         yield norm
         return
     if mode == "zero":
+        mod_of = {l.index: l.module for l in layers}
         handler = _Ablator({id(mod_of[li]): torch.tensor(hs, dtype=torch.long) for li, hs in norm.items()})
         with intercept(model, adapter, handler):
             yield norm
@@ -150,7 +147,7 @@ def ablate(
     def replace(layer: LinearLayer, x: torch.Tensor) -> torch.Tensor:
         hs = norm[layer.index]
         x = x.clone()
-        x[..., hs, :] = means_by_mod[id(layer.module)][hs].to(device=x.device, dtype=x.dtype)
+        x[..., hs, :] = have[layer.index][hs].to(device=x.device, dtype=x.dtype)
         return x
 
     with _out_proj_hooks(adapter, [l for l in layers if l.index in norm], replace):

@@ -33,10 +33,11 @@ import torch
 from scipy import stats as sst
 
 from .. import runio
+from ..data import check_given
 from ..errors import UserError
 from . import groups as G
 from .ablate import MODES, ablate, calibrate_means
-from .tasks import ProbeTask, make_task
+from .tasks import ProbeTask, check_seed, make_task
 
 BASE = "base"
 SINGLE = "head/"  # single-head conditions: "head/L{layer}.H{head}"
@@ -458,14 +459,10 @@ def probe(
     Every input (tasks and their data, groups, the scores file, calibration prose) is checked
     before the run folder is created, so a failed start leaves no folder behind.
     """
-    # Every input is checked, and every file read, before the run folder is created: a folder left
-    # behind by a failed start would refuse the corrected command as "a different config".
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"--seed must be a whole number >= 0, got {seed!r}")
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir}: no such directory")
+    check_seed(seed)
+    check_given(data_dir)
     G.check_kinds(groups, seeds)
     model, tok = loaded.model, loaded.tokenizer
     from ..adapters import get_adapter
@@ -503,15 +500,15 @@ def probe(
 
     weights = weights_fingerprint(model)
     folder = runio.new_run_dir(out, config, weights=weights) if out.exists() and any(out.iterdir()) else None
-    done = folder is not None and (folder / "scores.json").exists()
+    scores_saved = folder is not None and (folder / "scores.json").exists()
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
     need_scores = any(g in groups for g in ("low", "high")) or single_head
     hs: HeadScores | None = None
-    need_calib = (need_scores and scores is None and not done) or (
+    need_calib = (need_scores and scores is None and not scores_saved) or (
         mode == "mean" and not (folder is not None and (folder / "means.npz").exists()))
     calib = calibration_texts(calib_texts, data_dir=data_dir) if need_calib else None
-    if done:
+    if scores_saved:
         hs = HeadScores.from_dict(runio.read_json(folder / "scores.json"), str(folder / "scores.json"))
     elif need_scores:
         if isinstance(scores, HeadScores):
@@ -529,7 +526,7 @@ def probe(
 
     if folder is None:
         folder = runio.new_run_dir(out, config, weights=weights)
-    if hs is not None and not done:
+    if hs is not None and not scores_saved:
         runio.write_json(folder / "scores.json", hs.to_dict())
     runio.write_json(folder / "groups.json", {
         "group_size": n, "total_heads": space.total, "fraction": n / space.total,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -178,10 +177,9 @@ class NiahTask(BuiltinTask):
 def load_gsm8k(split: str = "test", data_dir=None) -> list[dict]:
     """GSM8K records {question, answer}: ``<data>/gsm8k/<split>.jsonl`` if present, else the HF
     dataset ``openai/gsm8k`` (``datasets`` is imported only then)."""
-    from ..data import data_dir as resolve
+    from ..data import check_given, data_dir as resolve
 
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir}: no such directory")
+    check_given(data_dir)
     root = resolve(data_dir, required=False)
     path = root / "gsm8k" / f"{split}.jsonl" if root else None
     if path is not None and path.is_file():
@@ -314,6 +312,13 @@ PROBE_TASKS: dict[str, str] = _descriptions()  # name -> one line, for `stateran
 TASK_NAMES = tuple(PROBE_TASKS)
 
 
+def check_seed(seed) -> None:
+    """One-line UserError unless ``seed`` is a whole number >= 0 (eval items are drawn at
+    EVAL_SEED_BASE + seed: a negative seed would reach training items)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UserError(f"--seed must be a whole number >= 0, got {seed!r}")
+
+
 def make_task(name: str, *, limit: int | None = None, seed: int = 0, batch_size: int = 16, data_dir=None,
               niah_lengths: Sequence[int] | None = None, niah_depths: Sequence[float] | None = None,
               max_new_tokens: int | None = None, n_shot: int = 0) -> ProbeTask:
@@ -321,10 +326,10 @@ def make_task(name: str, *, limit: int | None = None, seed: int = 0, batch_size:
     (prose for niah / ppl, gsm8k/*.jsonl for gsm8k) must exist when given."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise UserError(f"--seed must be a whole number >= 0, got {seed!r}")
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir}: no such directory")
+    from ..data import check_given
+
+    check_seed(seed)
+    check_given(data_dir)
     kw: dict = {"seed": seed}
     if limit is not None:
         kw["limit"] = limit
