@@ -385,21 +385,25 @@ def _run_prune(args) -> int:
     from .report.prune import render
 
     budget = {"fraction": args.fraction, "count": args.count, "bytes": args.bytes}
-    method, alpha, ranking = args.method, args.alpha, args.ranking
+    # scoring options default to None so that "given" is knowable; PruneConfig's defaults apply
+    d = PruneConfig()
+    method = d.method if args.method is None else args.method
+    alpha = d.alpha if args.alpha is None else args.alpha
+    ranking = d.ranking if args.ranking is None else args.ranking
     if args.plan:
         from .prune.plan import Plan
 
         # the plan fixes the heads: scoring options would be recorded in config.json but not used
-        moot = [f for f, v, d in (("--method", method, "jrnp"), ("--alpha", alpha, 0.5), ("--ranking", ranking, "global"),
-                                  ("--fraction", args.fraction, None), ("--count", args.count, None),
-                                  ("--bytes", args.bytes, None), ("--sweep", args.sweep, False)) if v != d]
+        moot = [f for f, v in (("--method", args.method), ("--alpha", args.alpha), ("--ranking", args.ranking),
+                               ("--fraction", args.fraction), ("--count", args.count), ("--bytes", args.bytes),
+                               ("--sweep", args.sweep or None)) if v is not None]
         if moot:
             raise UserError(f"--plan fixes the heads to remove; {', '.join(moot)} do(es) not apply")
         plan = Plan.load(args.plan)
         method, alpha, ranking = plan.method, plan.params.get("alpha", alpha), plan.ranking
         budget = {"fraction": None, "count": len(plan.removed), "bytes": None}
     if all(v is None for v in budget.values()):
-        budget["fraction"] = 0.389
+        budget["fraction"] = d.fraction
     cfg = PruneConfig(
         method=method, alpha=alpha, **budget, ranking=ranking, calib_suite=args.calib,
         calib_tokens=args.calib_tokens, calib_stride=args.calib_stride,
@@ -444,13 +448,13 @@ def _add_prune(sub) -> None:
         epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p)
-    p.add_argument("--method", default="jrnp", help=f"scoring method: {', '.join(METHODS)} (default jrnp)")
-    p.add_argument("--alpha", type=_FLOAT, default=0.5, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
+    p.add_argument("--method", default=None, help=f"scoring method: {', '.join(METHODS)} (default jrnp)")
+    p.add_argument("--alpha", type=_FLOAT, default=None, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
     b = p.add_mutually_exclusive_group()
     b.add_argument("--fraction", type=_FLOAT, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
     b.add_argument("--count", type=int, default=None, help="number of value heads to remove")
     b.add_argument("--bytes", type=int, default=None, help="recurrent-state bytes per sequence to free (at least)")
-    p.add_argument("--ranking", default="global", choices=["global", "per_layer"],
+    p.add_argument("--ranking", default=None, choices=["global", "per_layer"],
                    help="global top-k (default) or the same count from every layer (exportable)")
     p.add_argument("--calib", default="natural", help="calibration context suite (default natural)")
     p.add_argument("--calib-tokens", type=_POS, default=512, help="tokens per calibration context (default 512)")

@@ -39,6 +39,10 @@ def test_plan_with_scoring_options_is_refused(tmp_path, capsys):
     plan.write_text(json.dumps({"method": "jrnp"}))
     assert main(["prune", "--plan", str(plan), "--method", "rank", "--out", str(tmp_path / "run")]) == 2
     assert "--method" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    # given explicitly, even at its default value, an option the plan overrides is refused
+    for opt in (["--alpha", "0.5"], ["--ranking", "global"], ["--fraction", "0.389"], ["--sweep"]):
+        assert main(["prune", "--plan", str(plan), *opt, "--out", str(tmp_path / "run")]) == 2
+        assert opt[0] in capsys.readouterr().err and not (tmp_path / "run").exists()
     for body in (b"\x00\xff\xfe binary", b"[]", b"{not json"):
         plan.write_bytes(body)
         assert main(["prune", "--plan", str(plan), "--out", str(tmp_path / "run")]) == 2

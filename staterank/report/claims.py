@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from .. import runio
+from . import fmt_p
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
         "informational": "informational"}
@@ -21,10 +22,7 @@ def _f(x, nd=3) -> str:
 
 
 def _p(p) -> str:
-    """A p-value as a reader wants it: 'p=0.000' would claim certainty a finite test never has."""
-    if p is None:
-        return "p=—"
-    return f"p={p:.3f}" if p >= 0.001 else f"p={p:.1e}"
+    return f"p={fmt_p(p)}"
 
 
 def _ours(o: dict) -> str:

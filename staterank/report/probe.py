@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import runio
 from ..errors import UserError
+from . import fmt_p
 
 
 def _plt():
@@ -28,8 +29,7 @@ def _f(x, nd: int = 3) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def _p(x) -> str:
-    return "—" if x is None else f"{x:.2g}"
+_p = fmt_p
 
 
 def _order(conds: list[str]) -> list[str]:
