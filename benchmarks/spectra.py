@@ -1,6 +1,7 @@
 """Issue #8: exact threshold ranks for every head at every token, vs per-token fp64 svdvals.
 
     python benchmarks/spectra.py [--tokens 384 --heads 32 --dim 128 --threads 1 --device cpu]
+    python benchmarks/spectra.py --device cuda --threads 16 [--gpu-eig host|device|magma]
 
 States: (a) a synthetic Qwen3-Next-sized layer (H heads, K = V = dim) produced by running the gated
 delta rule over T tokens from a zero state: S <- S·exp(g_t); S <- S + k_t ⊗ β_t (v_t - Sᵀk_t), with
@@ -158,6 +159,10 @@ def main(argv=None) -> int:
     p.add_argument("--builtin-tokens", type=int, default=256, help="tokens for the builtin model (0: skip)")
     p.add_argument("--model", default=None, help="model folder for (b) (default: the builtin one)")
     p.add_argument("--no-stats", action="store_true", help="do not time spectrum_stats")
+    p.add_argument("--gpu-eig", default="host", choices=["host", "device", "magma"],
+                   help="cuda: where the engine eigensolves Grams with N > 32: the host's --threads CPU workers "
+                        "(the engine's default), the GPU (torch's cuSOLVER, looped per matrix above N = 32), or "
+                        "the GPU through torch's MAGMA backend (default host)")
     a = p.parse_args(argv)
     if min(a.tokens, a.heads, a.dim, a.block, a.threads) < 1:
         p.error("--tokens, --heads, --dim, --block and --threads must be >= 1")
@@ -165,7 +170,12 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    if a.device == "cuda" and a.gpu_eig != "host":
+        spectra.DEVICE_EIGH_MAX_N = 1 << 30  # every Gram eigensolved on the GPU
+        if a.gpu_eig == "magma":
+            torch.backends.cuda.preferred_linalg_library("magma")
     print(f"torch {torch.__version__}, device {device}, threads {a.threads}, eps {a.eps:g}, "
+          f"{'gpu eigensolves ' + a.gpu_eig + ', ' if a.device == 'cuda' else ''}"
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
 
     b, e, m = run("gdn-synthetic", gdn_blocks(a.tokens, a.heads, a.dim, a.dim, a.block, device, a.seed),

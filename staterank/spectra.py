@@ -17,6 +17,11 @@ batch with torch's intra-op threads set to 1 for the duration of the call (proce
 after). Cost on one core, 128x128: ~0.5 ms/matrix vs ~0.8 ms for fp64 ``svdvals`` (1.55x;
 2.9-3.5x with two workers, since batched ``svdvals`` cannot use a second core).
 
+Accelerators. States on a GPU get their Grams there; torch's CUDA ``eigvalsh`` is batched only for
+N <= 32 and loops cuSOLVER one matrix at a time above it (ms each), so larger Grams (128 KB at
+N = 128) go to the host and are eigensolved by ``threads`` CPU workers (``DEVICE_EIGH_MAX_N``;
+reasoned from torch's dispatch code, not yet measured here: ``benchmarks/gpu_check.sh`` compares).
+
 Why not faster on one core: the fp64 Gram product alone costs about a third of ``svdvals``
 (``benchmarks/spectra.py`` prints that ceiling), and every certificate we know for an exact count
 (eigvalsh, Cholesky/LDLᵀ inertia at a bracket of shifts) needs that product or another O(K³) step
@@ -53,6 +58,9 @@ _MIN_GRAM_EPS = 1e-6
 # 128x128 beat 1024 by 25% here) while small states still go in large batches.
 _CHUNK_ELEMS = 2**20
 _CUDA_CHUNK_ELEMS = 2**26  # on a GPU, fewer larger launches
+# On an accelerator, Grams larger than N x N with N above this are eigensolved on the host's CPU
+# workers (``_gram_sigma_host``); raise it where torch's batched eigvalsh is fast for larger N.
+DEVICE_EIGH_MAX_N = 32
 
 
 def rank_bound(t, K: int, V: int):
@@ -114,10 +122,9 @@ def _buffers(device, M: int, K: int, V: int, n: int) -> tuple[torch.Tensor, torc
     return cache[1][:M], cache[2][:M]
 
 
-def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> torch.Tensor:
-    """S [M, K, V] -> σ [M, N] fp64 descending; matrices ambiguous at ε redone by SVD.
-    ``with_fro``: ‖S‖_F appended as column N, from the Gram's trace (the fp64 sum of squares of S;
-    ``vector_norm(..., dtype=float64)`` costs ~60 µs per 128x128 state, 12 % of the engine)."""
+def _gram(S: torch.Tensor):
+    """S [M, K, V] -> (G [M, N, N] fp64 Gram on the smaller side, ‖S‖_F² [M, 1], scale [M] or None),
+    on S's device. fp64 states are scaled by a power of two (exact) so the Gram cannot overflow."""
     K, V = S.shape[-2:]
     M, n = S.shape[0], min(K, V)
     buf_s, buf_g = _buffers(S.device, M, K, V, n)
@@ -132,6 +139,15 @@ def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> t
     fro2 = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)  # ‖S‖_F²
     if not bool(torch.isfinite(fro2).all()):  # finite states cannot overflow it (scaled above): free check
         raise ValueError(_NON_FINITE)
+    return G, fro2, scale
+
+
+def _eig_sigma(G: torch.Tensor, fro2: torch.Tensor, scale: torch.Tensor | None, S: torch.Tensor,
+               eps: float | None, with_fro: bool) -> torch.Tensor:
+    """σ [M, N] (+ ‖S‖_F column) from ``_gram``'s output, on G's device (S may live elsewhere: the
+    matrices ambiguous at ε are fetched from it and redone by SVD where G is)."""
+    K, V = S.shape[-2:]
+    n = min(K, V)
     lam = torch.linalg.eigvalsh(G).flip(-1)  # descending
     lam1 = lam[:, :1].clamp(min=0)
     # Eigenvalues under eigvalsh's own backward error are noise around 0; zero them so exactly
@@ -144,13 +160,21 @@ def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> t
         amb = ((lam - eps * eps * lam1).abs() <= band).any(-1) & (lam1[:, 0] > 0)
         if bool(amb.any()):
             idx = amb.nonzero().squeeze(-1)
-            sigma[idx] = _svd_sigma(S[idx]) * (scale[idx, None] if scale is not None else 1)
+            redo = _svd_sigma(S[idx.to(S.device)].to(G.device))
+            sigma[idx] = redo * (scale[idx, None] if scale is not None else 1)
     if not with_fro and scale is None:
         return sigma
     fro = fro2.clamp(min=0).sqrt()
     if scale is not None:
         sigma, fro = sigma / scale[:, None], fro / scale[:, None]
     return torch.cat([sigma, fro], dim=1) if with_fro else sigma
+
+
+def _gram_sigma(S: torch.Tensor, eps: float | None, with_fro: bool = False) -> torch.Tensor:
+    """S [M, K, V] -> σ [M, N] fp64 descending, all on S's device; matrices ambiguous at ε redone by
+    SVD. ``with_fro``: ‖S‖_F appended as column N, from the Gram's trace (the fp64 sum of squares of
+    S; ``vector_norm(..., dtype=float64)`` costs ~60 µs per 128x128 state, 12 % of the engine)."""
+    return _eig_sigma(*_gram(S), S, eps, with_fro)
 
 
 @contextmanager
@@ -167,15 +191,29 @@ def _intraop_threads(n: int):
         torch.set_num_threads(old)
 
 
-def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.Tensor:
-    """Apply fn to [M, K, V] chunks of the flattened batch.
+def _map_cpu(fn, items: list, threads: int) -> list:
+    """fn over items in ``threads`` Python workers, each running single-threaded torch kernels.
 
-    On CPU, parallelism is over the batch: ``threads`` workers (default: torch's thread count)
-    each run single-threaded kernels. Batched LAPACK is serial over the batch and small matrices
-    gain nothing from intra-op threads, while OpenMP teams on a busy machine spin: measured
-    here on 2 loaded cores, 128x128 ranks took 38 ms/matrix with torch's 2 threads vs 2 ms
-    with 1. torch releases the GIL, so Python threads run chunks in parallel.
+    On CPU, parallelism is over the batch: batched LAPACK is serial over the batch and small
+    matrices gain nothing from intra-op threads, while OpenMP teams on a busy machine spin:
+    measured here on 2 loaded cores, 128x128 ranks took 38 ms/matrix with torch's 2 threads vs
+    2 ms with 1. torch releases the GIL, so Python threads run chunks in parallel.
     """
+    with _intraop_threads(1):
+        if threads > 1 and len(items) > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+                return list(pool.map(fn, items))
+        return [fn(c) for c in items]
+
+
+def _host_pieces(M: int, per: int, threads: int) -> list[slice]:
+    size = max(1, min(_CHUNK_ELEMS // per, -(-M // threads)))
+    return [slice(i, i + size) for i in range(0, M, size)]
+
+
+def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.Tensor:
+    """Apply fn to [M, K, V] chunks of the flattened batch: on CPU in ``threads`` workers (default:
+    torch's thread count), on a GPU in a few large launches."""
     batch = S.shape[:-2]
     flat = S.reshape(-1, *S.shape[-2:])
     M = flat.shape[0]
@@ -185,15 +223,39 @@ def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.
     if S.device.type != "cpu":
         return torch.cat([fn(c) for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // per))]).reshape(*batch, -1)
     threads = torch.get_num_threads() if threads is None else max(1, int(threads))
-    size = max(1, min(_CHUNK_ELEMS // per, -(-M // threads)))
-    chunks = list(flat.split(size))
-    with _intraop_threads(1):
-        if threads > 1 and len(chunks) > 1:
-            with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
-                outs = list(pool.map(fn, chunks))
-        else:
-            outs = [fn(c) for c in chunks]
+    outs = _map_cpu(fn, [flat[sl] for sl in _host_pieces(M, per, threads)], threads)
     return torch.cat(outs).reshape(*batch, -1)
+
+
+def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads: int | None) -> torch.Tensor:
+    """The Gram route for states on an accelerator: Grams there, eigensolves on the host's CPU
+    workers. S [..., K, V] -> [..., N (+1)] on S's device.
+
+    torch's CUDA ``eigvalsh`` is truly batched only for N <= 32 (cuSOLVER syevjBatched); above
+    that, ``linalg_eigh_cusolver`` loops cuSOLVER's syevd one matrix at a time, ~2-5 ms per
+    128x128 (reported at 0.3 s for 64 of them in fp64), 5-10x slower than one CPU core here.
+    A Gram is N² fp64 numbers (128 KB at N = 128), so shipping it to the host is cheap.
+    """
+    batch = S.shape[:-2]
+    flat = S.reshape(-1, *S.shape[-2:])
+    threads = torch.get_num_threads() if threads is None else max(1, int(threads))
+    n = min(S.shape[-2:])
+    outs = []
+    for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // (S.shape[-2] * S.shape[-1]))):
+        G, fro2, scale = _gram(c)
+        G, fro2 = G.cpu(), fro2.cpu()
+        scale = None if scale is None else scale.cpu()
+
+        def part(sl, G=G, fro2=fro2, scale=scale, c=c):
+            return _eig_sigma(G[sl], fro2[sl], None if scale is None else scale[sl], c[sl], eps, with_fro)
+
+        outs += _map_cpu(part, _host_pieces(c.shape[0], n * n, threads), threads)
+    return torch.cat(outs).to(S.device).reshape(*batch, -1)
+
+
+def _eig_on_host(S: torch.Tensor) -> bool:
+    """Whether the Gram route should solve S's Grams on the host (see ``_gram_sigma_host``)."""
+    return S.device.type != "cpu" and min(S.shape[-2:]) > DEVICE_EIGH_MAX_N
 
 
 def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
@@ -204,6 +266,8 @@ def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
         return torch.zeros(*S.shape[:-2], int(with_fro), dtype=torch.float64, device=S.device)
     if method == "svd":
         fn = lambda c: _svd_sigma(c, with_fro)  # noqa: E731
+    elif S.numel() and _eig_on_host(S):
+        return _gram_sigma_host(S, eps, with_fro, threads)
     else:
         fn = lambda c: _gram_sigma(c, eps, with_fro)  # noqa: E731
     return _run_chunked(fn, S, threads, width=min(S.shape[-2:]) + int(with_fro))

@@ -411,3 +411,35 @@ def test_tokens_shortcut_off_below_min_gram_eps(method):
     Z = torch.cat([S, torch.zeros(3, 16, 12)])
     assert torch.equal(sp.threshold_rank(Z, eps, tokens=torch.tensor([1, 1, 1, 0, 0, 0]), method=method),
                        torch.cat([want, torch.zeros(3, dtype=torch.long)]))
+
+
+def test_accelerator_states_with_large_grams_are_solved_on_the_host():
+    # decided by device type and N only: meta tensors stand in for CUDA ones here
+    assert sp._eig_on_host(torch.empty(3, 40, 33, device="meta"))
+    assert not sp._eig_on_host(torch.empty(3, 40, 32, device="meta"))  # torch batches N <= 32 on the GPU
+    assert not sp._eig_on_host(torch.empty(3, 40, 40))  # CPU states: solved in place by CPU workers
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_host_route_equals_in_place_route(threads, monkeypatch):
+    """The accelerator path (Grams on the device, eigensolves in CPU workers, ambiguous matrices
+    fetched back for the SVD) run on CPU tensors: the same numbers as the in-place Gram route."""
+    eps = 1e-4
+    S32 = gdn_states(20, H=3, K=12, V=10)  # fp32 [T, H, K, V]
+    on = with_spectrum(torch.tensor([1.0, 0.5, 0.2, eps, 1e-7]), 8, 6, seed=11)  # σ_4 = ε·σ_1: ambiguous
+    g = torch.Generator().manual_seed(5)
+    S64 = torch.stack([torch.randn(8, 6, generator=g, dtype=torch.float64), on * 3.0]) * 1e170
+    want = [(sp.spectrum_stats(S, eps, method="gram", threads=threads), sp.threshold_rank(S, eps, threads=threads),
+             sp.singular_values(S, threads=threads)) for S in (S32, S64)]
+    monkeypatch.setattr(sp, "_eig_on_host", lambda S: True)
+    monkeypatch.setattr(sp, "_CUDA_CHUNK_ELEMS", 7 * 12 * 10)  # several device chunks, uneven
+    calls = _record(monkeypatch)
+    for S, (stats, rank, sigma) in zip((S32, S64), want):
+        got = sp.spectrum_stats(S, eps, method="gram", threads=threads)
+        assert got.keys() == stats.keys()
+        for k in stats:
+            assert got[k].shape == stats[k].shape and torch.equal(got[k], stats[k]), k
+        assert torch.equal(sp.threshold_rank(S, eps, threads=threads), rank)
+        assert torch.equal(sp.singular_values(S, threads=threads), sigma)
+    assert ("_svd_sigma", 1) in calls and not any(n == "_gram_sigma" for n, _ in calls)
+    assert torch.equal(want[0][1], ref_rank(S32, eps)) and torch.equal(want[1][1], ref_rank(S64, eps))
