@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (a few minutes on one GPU), for a session that has one:
-#  1. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves on all CPU cores: the
-#     engine's default), beside eigensolves on the GPU (torch's cuSOLVER loop; MAGMA), and on all of
-#     the machine's CPU cores (batched svdvals cannot use them; the engine's workers can);
+#  1. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves where the engine's
+#     timing puts them), then with eigensolves forced onto all CPU cores, onto the GPU (cuSOLVER;
+#     MAGMA), and all on CPU cores (batched svdvals cannot use them; the engine's workers can);
 #  2. capture on CUDA: analyze the builtin model with --device cuda and --device auto (the capture's
 #     own self-check compares every replay with the model's rule outputs and final states there);
 #  3. prune on CUDA: surgery, export, reload and the pruned-vs-masked check in bf16.
@@ -18,8 +18,9 @@ step() { local name=$1; shift; echo "== $name"; "$@" > "$out/$name.txt" 2>&1; ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 n=$(nproc)
-step spectra_cuda_host timeout 300 python3 benchmarks/spectra.py --device cuda --threads "$n"
-step spectra_cuda_device timeout 200 python3 benchmarks/spectra.py --device cuda --gpu-eig device --tokens 128 --builtin-tokens 128 --no-stats
+step spectra_cuda_auto timeout 300 python3 benchmarks/spectra.py --device cuda --threads "$n"
+step spectra_cuda_host timeout 150 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig host --tokens 128 --builtin-tokens 128 --no-stats
+step spectra_cuda_device timeout 200 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig device --tokens 128 --builtin-tokens 128 --no-stats
 step spectra_cuda_magma timeout 120 python3 benchmarks/spectra.py --device cuda --gpu-eig magma --tokens 64 --builtin-tokens 0 --no-stats
 step spectra_cpu_all_cores timeout 120 python3 benchmarks/spectra.py --device cpu --threads "$n" --no-stats --builtin-tokens 0
 runs=$(mktemp -d)

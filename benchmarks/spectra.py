@@ -159,10 +159,10 @@ def main(argv=None) -> int:
     p.add_argument("--builtin-tokens", type=int, default=256, help="tokens for the builtin model (0: skip)")
     p.add_argument("--model", default=None, help="model folder for (b) (default: the builtin one)")
     p.add_argument("--no-stats", action="store_true", help="do not time spectrum_stats")
-    p.add_argument("--gpu-eig", default="host", choices=["host", "device", "magma"],
-                   help="cuda: where the engine eigensolves Grams with N > 32: the host's --threads CPU workers "
-                        "(the engine's default), the GPU (torch's cuSOLVER, looped per matrix above N = 32), or "
-                        "the GPU through torch's MAGMA backend (default host)")
+    p.add_argument("--gpu-eig", default="auto", choices=["auto", "host", "device", "magma"],
+                   help="cuda: where the engine eigensolves Grams: auto (the engine's default: the faster of the "
+                        "two on a sample), the host's --threads CPU workers, the GPU (torch's cuSOLVER), or the GPU "
+                        "through torch's MAGMA backend (default auto)")
     a = p.parse_args(argv)
     if min(a.tokens, a.heads, a.dim, a.block, a.threads) < 1:
         p.error("--tokens, --heads, --dim, --block and --threads must be >= 1")
@@ -170,10 +170,10 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    if a.device == "cuda" and a.gpu_eig != "host":
-        spectra.DEVICE_EIGH_MAX_N = 1 << 30  # every Gram eigensolved on the GPU
-        if a.gpu_eig == "magma":
-            torch.backends.cuda.preferred_linalg_library("magma")
+    if a.gpu_eig != "auto":
+        spectra.EIGH_PLACE = "host" if a.gpu_eig == "host" else "device"
+    if a.device == "cuda" and a.gpu_eig == "magma":
+        torch.backends.cuda.preferred_linalg_library("magma")
     print(f"torch {torch.__version__}, device {device}, threads {a.threads}, eps {a.eps:g}, "
           f"{'gpu eigensolves ' + a.gpu_eig + ', ' if a.device == 'cuda' else ''}"
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
@@ -188,6 +188,9 @@ def main(argv=None) -> int:
         else:
             b2, e2, m2 = run("builtin", blocks, a.eps, a.threads, device, not a.no_stats)
             b, e, m = b + b2, e + e2, m + m2
+    if spectra._PLACE_CACHE:
+        print("auto placement of eigensolves (device, N, workers) -> on host: "
+              + ", ".join(f"{k}: {v}" for k, v in spectra._PLACE_CACHE.items()))
     print(f"speedup={b / e:.2f} mismatches={m}")
     return 0
 

@@ -17,10 +17,11 @@ batch with torch's intra-op threads set to 1 for the duration of the call (proce
 after). Cost on one core, 128x128: ~0.5 ms/matrix vs ~0.8 ms for fp64 ``svdvals`` (1.55x;
 2.9-3.5x with two workers, since batched ``svdvals`` cannot use a second core).
 
-Accelerators. States on a GPU get their Grams there; torch's CUDA ``eigvalsh`` is batched only for
-N <= 32 and loops cuSOLVER one matrix at a time above it (ms each), so larger Grams (128 KB at
-N = 128) go to the host and are eigensolved by ``threads`` CPU workers (``DEVICE_EIGH_MAX_N``;
-reasoned from torch's dispatch code, not yet measured here: ``benchmarks/gpu_check.sh`` compares).
+Accelerators. States on a GPU get their Grams there. torch's CUDA ``eigvalsh`` has been batched
+only for N <= 32, looping cuSOLVER one matrix at a time above it (ms each; pytorch issues 174674,
+175585), so a Gram (128 KB at N = 128) may be eigensolved faster by ``threads`` CPU workers on the
+host. ``EIGH_PLACE = "auto"`` times both once per device, N and worker count and keeps the faster
+(not yet run on a GPU here: ``benchmarks/gpu_check.sh`` measures both).
 
 Why not faster on one core: the fp64 Gram product alone costs about a third of ``svdvals``
 (``benchmarks/spectra.py`` prints that ceiling), and every certificate we know for an exact count
@@ -31,6 +32,7 @@ per state. Speed-ups beyond ~1.6x come from parallel hardware: batch-parallel CP
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -58,9 +60,11 @@ _MIN_GRAM_EPS = 1e-6
 # 128x128 beat 1024 by 25% here) while small states still go in large batches.
 _CHUNK_ELEMS = 2**20
 _CUDA_CHUNK_ELEMS = 2**26  # on a GPU, fewer larger launches
-# On an accelerator, Grams larger than N x N with N above this are eigensolved on the host's CPU
-# workers (``_gram_sigma_host``); raise it where torch's batched eigvalsh is fast for larger N.
-DEVICE_EIGH_MAX_N = 32
+# Where the Grams of states on an accelerator are eigensolved: "device", "host" (the CPU workers,
+# ``_gram_sigma_host``) or "auto": whichever was faster on a sample, timed once per device, N and
+# worker count (torch's CUDA eigvalsh loops one matrix at a time above N = 32 in some versions).
+EIGH_PLACE = "auto"
+_PLACE_CACHE: dict[tuple, bool] = {}
 
 
 def rank_bound(t, K: int, V: int):
@@ -253,9 +257,40 @@ def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads
     return torch.cat(outs).to(S.device).reshape(*batch, -1)
 
 
-def _eig_on_host(S: torch.Tensor) -> bool:
-    """Whether the Gram route should solve S's Grams on the host (see ``_gram_sigma_host``)."""
-    return S.device.type != "cpu" and min(S.shape[-2:]) > DEVICE_EIGH_MAX_N
+def _eig_on_host(S: torch.Tensor, threads: int) -> bool:
+    """Whether the Gram route solves S's Grams on the host (``_gram_sigma_host``): per ``EIGH_PLACE``;
+    "auto" times both places once per device, N and worker count and keeps the faster."""
+    if S.device.type == "cpu" or EIGH_PLACE == "device":
+        return False
+    if EIGH_PLACE == "host":
+        return True
+    key = (str(S.device), min(S.shape[-2:]), threads)
+    if key not in _PLACE_CACHE:
+        _PLACE_CACHE[key] = _host_is_faster(S, threads)
+    return _PLACE_CACHE[key]
+
+
+def _host_is_faster(S: torch.Tensor, threads: int) -> bool:
+    """Time eigvalsh of up to 256 of S's Grams on S's device and on the host's workers (after a
+    warm-up of each: solver handles and workspaces are created on first use)."""
+    G = _gram(S.reshape(-1, *S.shape[-2:])[:256])[0].clone()
+    n = G.shape[-1]
+
+    def device():
+        torch.linalg.eigvalsh(G)
+        if G.device.type == "cuda":
+            torch.cuda.synchronize(G.device)
+
+    def host():
+        Gc = G.cpu()
+        _map_cpu(torch.linalg.eigvalsh, [Gc[sl] for sl in _host_pieces(Gc.shape[0], n * n, threads)], threads)
+
+    took = {}
+    for f in (device, host, device, host):
+        t0 = time.perf_counter()
+        f()
+        took[f] = time.perf_counter() - t0
+    return took[host] < took[device]
 
 
 def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
@@ -266,7 +301,7 @@ def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
         return torch.zeros(*S.shape[:-2], int(with_fro), dtype=torch.float64, device=S.device)
     if method == "svd":
         fn = lambda c: _svd_sigma(c, with_fro)  # noqa: E731
-    elif S.numel() and _eig_on_host(S):
+    elif S.numel() and _eig_on_host(S, torch.get_num_threads() if threads is None else max(1, int(threads))):
         return _gram_sigma_host(S, eps, with_fro, threads)
     else:
         fn = lambda c: _gram_sigma(c, eps, with_fro)  # noqa: E731

@@ -413,11 +413,28 @@ def test_tokens_shortcut_off_below_min_gram_eps(method):
                        torch.cat([want, torch.zeros(3, dtype=torch.long)]))
 
 
-def test_accelerator_states_with_large_grams_are_solved_on_the_host():
-    # decided by device type and N only: meta tensors stand in for CUDA ones here
-    assert sp._eig_on_host(torch.empty(3, 40, 33, device="meta"))
-    assert not sp._eig_on_host(torch.empty(3, 40, 32, device="meta"))  # torch batches N <= 32 on the GPU
-    assert not sp._eig_on_host(torch.empty(3, 40, 40))  # CPU states: solved in place by CPU workers
+def test_where_accelerator_grams_are_solved(monkeypatch):
+    # meta tensors stand in for CUDA ones: the choice depends on the device type, EIGH_PLACE and,
+    # for "auto", one timing per (device, N, workers)
+    timed = []
+    monkeypatch.setattr(sp, "_host_is_faster", lambda S, threads: timed.append((min(S.shape[-2:]), threads)) or True)
+    monkeypatch.setattr(sp, "_PLACE_CACHE", {})
+    gpu = torch.empty(3, 40, 33, device="meta")
+    assert not sp._eig_on_host(torch.empty(3, 40, 40), 4)  # CPU states: solved in place by CPU workers
+    assert sp._eig_on_host(gpu, 4) and sp._eig_on_host(gpu[:1], 4) and sp._eig_on_host(gpu, 2)
+    assert timed == [(33, 4), (33, 2)]
+    for place, host in (("device", False), ("host", True)):
+        monkeypatch.setattr(sp, "EIGH_PLACE", place)
+        assert sp._eig_on_host(gpu, 4) is host and sp._eig_on_host(torch.empty(3, 8, 8, device="meta"), 1) is host
+    assert len(timed) == 2
+
+
+def test_timing_the_places_runs_both(monkeypatch):
+    calls = []
+    real = sp._map_cpu
+    monkeypatch.setattr(sp, "_map_cpu", lambda fn, items, threads: calls.append(len(items)) or real(fn, items, threads))
+    assert sp._host_is_faster(gdn_states(5, H=3, K=9, V=7), 2) in (True, False)
+    assert calls == [2, 2]  # warm-up and timed host runs, the sample split over both workers
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -431,7 +448,7 @@ def test_host_route_equals_in_place_route(threads, monkeypatch):
     S64 = torch.stack([torch.randn(8, 6, generator=g, dtype=torch.float64), on * 3.0]) * 1e170
     want = [(sp.spectrum_stats(S, eps, method="gram", threads=threads), sp.threshold_rank(S, eps, threads=threads),
              sp.singular_values(S, threads=threads)) for S in (S32, S64)]
-    monkeypatch.setattr(sp, "_eig_on_host", lambda S: True)
+    monkeypatch.setattr(sp, "_eig_on_host", lambda S, threads: True)
     monkeypatch.setattr(sp, "_CUDA_CHUNK_ELEMS", 7 * 12 * 10)  # several device chunks, uneven
     calls = _record(monkeypatch)
     for S, (stats, rank, sigma) in zip((S32, S64), want):
