@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The prepared device check (a few minutes on one GPU), for a session that has one:
-#  1. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves where the engine's
+# The prepared device check for a session that has a GPU: at most 525 s of step limits (run it with
+# timeout_s=600), usually much less; correctness steps first, then speed:
+#  1. capture on CUDA: analyze the builtin model with --device cuda and --device auto (the capture's
+#     own self-check compares every replay with the model's rule outputs and final states there);
+#  2. prune on CUDA: surgery, export, reload and the pruned-vs-masked check in bf16;
+#  3. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves where the engine's
 #     timing puts them), then with eigensolves forced onto all CPU cores, onto the GPU (cuSOLVER;
 #     MAGMA), and all on CPU cores (batched svdvals cannot use them; the engine's workers can);
-#  2. capture on CUDA: analyze the builtin model with --device cuda and --device auto (the capture's
-#     own self-check compares every replay with the model's rule outputs and final states there);
-#  3. prune on CUDA: surgery, export, reload and the pruned-vs-masked check in bf16.
 # Each step has a time limit, so one slow path cannot eat the device time of the others.
 # Uses the device's own python3 (torch, transformers); no install. Each step's output goes to $OUT
 # (or /tmp/gpu_check) as a text file; a failed step does not stop the others.
@@ -18,14 +19,15 @@ step() { local name=$1; shift; echo "== $name"; "$@" > "$out/$name.txt" 2>&1; ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 n=$(nproc)
-step spectra_cuda_auto timeout 300 python3 benchmarks/spectra.py --device cuda --threads "$n"
-step spectra_cuda_host timeout 150 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig host --tokens 128 --builtin-tokens 128 --no-stats
-step spectra_cuda_device timeout 200 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig device --tokens 128 --builtin-tokens 128 --no-stats
-step spectra_cuda_magma timeout 120 python3 benchmarks/spectra.py --device cuda --gpu-eig magma --tokens 64 --builtin-tokens 0 --no-stats
-step spectra_cpu_all_cores timeout 120 python3 benchmarks/spectra.py --device cpu --threads "$n" --no-stats --builtin-tokens 0
 runs=$(mktemp -d)
-step analyze_cuda timeout 240 python3 -m staterank.cli analyze --model builtin --device cuda --prompt "$(printf 'The quick brown fox jumps over the lazy dog. %.0s' {1..40})" --out "$runs/a1" --quiet
-step analyze_auto timeout 240 python3 -m staterank.cli analyze --model builtin --device auto --prompt "$(printf 'A stitch in time saves nine. %.0s' {1..40})" --out "$runs/a2" --quiet
-step prune_cuda timeout 240 python3 -m staterank.cli prune --model builtin --device cuda --ranking per_layer --eval-n 20 --random-seeds 1 --calib-tokens 256 --out "$runs/p1" --quiet
+# correctness first: if a slow solver path eats the time, these have already run
+step analyze_cuda timeout 60 python3 -m staterank.cli analyze --model builtin --device cuda --prompt "$(printf 'The quick brown fox jumps over the lazy dog. %.0s' {1..40})" --out "$runs/a1" --quiet
+step analyze_auto timeout 60 python3 -m staterank.cli analyze --model builtin --device auto --prompt "$(printf 'A stitch in time saves nine. %.0s' {1..40})" --out "$runs/a2" --quiet
+step prune_cuda timeout 120 python3 -m staterank.cli prune --model builtin --device cuda --ranking per_layer --eval-n 20 --random-seeds 1 --calib-tokens 256 --out "$runs/p1" --quiet
+step spectra_cuda_auto timeout 120 python3 benchmarks/spectra.py --device cuda --threads "$n"
+step spectra_cuda_host timeout 45 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig host --tokens 64 --builtin-tokens 64 --no-stats
+step spectra_cuda_device timeout 45 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig device --tokens 64 --builtin-tokens 64 --no-stats
+step spectra_cuda_magma timeout 30 python3 benchmarks/spectra.py --device cuda --gpu-eig magma --tokens 32 --builtin-tokens 0 --no-stats
+step spectra_cpu_all_cores timeout 45 python3 benchmarks/spectra.py --device cpu --threads "$n" --no-stats --builtin-tokens 0
 cp "$runs"/a1/report.md "$out/analyze_cuda_report.md" 2>/dev/null; cp "$runs"/p1/report.md "$out/prune_cuda_report.md" 2>/dev/null
 true

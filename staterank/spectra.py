@@ -65,6 +65,7 @@ _CUDA_CHUNK_ELEMS = 2**26  # on a GPU, fewer larger launches
 # worker count (torch's CUDA eigvalsh loops one matrix at a time above N = 32 in some versions).
 EIGH_PLACE = "auto"
 _PLACE_CACHE: dict[tuple, bool] = {}
+_PLACE_LOCK = threading.Lock()
 
 
 def rank_bound(t, K: int, V: int):
@@ -265,31 +266,46 @@ def _eig_on_host(S: torch.Tensor, threads: int) -> bool:
     if EIGH_PLACE == "host":
         return True
     key = (str(S.device), min(S.shape[-2:]), threads)
-    if key not in _PLACE_CACHE:
-        _PLACE_CACHE[key] = _host_is_faster(S, threads)
-    return _PLACE_CACHE[key]
+    with _PLACE_LOCK:  # one timing at a time: concurrent ones would disturb each other
+        if key not in _PLACE_CACHE:
+            _PLACE_CACHE[key] = _host_is_faster(S, threads)
+        return _PLACE_CACHE[key]
+
+
+_PLACE_SAMPLE = 256
 
 
 def _host_is_faster(S: torch.Tensor, threads: int) -> bool:
-    """Time eigvalsh of up to 256 of S's Grams on S's device and on the host's workers (after a
-    warm-up of each: solver handles and workspaces are created on first use)."""
-    G = _gram(S.reshape(-1, *S.shape[-2:])[:256])[0].clone()
+    """Time eigvalsh of 256 of S's Grams on S's device and on the host's workers; best of two
+    timings each, after a warm-up (solver handles and workspaces are created on first use).
+    The sample is spread over the whole batch (early tokens are low rank, which flatters
+    iterative solvers) and a small batch is repeated up to 256: the decision is cached for the
+    process, and batched device solvers get faster per matrix as batches grow."""
+    flat = S.reshape(-1, *S.shape[-2:])
+    idx = torch.linspace(0, flat.shape[0] - 1, _PLACE_SAMPLE, device=S.device).round().long()
+    G = _gram(flat[idx])[0].clone()
     n = G.shape[-1]
+
+    def sync():
+        if G.device.type == "cuda":
+            torch.cuda.synchronize(G.device)
+        elif G.device.type not in ("cpu", "meta"):
+            torch.accelerator.synchronize(G.device)
 
     def device():
         torch.linalg.eigvalsh(G)
-        if G.device.type == "cuda":
-            torch.cuda.synchronize(G.device)
+        sync()
 
     def host():
         Gc = G.cpu()
         _map_cpu(torch.linalg.eigvalsh, [Gc[sl] for sl in _host_pieces(Gc.shape[0], n * n, threads)], threads)
 
-    took = {}
-    for f in (device, host, device, host):
+    took = {device: float("inf"), host: float("inf")}
+    sync()
+    for f in (device, host, device, host, device, host):
         t0 = time.perf_counter()
         f()
-        took[f] = time.perf_counter() - t0
+        took[f] = min(took[f], time.perf_counter() - t0)  # the warm-up run counts too: min ignores it
     return took[host] < took[device]
 
 

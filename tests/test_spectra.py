@@ -433,8 +433,16 @@ def test_timing_the_places_runs_both(monkeypatch):
     calls = []
     real = sp._map_cpu
     monkeypatch.setattr(sp, "_map_cpu", lambda fn, items, threads: calls.append(len(items)) or real(fn, items, threads))
-    assert sp._host_is_faster(gdn_states(5, H=3, K=9, V=7), 2) in (True, False)
-    assert calls == [2, 2]  # warm-up and timed host runs, the sample split over both workers
+    grams = []
+    real_gram = sp._gram
+    monkeypatch.setattr(sp, "_gram", lambda X: grams.append(X) or real_gram(X))
+    S = gdn_states(5, H=3, K=9, V=7)  # 15 states
+    assert sp._host_is_faster(S, 2) in (True, False)
+    assert calls == [2, 2, 2]  # host runs, the 256-state sample split over both workers
+    flat = S.reshape(-1, 9, 7)
+    assert len(grams) == 1 and grams[0].shape[0] == 256  # a small batch is repeated up to the sample size
+    assert torch.equal(grams[0][0], flat[0]) and torch.equal(grams[0][-1], flat[-1])  # spread over all of it
+    assert {tuple(x.flatten().tolist()) for x in grams[0]} == {tuple(x.flatten().tolist()) for x in flat}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
