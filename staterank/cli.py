@@ -396,7 +396,8 @@ def _run_prune(args) -> int:
         # the plan fixes the heads: scoring options would be recorded in config.json but not used
         moot = [f for f, v in (("--method", args.method), ("--alpha", args.alpha), ("--ranking", args.ranking),
                                ("--fraction", args.fraction), ("--count", args.count), ("--bytes", args.bytes),
-                               ("--sweep", args.sweep or None)) if v is not None]
+                               ("--sweep", args.sweep or None), ("--alphas", args.alphas),
+                               ("--fractions", args.fractions)) if v is not None]
         if moot:
             raise UserError(f"--plan fixes the heads to remove; {', '.join(moot)} do(es) not apply")
         plan = Plan.load(args.plan)
@@ -413,7 +414,14 @@ def _run_prune(args) -> int:
         data_dir=args.data_dir,
     )
     if args.sweep:
-        sc = SweepConfig(base=cfg, alphas=_floats(args.alphas), fractions=_floats(args.fractions))
+        # the grid is JRNP over --alphas x --fractions (+ inverse JRNP at --alpha, + random), not exported
+        moot = [f for f, v in (("--method", args.method), ("--fraction", args.fraction), ("--count", args.count),
+                               ("--bytes", args.bytes), ("--no-export", args.no_export or None)) if v is not None]
+        if moot:
+            raise UserError(f"--sweep scores JRNP over --alphas x --fractions; {', '.join(moot)} do(es) not apply")
+        d_sweep = SweepConfig()
+        sc = SweepConfig(base=cfg, alphas=d_sweep.alphas if args.alphas is None else _floats(args.alphas),
+                         fractions=d_sweep.fractions if args.fractions is None else _floats(args.fractions))
         if not sc.alphas or not sc.fractions:
             raise UserError("--sweep needs at least one alpha and one fraction")
         cfg.validate()
@@ -421,6 +429,8 @@ def _run_prune(args) -> int:
         res = run_sweep(loaded, sc, args.out, progress=not args.quiet)
         print(f"wrote {args.out} ({len(res['points'])} sweep points); report: {render(args.out)}")
         return 0
+    if args.alphas is not None or args.fractions is not None:
+        raise UserError("--alphas and --fractions set the grid of --sweep; without it, give --alpha and --fraction")
     cfg.validate()  # bad input fails before a model loads
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     try:
@@ -468,8 +478,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--no-export", action="store_true", help="prune in memory only (any plan; no DIR/model/)")
     p.add_argument("--plan", default=None, help="apply this plan.json instead of scoring")
     p.add_argument("--sweep", action="store_true", help="sweep --alphas x --fractions (zero-ablated), Pareto plot")
-    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="sweep: alphas (default 0,0.25,0.5,0.75,1)")
-    p.add_argument("--fractions", default="0.125,0.25,0.389,0.5", help="sweep: fractions (default 0.125,0.25,0.389,0.5)")
+    p.add_argument("--alphas", default=None, help="sweep: alphas (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--fractions", default=None, help="sweep: fractions (default 0.125,0.25,0.389,0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=_run_prune)

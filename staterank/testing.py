@@ -13,7 +13,8 @@ FAMILIES = ("qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid")
 
 
 def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int = 12, vocab: int = 97,
-                hidden: int = 32, layers: tuple[str, ...] = ("linear_attention", "linear_attention", "full_attention", "linear_attention")):
+                hidden: int = 32, layers: tuple[str, ...] = ("linear_attention", "linear_attention", "full_attention", "linear_attention"),
+                max_positions: int = 4096):
     n = len(layers)
     if family == "qwen3_next":
         from transformers import Qwen3NextConfig
@@ -22,7 +23,7 @@ def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int =
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
             num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
             linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            num_experts=0, max_position_embeddings=4096, tie_word_embeddings=True,
+            num_experts=0, max_position_embeddings=max_positions, tie_word_embeddings=True,
         )
     if family == "qwen3_5":
         from transformers import Qwen3_5TextConfig
@@ -31,7 +32,7 @@ def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int =
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
             num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
             linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            max_position_embeddings=4096, tie_word_embeddings=True,
+            max_position_embeddings=max_positions, tie_word_embeddings=True,
         )
     if family == "kimi_linear":
         from transformers import KimiLinearConfig
@@ -40,7 +41,7 @@ def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int =
         return KimiLinearConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
             num_attention_heads=2, num_key_value_heads=2, linear_num_heads=h_v, linear_head_dim=k,
-            layer_types=list(layers), max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            layer_types=list(layers), max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         )
     if family == "olmo_hybrid":
         from transformers import OlmoHybridConfig
@@ -49,7 +50,7 @@ def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int =
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
             num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=h_k,
             linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         )
     raise ValueError(f"unknown family {family!r}")
 

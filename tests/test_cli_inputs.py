@@ -23,6 +23,11 @@ def main(argv) -> int:
     (["prune", "--alpha", "nan"], "a number"),
     (["prune", "--calib", "bogus"], "unknown calibration suite"),
     (["prune", "--sweep", "--fractions", ""], "at least one"),
+    (["prune", "--sweep", "--method", "rank"], "--method do(es) not apply"),
+    (["prune", "--sweep", "--fraction", "0.2"], "--fraction do(es) not apply"),
+    (["prune", "--sweep", "--no-export"], "--no-export do(es) not apply"),
+    (["prune", "--alphas", "0,1"], "grid of --sweep"),
+    (["prune", "--fractions", "0.2"], "grid of --sweep"),
     (["stratify", "--threshold", "0.5"], "only with --rule threshold"),
     (["stratify", "--max-tokens", "1"], ">= 2"),
 ])
@@ -40,7 +45,7 @@ def test_plan_with_scoring_options_is_refused(tmp_path, capsys):
     assert main(["prune", "--plan", str(plan), "--method", "rank", "--out", str(tmp_path / "run")]) == 2
     assert "--method" in capsys.readouterr().err and not (tmp_path / "run").exists()
     # given explicitly, even at its default value, an option the plan overrides is refused
-    for opt in (["--alpha", "0.5"], ["--ranking", "global"], ["--fraction", "0.389"], ["--sweep"]):
+    for opt in (["--alpha", "0.5"], ["--ranking", "global"], ["--fraction", "0.389"], ["--sweep"], ["--alphas", "1"]):
         assert main(["prune", "--plan", str(plan), *opt, "--out", str(tmp_path / "run")]) == 2
         assert opt[0] in capsys.readouterr().err and not (tmp_path / "run").exists()
     for body in (b"\x00\xff\xfe binary", b"[]", b"{not json"):

@@ -251,3 +251,25 @@ def test_check_tolerance_is_relative_to_the_logit_scale(tmp_path, monkeypatch):
     assert r["check"]["tolerance"] == pytest.approx(3e-5 * scale)
     assert r["check"]["max_abs_logit_diff_vs_masked"] > r["check"]["tolerance"]
     assert not r["check"]["passed"]
+
+
+def test_cli_sweep_grid_and_defaults(tmp_path, monkeypatch):
+    loaded = _loaded("qwen3_next", h_k=2, h_v=8)
+    loaded.model.save_pretrained(tmp_path / "src")
+    loaded.tokenizer.save_pretrained(tmp_path / "src")
+    common = ["prune", "--model", str(tmp_path / "src"), "--sweep", "--calib-tokens", "48", "--eval", "mqar",
+              "--eval-n", "2", "--random-seeds", "0", "--state-context", "16", "--quiet"]
+    assert main(common + ["--alphas", "0,1", "--fractions", "0.25", "--alpha", "0.3", "--out", str(tmp_path / "sw")]) == 0
+    points = read_json(tmp_path / "sw" / "sweep.json")["points"]
+    assert sorted((p["method"], p["alpha"]) for p in points) == [("inverse", 0.3), ("jrnp", 0.0), ("jrnp", 1.0)]
+    assert {p["fraction"] for p in points} == {0.25}
+    # no grid given: SweepConfig's own grid and PruneConfig's alpha, never None
+    import staterank.prune.run as run_mod
+    import staterank.report.prune as report_mod
+
+    seen = []
+    monkeypatch.setattr(run_mod, "run_sweep", lambda loaded, sc, out, progress=False: seen.append(sc) or {"points": []})
+    monkeypatch.setattr(report_mod, "render", lambda out: str(out))
+    assert main(common + ["--out", str(tmp_path / "sw2")]) == 0
+    assert seen[0].alphas == SweepConfig().alphas and seen[0].fractions == SweepConfig().fractions
+    assert seen[0].base.alpha == PruneConfig().alpha and seen[0].base.method == PruneConfig().method
