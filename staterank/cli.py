@@ -223,7 +223,8 @@ def _add_stratify(sub) -> None:
     p.add_argument("--no-init", action="store_true", help="skip the same-architecture-at-initialisation baseline")
     p.add_argument("--init-gates", default="auto", choices=["auto", "model", "fla"],
                    help="gate init of the baseline: model (its own _init_weights), fla (FLA/Mamba-style), "
-                   "auto = fla for builtin (how it was trained), else model")
+                   "auto (default) = model unless that init is memoryless (median decay < 0.5 per token, as "
+                   "transformers' Qwen3-Next/Qwen3.5 init), then fla")
     p.add_argument("--from-runs", nargs="+", default=None, metavar="DIR", help="use finished analyze run folders instead of a model")
     p.add_argument("--init-runs", nargs="+", default=None, metavar="DIR",
                    help="with --from-runs: analyze folders of the same texts on the model at initialisation")

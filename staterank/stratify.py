@@ -576,7 +576,7 @@ class StratifyConfig:
     max_tokens: int = 2048
     stride: int = 4
     init: bool = True  # also measure the same architecture at initialisation
-    init_gates: str = "auto"  # auto = fla for the builtin model (its training init), else model
+    init_gates: str = "auto"  # auto = the model's own gate init unless memoryless, then fla (auto_init_gates)
     init_seed: int = 0
     eps: float = 1e-4
 
@@ -706,7 +706,7 @@ def summarise(run, dyn: dict, dyn_init: dict | None, cfg: StratifyConfig, meta: 
         init = (icls, istats)
         both = np.isin(cls.labels, ("low", "high")) & np.isin(icls.labels, ("low", "high"))
         result["init_baseline"] = {**iraw, "head_stats": istats.to_dict(), "gates": meta.get("init_gates"),
-                                   "seed": cfg.init_seed}
+                                   "gates_reason": meta.get("init_gates_reason"), "seed": cfg.init_seed}
         result["delta"] = {**delta(raw, iraw),
                            "label_match_trained_vs_init": float(np.mean(cls.labels[both] == icls.labels[both])) if both.any() else None}
     else:
@@ -716,19 +716,49 @@ def summarise(run, dyn: dict, dyn_init: dict | None, cfg: StratifyConfig, meta: 
     return result
 
 
-def _is_builtin(loaded) -> bool:
-    """The shipped model however it was named (``builtin`` or its folder's path): it was trained
-    from fla-style gates, so "auto" gates give its initialisation baseline those."""
-    from pathlib import Path
+MEMORYLESS_DECAY = 0.5  # median per-token decay below this: the init forgets more than half each token
 
-    from .models import builtin_dir
 
-    if loaded.spec == "builtin":
-        return True
-    try:
-        return Path(str(loaded.source)).resolve() == builtin_dir().resolve()
-    except OSError:
-        return False
+def own_init_decay(model, adapter, seed: int = 0, draws: int = 16) -> float:
+    """Median per-token decay exp(−A·softplus(dt_bias)) (gate input 0) over heads (channels, for
+    per-channel decay) of the model's OWN gate initialisation: one linear-attention layer built fresh
+    on CPU, its gates initialised ``draws`` times by the model's ``_init_weights`` (a model with few
+    heads gives too few samples from one draw). transformers' Qwen3-Next / Qwen3.5 init (A ~ U(0.01,
+    16), dt_bias = 1) gives ~e^-10: heads forget everything each token; OLMo-hybrid's and Kimi's ~0.95."""
+    import torch
+    import torch.nn.functional as F
+
+    layer = adapter.linear_layers(model)[0]
+    cfg = model.config if hasattr(model.config, "hidden_size") else model.config.get_text_config()
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        fresh = type(layer.module)(copy.deepcopy(cfg), layer.index)
+    gates = [m for m in fresh.modules() if hasattr(m, "A_log") and hasattr(m, "dt_bias")]
+    if not gates:
+        raise UserError(f"{type(layer.module).__name__} has no A_log/dt_bias gate to initialise")
+    decays = []
+    for i in range(draws):
+        torch.manual_seed(seed + i)
+        for m in dict.fromkeys([fresh, *gates]):  # the layer's init sets its gates (Kimi's: the gate module's)
+            model._init_weights(m)
+        for m in gates:
+            A, dt = m.A_log.detach().float().exp().flatten(), F.softplus(m.dt_bias.detach().float()).flatten()
+            if dt.numel() != A.numel():  # per-channel decay: one A per head, one dt per channel
+                A = A.repeat_interleave(dt.numel() // A.numel())
+            decays.append(torch.exp(-A * dt))
+    return float(torch.cat(decays).median())
+
+
+def auto_init_gates(loaded, seed: int = 0) -> tuple[str, str]:
+    """-> (gates, why) for ``--init-gates auto``: the model's own init unless it is memoryless, then
+    FLA/Mamba-style gates (what GDN models are trained from in fla, and the builtin model was). A
+    memoryless baseline has no rank structure at all, so any stratification would beat it: too weak
+    a control."""
+    d = own_init_decay(loaded.model, loaded.adapter, seed)
+    if d < MEMORYLESS_DECAY:
+        return "fla", (f"the model's own gate init has median per-token decay {d:.2g} (memoryless), "
+                       f"so FLA/Mamba-style gates")
+    return "model", f"the model's own gate init (median per-token decay {d:.2f})"
 
 
 def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None, log=print, progress: bool = False):
@@ -752,7 +782,9 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
     names = [c.name for c in contexts]
     if len(set(names)) != len(names):
         raise UserError(f"context names must be unique, got {names}")
-    gates = cfg.init_gates if cfg.init_gates != "auto" else ("fla" if _is_builtin(loaded) else "model")
+    gates, why = cfg.init_gates, f"--init-gates {cfg.init_gates}"
+    if cfg.init and gates == "auto":
+        gates, why = auto_init_gates(loaded, cfg.init_seed)
     positions = default_positions(cfg.max_tokens, cfg.stride, cfg.t_early, cfg.t_late)
     config = {"stage": "stratify", "model": loaded.spec, "source": loaded.source, "model_config": loaded.config,
               "contexts": names, "contexts_hash": suite_hash(contexts), **asdict(cfg), "init_gates_used": gates}
@@ -774,7 +806,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
         del loaded0, model0
         log(f"initialisation ({gates} gates): {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
     meta = {"model": loaded.spec, "suite_hash": config["contexts_hash"], "max_tokens": cfg.max_tokens,
-            "rule": cfg.rule, "init_gates": gates if cfg.init else None}
+            "rule": cfg.rule, "init_gates": gates if cfg.init else None, "init_gates_reason": why if cfg.init else None}
     if not cfg.init:
         meta["init_reason"] = "--no-init"
     summarise(run, dyn, dyn_init, cfg, meta)

@@ -12,6 +12,7 @@ import torch
 from staterank import stratify as st
 from staterank.errors import UserError
 from staterank.runio import write_json
+from staterank.testing import tiny_model
 
 
 # ---- synthetic dynamics -----------------------------------------------------------------------------
@@ -392,16 +393,32 @@ def test_cli_writes_a_complete_folder_and_resumes(tmp_path, capsys):
     assert "different models" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
 
 
-def test_builtin_is_recognised_by_its_folder_and_run_seeds_the_init():
-    """auto gates follow the model, not the spelling of --model; staterank run's --seed reaches the init."""
+@pytest.mark.parametrize("family,memoryless", [("qwen3_next", True), ("qwen3_5", True), ("olmo_hybrid", False),
+                                               ("kimi_linear", False)])
+def test_auto_init_gates_replace_a_memoryless_own_init(family, memoryless):
+    """auto gates: transformers' own Qwen3-Next / Qwen3.5 gate init forgets everything each token (a
+    baseline with no rank structure is no control), so those get FLA-style gates; OLMo-hybrid's and
+    Kimi's own inits keep memory and are used as they are. Read from the fresh init, not the weights."""
     from types import SimpleNamespace
 
-    from staterank.models import builtin_dir
+    from staterank.adapters import get_adapter
+
+    kw = {"h_v": 4} if family == "kimi_linear" else {}
+    model = tiny_model(family, memory_gates=True, **kw)  # trained-like gates: must not leak into the answer
+    d = st.own_init_decay(model, get_adapter(model), seed=0)
+    assert (d < st.MEMORYLESS_DECAY) is memoryless
+    assert (d < 1e-3) if memoryless else (0.8 < d < 1.0)
+    gates, why = st.auto_init_gates(SimpleNamespace(model=model, adapter=get_adapter(model)))
+    assert gates == ("fla" if memoryless else "model") and f"{d:.2g}"[:3] in why
+
+
+def test_builtin_gets_fla_init_gates_and_run_seeds_the_init():
+    """The builtin model (a Qwen3-Next, trained from FLA-style gates) gets them from auto, however it is
+    named; staterank run's --seed reaches the init."""
+    from staterank.models import load_model
     from staterank.pipeline import RunConfig
 
-    assert st._is_builtin(SimpleNamespace(spec="builtin", source="x"))
-    assert st._is_builtin(SimpleNamespace(spec="./m", source=str(builtin_dir())))
-    assert not st._is_builtin(SimpleNamespace(spec="./m", source="/nonexistent/model"))
+    assert st.auto_init_gates(load_model("builtin"))[0] == "fla"
     assert RunConfig.from_dict({"model": "builtin", "seed": 7}).stratify_config().init_seed == 7
 
 

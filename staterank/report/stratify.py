@@ -165,7 +165,8 @@ def render(run_dir: str | Path) -> Path:
         "# stratify", "",
         f"model: `{s.get('model')}` · contexts: {', '.join(s['contexts'])} · suite hash `{s.get('suite_hash')}` · "
         f"rule: {cl['rule']} · initialisation baseline: "
-        + (f"gates={i.get('gates')}, seed={i.get('seed')}" if i else s.get("init_baseline_reason", "none")),
+        + (f"gates={i.get('gates')}, seed={i.get('seed')}" + (f" ({i['gates_reason']})" if i.get("gates_reason") else "")
+           if i else s.get("init_baseline_reason", "none")),
         "",
         "| statistic | paper | ours | at init | ours − init |",
         "|---|---|---|---|---|",
