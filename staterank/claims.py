@@ -6,7 +6,8 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
 * ``holds``   — ours passes the paper's criterion with its 95 % CI on the right side, AND the same
   statistic of the same architecture at initialisation (its point estimate) does not pass; for
   ablations: removing low-rank heads is significantly worse than removing high-rank heads AND than
-  layer-matched random heads; for pruning: accuracy after ≥ 0.9 × before AND the layer-matched
+  layer-matched random heads (for the random control, both the sign-flip p over items and the
+  bootstrap interval over items and seeds must agree); for pruning: accuracy after ≥ 0.9 × before AND the layer-matched
   random control's seed interval below the pruned model's CI;
 * ``artefact`` — ours passes, but so does the untrained model: the gates alone produce it;
 * ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign,

@@ -39,7 +39,9 @@ def _ours(o: dict) -> str:
             s += f"; low − layer-matched random {lr['diff']:+.3f}"
             if lr.get("diff_ci_low") is not None:
                 s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] ({lr.get('seeds')} seeds)"
-            s += f" ({_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"
+            # the p treats the seeds' mean as fixed, the interval resamples seeds too: say so, or a
+            # small p beside an interval straddling 0 reads as a contradiction
+            s += f" (sign-flip over items, seeds averaged: {_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"
         return s
     if "state_saved" in o:
         rc = o.get("random_controls") or {}
