@@ -164,7 +164,10 @@ def render(run_dir: str | Path) -> Path:
                      f"{_p(c['p_seed_rank'])} |")
     if pj.get("verdicts"):
         L += ["", "## Does ablating low-rank heads hurt more than high-rank and than layer-matched random heads?", "",
-              "p-values Holm-adjusted across the tasks (one claim, tested on each task).", "",
+              "p-values Holm-adjusted across the tasks (one claim, tested on each task). A p is the paired "
+              "sign-flip test over items with the random control's seeds averaged; the interval resamples items "
+              "and seeds, so it also carries which random heads were drawn. 'Worse than layer-matched' needs "
+              "both: p < 0.05 and the interval below 0.", "",
               "| task | low − high (Holm p) | low − layer_random.low [interval] (Holm p) | worse than high | worse than layer-matched | both |",
               "|---|---|---|---|---|---|"]
         for t, v in pj["verdicts"].items():
