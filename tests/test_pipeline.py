@@ -119,6 +119,26 @@ def test_run_end_to_end_and_resume(tmp_path, capsys):
     assert "| claim |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("family,gates", [("qwen3_5", "fla"), ("kimi_linear", "model"), ("olmo_hybrid", "model")])
+def test_run_end_to_end_on_every_other_family(family, gates, tmp_path):
+    """The whole pipeline on the other three families: their own init baseline gates (memoryless
+    Qwen3.5 init replaced), ablation probes, per-layer pruning exported and checked."""
+    kw = dict(h_v=4, k=8, v=8) if family == "kimi_linear" else dict(h_k=2, h_v=4, k=8, v=8)
+    save_tiny(tmp_path / "m", family, **kw)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "m"), "--quiet", "--out", str(out),
+                 "--set", "stratify.max_tokens=48", "--set", "stratify.suite=natural",
+                 "--set", "probe.tasks=[arith]", "--set", "probe.limit=4", "--set", "probe.seeds=2",
+                 "--set", "probe.single_head=false", "--set", "prune.tasks=[arith]", "--set", "prune.eval_n=4",
+                 "--set", "prune.random_seeds=1", "--set", "prune.calib_tokens=48", "--set", "prune.state_context=32",
+                 "--set", "prune.calib_suite=natural", "--set", "prune.ranking=per_layer"]) == 0
+    c = json.loads((out / "claims.json").read_text())
+    assert not c["missing_stages"] and all(r["verdict"] in C.VERDICTS for r in c["rows"])
+    assert json.loads((out / "stratify" / "stratify.json").read_text())["init_baseline"]["gates"] == gates
+    p = json.loads((out / "prune" / "prune.json").read_text())
+    assert p["check"]["passed"] and not p.get("not_exported") and (out / "prune" / "model" / "config.json").exists()
+
+
 def test_claims_table_keeps_measurements_apart_and_rules_are_a_list():
     from staterank.report.claims import _p, _rules, claims_table
 
