@@ -253,6 +253,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         msg = _flat(e) if isinstance(e, _config_errors()) else _one_line(e)  # their cause is on line 2
         raise UserError(f"cannot read the config of {where}: {msg}{hint}") from None
     adapter = get_adapter(cfg.model_type)  # unsupported type: one line, before any weight loads
+    _check_cache_runs(cfg, where)
     # the tokenizer before the weights: a folder without one fails in seconds, not after a 160 GB load
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -287,6 +288,22 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     placed = "auto: " + ", ".join(sorted({str(p.device) for p in model.parameters()})) if auto else dev
     return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
                   config=_summary(model, adapter, cfg, dt, placed))
+
+
+def _check_cache_runs(cfg, where: str) -> None:
+    """Every stage runs the model through its cache (segmented prefill, greedy decoding). transformers
+    5 derives positions from ``cache.get_seq_length()``, which only attention layers can answer: a
+    model of these families without one (all layers linear attention) fails inside transformers on its
+    first cached step. Say so in one line, before any weight loads."""
+    import transformers
+    from transformers import DynamicCache
+
+    try:
+        DynamicCache(config=cfg).get_seq_length()
+    except ValueError:
+        raise UserError(f"{where} has no attention layer, and transformers {transformers.__version__} cannot run "
+                        "the cache of such a model (its get_seq_length needs one): pure linear-attention models "
+                        "of this family are not supported") from None
 
 
 def _bind_kernels(adapter, dev: torch.device) -> None:

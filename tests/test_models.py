@@ -75,6 +75,21 @@ def test_unsupported_type_fails_before_weights(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_5", "kimi_linear"])
+def test_pure_linear_attention_model_is_one_line(family, tmp_path):
+    """transformers 5 cannot run the cache of these families without an attention layer: refused by
+    its config, before weights load (and the hybrid of the same family loads)."""
+    from staterank.testing import tiny_config
+
+    kw = {"h_v": 4} if family == "kimi_linear" else {}
+    tiny_config(family, layers=("linear_attention",) * 2, **kw).save_pretrained(tmp_path / "pure")
+    with pytest.raises(UserError, match="no attention layer") as e:
+        load_model(str(tmp_path / "pure"), device="cpu")
+    assert "\n" not in str(e.value)
+    save_tiny(tmp_path / "hybrid", family, layers=("linear_attention", "full_attention"), **kw)
+    assert load_model(str(tmp_path / "hybrid"), device="cpu").adapter is not None
+
+
 @pytest.mark.parametrize("spec,msg", [("/no/such/dir", "no such folder"), ("./nope", "no such folder"),
                                        ("a b c", "no such folder")])
 def test_missing_path(spec, msg):
