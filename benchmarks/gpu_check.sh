@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared device check for a session that has a GPU: at most 525 s of step limits (run it with
+# The prepared device check for a session that has a GPU: at most 555 s of step limits (run it with
 # timeout_s=600), usually much less; correctness steps first, then speed:
 #  1. capture on CUDA: analyze the builtin model with --device cuda and --device auto (the capture's
 #     own self-check compares every replay with the model's rule outputs and final states there);
@@ -7,6 +7,7 @@
 #  3. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves where the engine's
 #     timing puts them), then with eigensolves forced onto all CPU cores, onto the GPU (cuSOLVER;
 #     MAGMA), and all on CPU cores (batched svdvals cannot use them; the engine's workers can);
+#  4. decode throughput of a head-pruned builtin model vs the original on CUDA (benchmarks/decode.py).
 # Each step has a time limit, so one slow path cannot eat the device time of the others.
 # Uses the device's own python3 (torch, transformers); no install. Each step's output goes to $OUT
 # (or /tmp/gpu_check) as a text file; a failed step does not stop the others.
@@ -24,10 +25,11 @@ runs=$(mktemp -d)
 step analyze_cuda timeout 60 python3 -m staterank.cli analyze --model builtin --device cuda --prompt "$(printf 'The quick brown fox jumps over the lazy dog. %.0s' {1..40})" --out "$runs/a1" --quiet
 step analyze_auto timeout 60 python3 -m staterank.cli analyze --model builtin --device auto --prompt "$(printf 'A stitch in time saves nine. %.0s' {1..40})" --out "$runs/a2" --quiet
 step prune_cuda timeout 120 python3 -m staterank.cli prune --model builtin --device cuda --ranking per_layer --eval-n 20 --random-seeds 1 --calib-tokens 256 --out "$runs/p1" --quiet
-step spectra_cuda_auto timeout 120 python3 benchmarks/spectra.py --device cuda --threads "$n"
+step spectra_cuda_auto timeout 105 python3 benchmarks/spectra.py --device cuda --threads "$n"
 step spectra_cuda_host timeout 45 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig host --tokens 64 --builtin-tokens 64 --no-stats
 step spectra_cuda_device timeout 45 python3 benchmarks/spectra.py --device cuda --threads "$n" --gpu-eig device --tokens 64 --builtin-tokens 64 --no-stats
 step spectra_cuda_magma timeout 30 python3 benchmarks/spectra.py --device cuda --gpu-eig magma --tokens 32 --builtin-tokens 0 --no-stats
 step spectra_cpu_all_cores timeout 45 python3 benchmarks/spectra.py --device cpu --threads "$n" --no-stats --builtin-tokens 0
+step decode_cuda timeout 45 python3 benchmarks/decode.py --device cuda --batch 1 32 --repeats 3
 cp "$runs"/a1/report.md "$out/analyze_cuda_report.md" 2>/dev/null; cp "$runs"/p1/report.md "$out/prune_cuda_report.md" 2>/dev/null
 true
