@@ -174,6 +174,7 @@ def _row(claim: str, paper: str, ours: dict, verdict: str, why: str, source: str
 
 def stratify_claims(s: dict) -> list[dict]:
     init = s.get("init_baseline")
+    gates = (init or {}).get("gates")  # which initialisation the "at init" numbers come from
     rows = []
     src = "stratify/stratify.json"
 
@@ -182,7 +183,7 @@ def stratify_claims(s: dict) -> list[dict]:
     verdict, why = _threshold_verdict(v, lo, hi, BC_REF, iv)
     rows.append(_row("State rank stratification (bimodal split of r̄_h/d)",
                      "heads split into rank ≈ 0 and rank → bound (Fig. 1); BC reference 5/9",
-                     {"value": v, "ci": [lo, hi], "init": iv, "criterion": f"> {BC_REF:.3f}",
+                     {"value": v, "ci": [lo, hi], "init": iv, "init_gates": gates, "criterion": f"> {BC_REF:.3f}",
                       "n_low": s["classes"].get("n_low"), "n_high": s["classes"].get("n_high"),
                       "gap": s["classes"].get("gap")},
                      verdict, why, src + " (head_stats, bootstrap over heads)"))
@@ -207,7 +208,7 @@ def stratify_claims(s: dict) -> list[dict]:
     rows.append(_row(f"Rank order stable over time in every layer: Spearman ρ(t={_t_used(sp, 'early')}, "
                      f"t={_t_used(sp, 'late')}), weakest layer",
                      "ρ > 0.90 per layer (t=128 vs t=2048)",
-                     {"value": m, "ci": shown, "init": isp, "mean_over_layers": sp.get("mean"),
+                     {"value": m, "ci": shown, "init": isp, "init_gates": gates, "mean_over_layers": sp.get("mean"),
                       "criterion": "> 0.90 in every layer", "per_layer": layers, "note": sp.get("note")},
                      verdict, why, src + " spearman_t_early_t_late (per layer: t interval over contexts, "
                      "Bonferroni over layers)"))
@@ -219,7 +220,7 @@ def stratify_claims(s: dict) -> list[dict]:
         verdict, why = _threshold_verdict(m, lo, hi, ref, im, init_measured=bool(init))
         pear = s.get(key.replace("cosine", "pearson"), {}).get("mean_offdiag")
         rows.append(_row(f"Consistent across contexts: cosine of {label}", f"cosine > {ref}",
-                         {"value": m, "ci": [lo, hi], "init": im, "criterion": f"> {ref}",
+                         {"value": m, "ci": [lo, hi], "init": im, "init_gates": gates, "criterion": f"> {ref}",
                           "contexts_n": len(mat) if mat.ndim == 2 else 0,
                           "centred_pearson": pear, "contexts": s.get("contexts")},
                          verdict, why, src + f" {key} (mean over context pairs; jackknife over contexts)"))

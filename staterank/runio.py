@@ -125,6 +125,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
+def _differing(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like configs (lists compared whole)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _differing(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [prefix[:-1]] if a != b else []
+
+
 def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True, weights: str | None = None) -> Path:
     """Create (or resume) the run folder ``out`` for ``config``.
 
@@ -139,7 +147,12 @@ def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True, weigh
     if cfg_path.exists():
         old = read_json(cfg_path)
         if old.get("config_hash") != h:
-            raise UserError(f"{out} already holds a run with a different config; choose another --out")
+            # name what differs, in the JSON form both were hashed in (tuples as lists, paths as str)
+            now = json.loads(json.dumps(config, sort_keys=True, default=str))
+            keys = _differing(old.get("config", {}), now) or ["the config's form"]
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            raise UserError(f"{out} already holds a run with a different config (differs in {', '.join(keys[:5])}{more}); "
+                            "choose another --out")
         if weights is not None and old.get("weights_fingerprint") not in (None, weights):
             raise UserError(f"{out} was started with other weights of this model (fingerprint "
                             f"{old['weights_fingerprint']}, now {weights}); choose another --out")

@@ -782,8 +782,8 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
     names = [c.name for c in contexts]
     if len(set(names)) != len(names):
         raise UserError(f"context names must be unique, got {names}")
-    gates, why = cfg.init_gates, f"--init-gates {cfg.init_gates}"
-    if cfg.init and gates == "auto":
+    gates, why = (cfg.init_gates, f"--init-gates {cfg.init_gates}") if cfg.init else (None, None)
+    if gates == "auto":
         gates, why = auto_init_gates(loaded, cfg.init_seed)
     positions = default_positions(cfg.max_tokens, cfg.stride, cfg.t_early, cfg.t_late)
     config = {"stage": "stratify", "model": loaded.spec, "source": loaded.source, "model_config": loaded.config,
@@ -806,7 +806,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
         del loaded0, model0
         log(f"initialisation ({gates} gates): {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
     meta = {"model": loaded.spec, "suite_hash": config["contexts_hash"], "max_tokens": cfg.max_tokens,
-            "rule": cfg.rule, "init_gates": gates if cfg.init else None, "init_gates_reason": why if cfg.init else None}
+            "rule": cfg.rule, "init_gates": gates, "init_gates_reason": why}
     if not cfg.init:
         meta["init_reason"] = "--no-init"
     summarise(run, dyn, dyn_init, cfg, meta)

@@ -135,6 +135,7 @@ def test_run_end_to_end_on_every_other_family(family, gates, tmp_path):
     c = json.loads((out / "claims.json").read_text())
     assert not c["missing_stages"] and all(r["verdict"] in C.VERDICTS for r in c["rows"])
     assert json.loads((out / "stratify" / "stratify.json").read_text())["init_baseline"]["gates"] == gates
+    assert f"at init ({gates} gates)" in (out / "report.md").read_text()  # the claims table names the baseline
     p = json.loads((out / "prune" / "prune.json").read_text())
     assert p["check"]["passed"] and not p.get("not_exported") and (out / "prune" / "model" / "config.json").exists()
 

@@ -56,8 +56,10 @@ def test_new_run_dir_creates_resumes_and_refuses(tmp_path):
     assert body["config"] == CFG and body["config_hash"] == config_hash(CFG) and "weights_fingerprint" not in body
     (out / "partial.json").write_text("{}")
     assert new_run_dir(out, dict(reversed(list(CFG.items())))) == out  # the same config resumes
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"different config \(differs in fraction\)"):
         new_run_dir(out, {**CFG, "fraction": 0.5})
+    with pytest.raises(UserError, match=r"differs in nested\.b, zz\)"):  # nested keys dotted; added keys too
+        new_run_dir(out, {**CFG, "nested": {"b": 2, "a": None}, "zz": 1})
     with pytest.raises(UserError, match="--resume"):
         new_run_dir(out, CFG, resume=False)
     assert read_json(out / "config.json") == body  # nothing was overwritten

@@ -30,7 +30,7 @@ def _ours(o: dict) -> str:
         ci = o.get("ci") or [None, None]
         s = f"{_f(o['value'])} [{_f(ci[0])}, {_f(ci[1])}]"
         if "init" in o:
-            s += f"; at init {_f(o['init'])}"
+            s += f"; at init{' (' + o['init_gates'] + ' gates)' if o.get('init_gates') else ''} {_f(o['init'])}"
         return s
     if "low" in o and "high" in o:
         s = f"base {_f(o.get('base'))} → low-rank removed {_f(o.get('low'))}, high-rank removed {_f(o.get('high'))} (n={o.get('n')})"
