@@ -5,12 +5,13 @@
 
 The paper's pruning saves recurrent state (38.9 % at 7/18 of the heads); whether that buys decode
 speed depends on the hardware and the batch (state reads grow with the batch, weights do not). This
-removes the same number of value heads from every linear-attention layer (a seeded random choice:
-speed and bytes depend on how many heads go, not which; or the heads of ``--plan``) with the real
-surgery, then times greedy decoding of both models, alternating original and pruned on every repeat
-so machine load hits both alike. Per batch size: median tokens/s of each, the ratio, and the state
-bytes the cache actually holds. The last line: ``decode_speedup=<x> state_saved=<y>`` at the largest
-batch. Shapes: B batch.
+removes the same number of value heads from every linear-attention layer (seeded random heads, or the
+heads of ``--plan``) with the real surgery and the export's key-head grouping (with GVA, which heads
+go decides how many key heads survive or are duplicated: both counts are printed), then times
+greedy decoding alone (the prompt's prefill untimed, ``prune.export.decode_rate``) of both models,
+alternating original and pruned on every repeat so machine load hits both alike. Per batch size:
+median tokens/s of each, the ratio, and the state bytes the cache actually holds. The last line:
+``decode_speedup=<x> state_saved=<y>`` at the largest batch. Shapes: B batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from staterank.models import load_model  # noqa: E402
-from staterank.prune.export import state_bytes  # noqa: E402
+from staterank.prune.export import decode_rate, state_bytes  # noqa: E402
 from staterank.prune.plan import Plan  # noqa: E402
-from staterank.prune.surgery import prune_heads  # noqa: E402
+from staterank.prune.surgery import common_group, prune_heads  # noqa: E402
 
 
 def random_per_layer(loaded, fraction: float, seed: int) -> dict[int, list[int]]:
@@ -39,18 +39,6 @@ def random_per_layer(loaded, fraction: float, seed: int) -> dict[int, list[int]]
         k = min(h - 1, int(round(fraction * h)))
         out[layer.index] = sorted(g.choice(h, size=k, replace=False).tolist())
     return out
-
-
-@torch.no_grad()
-def tokens_per_s(model, ids: torch.Tensor, new_tokens: int) -> float:
-    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize(ids.device)
-    t0 = time.perf_counter()
-    model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize(ids.device)
-    return ids.shape[0] * new_tokens / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> int:
@@ -72,33 +60,38 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     loaded = load_model(a.model, device=a.device, dtype=a.dtype)
     original = loaded.model
+    layers = loaded.adapter.linear_layers(original)
     if a.plan:
-        removed: dict[int, list[int]] = {}
-        for li, h in Plan.load(a.plan).removed:
-            removed.setdefault(int(li), []).append(int(h))
+        plan = Plan.load(a.plan)
+        plan.check_model(original)
+        removed = {li: list(hs) for li, hs in plan.by_layer().items()}
         what = f"the heads of {a.plan}"
     else:
         removed = random_per_layer(loaded, a.fraction, a.seed)
         what = f"{a.fraction:g} of the value heads of every layer (seeded random)"
+    # the export's grouping: one GVA ratio valid in every layer (as a stock checkpoint needs)
+    group = common_group([l.layout for l in layers], [removed.get(l.index, []) for l in layers])
     pruned = copy.deepcopy(original)
-    prune_heads(pruned, removed)
+    after = prune_heads(pruned, removed, group=group)
     n_removed = sum(len(v) for v in removed.values())
-    n_heads = sum(l.layout.h_v for l in loaded.adapter.linear_layers(original))
+    heads = lambda los: (sum(lo.h_k for lo in los), sum(lo.h_v for lo in los))  # noqa: E731
+    (k0, v0), (k1, v1) = heads([l.layout for l in layers]), heads(after.values())
     dev = next(original.parameters()).device
     print(f"model {a.model} on {dev}, {next(original.parameters()).dtype}, threads {a.threads}; removed {what}: "
-          f"{n_removed} of {n_heads} value heads; prompt {a.prompt}, {a.new_tokens} new tokens, median of {a.repeats}")
+          f"{n_removed} of {v0} value heads; key heads {k0} -> {k1}, value heads {v0} -> {v1} over "
+          f"{len(layers)} layers; prompt {a.prompt} (prefill untimed), {a.new_tokens} new tokens, median of {a.repeats}")
     vocab = int(original.get_input_embeddings().num_embeddings)
     g = torch.Generator().manual_seed(a.seed)
     last = None
     for b in a.batch:
         ids = torch.randint(3, vocab, (b, a.prompt), generator=g).to(dev)
         for m in (original, pruned):  # warm-up: kernels, allocator, caches
-            tokens_per_s(m, ids, 2)
+            decode_rate(m, ids, 2)
         rates = {"original": [], "pruned": []}
         for r in range(a.repeats):
             order = (("original", original), ("pruned", pruned)) if r % 2 == 0 else (("pruned", pruned), ("original", original))
             for name, m in order:
-                rates[name].append(tokens_per_s(m, ids, a.new_tokens))
+                rates[name].append(decode_rate(m, ids, a.new_tokens))
         ro, rp = float(np.median(rates["original"])), float(np.median(rates["pruned"]))
         ctx = a.prompt + a.new_tokens
         sb_o, sb_p = state_bytes(original, b, ctx, a.seed), state_bytes(pruned, b, ctx, a.seed)

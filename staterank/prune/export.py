@@ -9,7 +9,7 @@ a custom loader: a checkpoint that needs one is not one users can serve with sto
 Measurements (all on real forwards):
   ``state_bytes``   bytes the cache holds after a forward of [B, T] tokens: linear recurrent states
                     (``recurrent_states[0]``), conv states (``conv_states[0]``), attention KV.
-  ``decode_speed``  greedy decode tokens/s (a number for the report, not a test).
+  ``decode_speed``  greedy decode tokens/s, prefill untimed (a number for the report, not a test).
   ``logits``        fp32 logits [B, T, vocab] on given ids, to compare the pruned and masked models.
 
 Shapes: B batch, T tokens.
@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..adapters import HeadLayout, get_adapter
 from ..errors import UserError
-from ..models import output_cache
+from ..models import cache_kwarg, output_cache
 from ..probes.ablate import ablate
 from .plan import Plan
 from .surgery import common_group, group_sizes, prune_heads
@@ -144,21 +144,37 @@ def state_bytes(model: nn.Module, batch: int = 1, context: int = 256, seed: int 
     return {**out, "batch": batch, "context": context}
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def decode_rate(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
+    """Tokens/s of greedy decoding alone: ``ids`` [B, T] go through the cache first (untimed), then
+    ``new_tokens`` one-token steps through it are timed: B·new_tokens / seconds."""
+    kw = cache_kwarg(model)
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
+    _sync(ids.device)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(nxt, **{kw: cache}, use_cache=True)
+        cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
+    _sync(ids.device)
+    return ids.shape[0] * new_tokens / (time.perf_counter() - t0)
+
+
 @torch.no_grad()
 def decode_speed(model: nn.Module, prompt: int = 32, new_tokens: int = 32, batch: int = 1, seed: int = 0,
                  repeats: int = 3) -> dict:
-    """Greedy decode throughput: ``new_tokens`` tokens after a ``prompt``-token random prompt, timed
-    ``repeats`` times after one warm-up token. Returns {"tokens_per_s" (median), "repeats" (each
-    run's tokens/s), "new_tokens", "batch", "prompt"}."""
+    """Greedy decode throughput (``decode_rate``: the prompt's prefill untimed) of ``new_tokens``
+    tokens after a ``prompt``-token random prompt, ``repeats`` times after a warm-up. Returns
+    {"tokens_per_s" (median), "repeats" (each run's tokens/s), "new_tokens", "batch", "prompt"}."""
     vocab = int(model.get_input_embeddings().num_embeddings)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(next(model.parameters()).device)
-    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-        rates.append(batch * new_tokens / (time.perf_counter() - t0))
+    decode_rate(model, ids, 1)  # warm-up
+    rates = [decode_rate(model, ids, new_tokens) for _ in range(repeats)]
     return {"tokens_per_s": float(np.median(rates)), "repeats": rates, "new_tokens": new_tokens, "batch": batch,
             "prompt": prompt}

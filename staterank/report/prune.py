@@ -115,7 +115,7 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
     pa = r.get("parameters", {})
     lines += ["", f"Parameters: {pa.get('before', 0):,} → {pa.get('after', 0):,}.",
               "", f"Decode (greedy, batch {d['before']['batch']}, {d['before']['new_tokens']} tokens after a "
-              f"{d['before']['prompt']}-token prompt, median of {len(d['before']['repeats'])}): "
+              f"{d['before']['prompt']}-token prompt whose prefill is not timed, median of {len(d['before']['repeats'])}): "
               f"{d['before']['tokens_per_s']:.1f} → {d['after']['tokens_per_s']:.1f} tokens/s "
               "(a short measurement on a possibly shared machine, not a benchmark).", "",
               "Controls are zero-ablated random heads matched to what the plan removed, each kind from its own "
