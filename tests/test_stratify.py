@@ -404,7 +404,13 @@ def test_auto_init_gates_replace_a_memoryless_own_init(family, memoryless):
     from staterank.adapters import get_adapter
 
     kw = {"h_v": 4} if family == "kimi_linear" else {}
-    model = tiny_model(family, memory_gates=True, **kw)  # trained-like gates: must not leak into the answer
+    model = tiny_model(family, memory_gates=True, **kw)
+    if not memoryless:  # give the loaded weights the opposite answer: it must not leak into the measurement
+        for m in model.modules():
+            if hasattr(m, "A_log") and hasattr(m, "dt_bias"):
+                with torch.no_grad():
+                    m.A_log.fill_(np.log(16.0))
+                    m.dt_bias.fill_(10.0)  # decay e^-160: forgets everything
     d = st.own_init_decay(model, get_adapter(model), seed=0)
     assert (d < st.MEMORYLESS_DECAY) is memoryless
     assert (d < 1e-3) if memoryless else (0.8 < d < 1.0)
