@@ -107,6 +107,11 @@ def test_arith_heldout_split_is_independent_of_the_answer():
 
 def test_scorer_exact():
     assert extract_answer(" 4821\nThe rest") == "4821"
+    # a model not trained on the format goes on after the number: the leading integer is the answer,
+    # all of its digits (a longer number stays wrong), and a line not starting with one stays as it is
+    assert extract_answer(" 8328.") == "8328" and extract_answer("66, dx=12") == "66"
+    assert extract_answer("83281 is it") == "83281" and not score(extract_answer("83281"), "8328")
+    assert extract_answer("-5 apples") == "-5" and extract_answer("The number is 8328") == "The number is 8328"
     assert score("4821", " 4821 ") and not score("482", "4821") and not score("48210", "4821")
     assert not score("", "0")
 

@@ -1,8 +1,8 @@
 """Built-in in-context tasks: generators of prompts with short exact answers, and their registry.
 
 Every task is ``generate(n, seed, **params) -> list[Item]``, deterministic in ``seed``. A prediction
-is the greedy continuation cut at the first newline (or end of sequence), stripped; it is correct iff
-it equals ``item.answer`` exactly (:func:`score`).
+is the greedy continuation's first line, stripped, reduced to its leading integer when it starts with
+one (:func:`extract_answer`); it is correct iff it equals ``item.answer`` exactly (:func:`score`).
 
 Seeds: the built-in model's training used seeds < 10**6 (``TRAIN_SEED_LIMIT``); evaluation uses seeds
 >= 10**9 (``EVAL_SEED_BASE``). Seeds >= 10**9 also switch generators to held-out material: the held-out
@@ -11,10 +11,13 @@ Seeds: the built-in model's training used seeds < 10**6 (``TRAIN_SEED_LIMIT``); 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UserError
+
+_LEADING_INT = re.compile(r"-?\d+")
 
 TRAIN_SEED_LIMIT = 10**6
 EVAL_SEED_BASE = 10**9
@@ -42,8 +45,13 @@ def is_eval_seed(seed: int) -> bool:
 
 
 def extract_answer(continuation: str) -> str:
-    """The prediction: the continuation up to the first newline, stripped."""
-    return continuation.split("\n", 1)[0].strip()
+    """The prediction: the continuation up to the first newline, stripped; when that starts with a
+    number, the number alone. Every answer here is an integer, and a model not trained on the exact
+    format goes on after it ("8328." copying the needle's period, "66, dx=…" continuing the queries):
+    the whole digit run counts, so "83281" is still not "8328"."""
+    line = continuation.split("\n", 1)[0].strip()
+    m = _LEADING_INT.match(line)
+    return m.group(0) if m else line
 
 
 def score(pred: str, answer: str) -> bool:

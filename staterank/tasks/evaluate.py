@@ -39,7 +39,7 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
 
 
 def evaluate(model, tokenizer, items: list[Item], max_new_tokens: int = 8, batch_size: int = 16) -> list[dict]:
-    """Per item: id, pred (continuation up to the first newline, stripped), answer, correct."""
+    """Per item: id, pred (``extract_answer`` of the continuation), answer, correct."""
     conts = greedy_continuations(model, tokenizer, [it.prompt for it in items], max_new_tokens, batch_size)
     rows = []
     for it, c in zip(items, conts):
