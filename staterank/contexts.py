@@ -99,17 +99,21 @@ def _grow(name: str, chunks: Iterator[str], tokens: int, count: _Counter) -> str
 def _prose(rng: random.Random, tokenizer, data: str | None) -> Iterator[str]:
     from .tasks.prose import prose_texts
 
-    for t in prose_texts("heldout", str(data_dir(data))):
+    for t in prose_texts("contexts", str(data_dir(data))):
         for para in t.split("\n"):
             yield para + "\n"
 
 
 def _math(rng: random.Random, tokenizer, data: str | None) -> Iterator[str]:
+    # test questions from the END of the file: the probe scores them from its start (the first
+    # --limit), and the builtin model was trained on the train split
     path = data_dir(data) / "gsm8k" / "test.jsonl"
     if not path.is_file():
         raise UserError(f"GSM8K not found at {path}")
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        lines = f.readlines()
+    for line in reversed(lines):
+        if line.strip():
             row = json.loads(line)
             answer = re.sub(r"<<[^>]*>>", "", row["answer"])  # calculator annotations are not prose
             answer = answer.replace("####", "The answer is")
@@ -148,7 +152,7 @@ def _dialogue(rng: random.Random, tokenizer, data: str | None) -> Iterator[str]:
 
     quote = re.compile(r'"([^"\n]{8,500})"')
     i = 0
-    for t in prose_texts("heldout", str(data_dir(data))):
+    for t in prose_texts("contexts", str(data_dir(data))):
         for m in quote.finditer(t):
             yield f"{'AB'[i % 2]}: {m.group(1).strip()}\n"
             i += 1
@@ -173,10 +177,10 @@ def _repeat(unit: str) -> Callable[..., Iterator[str]]:
 
 
 BUILTIN: dict[str, tuple[Callable[..., Iterator[str]], str]] = {
-    "prose": (_prose, "held-out prose (last 10% of each file under prose/)"),
-    "math": (_math, "GSM8K test.jsonl questions + answers, file order, <<...>> removed"),
+    "prose": (_prose, "held-out prose, its first half (of the last 10% of each file under prose/)"),
+    "math": (_math, "GSM8K test.jsonl questions + answers from the end of the file, <<...>> removed"),
     "code": (_code, "seeded Python-like template generator"),
-    "dialogue": (_dialogue, "quoted speech from held-out prose, speakers A/B alternating"),
+    "dialogue": (_dialogue, "quoted speech from held-out prose (first half), speakers A/B alternating"),
     "random": (_random, "uniform random token ids (specials excluded), decoded"),
     "repeat_rare": (_repeat(REPEAT_RARE), f"the character {REPEAT_RARE!r} repeated"),
     "repeat_number": (_repeat(REPEAT_NUMBER), f"{REPEAT_NUMBER!r} repeated"),

@@ -130,3 +130,25 @@ def test_from_hf_with_a_stand_in_datasets_module(monkeypatch):
     assert c.kind == "hf" and c.name == "someone_corpus_validation_text" and c.text.startswith("row 0 row 0")
     assert len(c.text) == 40 * cx.CHARS_PER_TOKEN
     assert cx.from_hf("corpus:train:text", tokens=10, name="mine").name == "mine"
+
+
+def test_contexts_are_disjoint_from_what_the_probe_scores(bpe):
+    """The contexts rank the heads the probe then ablates: none of their text is a scored item
+    (perplexity windows read the held-out prose's second half; GSM8K items are the first test rows)."""
+    import json
+
+    from staterank.data import data_dir
+    from staterank.probes.tasks import PerplexityTask
+    from staterank.tasks.prose import prose_texts
+
+    c = {x.name: x.text for x in cx.suite(tokens=2048, tokenizer=bpe)}
+    scored = "".join(prose_texts("eval"))
+    for name in ("prose", "dialogue"):
+        assert c[name][:300] not in scored
+    first_window = bpe.decode(PerplexityTask(limit=1).items(bpe)[0].meta["ids"])
+    assert first_window[:200] in scored and first_window[:200] not in "".join(prose_texts("contexts"))
+    rows = [json.loads(l) for l in (data_dir() / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+    probe_questions = {r["question"] for r in rows[:1000]}
+    shown = [q.split("\nAnswer:")[0] for q in c["math"].split("Question: ")[1:]]
+    assert shown[0] == rows[-1]["question"] and shown[1] == rows[-2]["question"]  # from the end of the file
+    assert not probe_questions.intersection(shown[:-1])  # (the last one may be cut mid-question)

@@ -102,7 +102,7 @@ def test_perplexity_task_matches_evaluate_perplexity():
     assert [it.id for it in items] == ["ppl-0-0", "ppl-0-63", "ppl-0-126"]
     rows = t.run(model, tok, items)
     ppl = math.exp(sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows))
-    ref = perplexity(model, tok, prose_texts("heldout")[0], max_tokens=3 * 63, window=64)
+    ref = perplexity(model, tok, prose_texts("eval")[0], max_tokens=3 * 63, window=64)
     assert ppl == pytest.approx(ref, rel=1e-5)
 
 

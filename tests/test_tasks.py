@@ -60,6 +60,10 @@ def test_niah_grid_and_heldout_split(tok):
     # the held-out tail never overlaps the training part
     for tr, ho in zip(prose_texts("train"), prose_texts("heldout")):
         assert ho[:200] not in tr
+    # the held-out part halves into the contexts' text and the probe's scored text, at a paragraph start
+    for ho, ctx, ev in zip(prose_texts("heldout"), prose_texts("contexts"), prose_texts("eval")):
+        assert ctx + ev == ho and ev.startswith(ho[len(ctx):]) and ctx.endswith("\n")
+        assert 0.4 < len(ctx) / len(ho) < 0.6 and ev[:200] not in ctx
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -265,8 +265,8 @@ class Gsm8kTask(ProbeTask):
 class PerplexityTask(ProbeTask):
     """Held-out prose in windows of ``window`` tokens (each starts fresh with BOS, as in
     ``tasks.evaluate.perplexity``); an item is one window; per item the summed NLL and count.
-    Prose is the held-out part of every file under ``data_dir`` (default: ``staterank.data``'s
-    resolution order)."""
+    Prose is the second half of the held-out part of every file under ``data_dir`` (default:
+    ``staterank.data``'s resolution order); stratify's contexts read the first half."""
 
     name: str = "ppl"
     metric: str = "perplexity"
@@ -278,7 +278,8 @@ class PerplexityTask(ProbeTask):
         from ..tasks.prose import prose_texts
 
         out = []
-        for fi, text in enumerate(prose_texts("heldout", None if self.data_dir is None else str(self.data_dir))):
+        # the second half of the held-out prose: stratify's contexts (which pick the heads) read the first
+        for fi, text in enumerate(prose_texts("eval", None if self.data_dir is None else str(self.data_dir))):
             ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             for s in range(0, len(ids) - self.window + 1, self.window - 1):
                 out.append(Item(f"ppl-{fi}-{s}", "", "", {"ids": ids[s:s + self.window - 1]}))

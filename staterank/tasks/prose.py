@@ -1,7 +1,9 @@
 """Public-domain prose (Austen, KJV) normalised and split into train / held-out parts.
 
 Split rule (documented in the built-in model card): the first 90 % of the characters of every prose
-file is training text, the last 10 % is held out (perplexity, evaluation haystacks). Files are read
+file is training text, the last 10 % is held out (perplexity, evaluation haystacks). The held-out part
+halves, again at a paragraph start, into "contexts" (stratify's prose and dialogue contexts) and "eval"
+(the probe's perplexity windows). Files are read
 from the data directory (``staterank.data``), never copied into the repository.
 """
 
@@ -14,7 +16,9 @@ from ..data import prose_files
 from ..errors import UserError
 
 TRAIN_FRACTION = 0.9
-SPLITS = ("train", "heldout")
+# "contexts" and "eval" are the two halves of each file's held-out part: the text that stratify's
+# contexts measure ranks on (which then pick the heads to ablate) is never a probe's scored text
+SPLITS = ("train", "heldout", "contexts", "eval")
 
 _VERSE_NO = re.compile(r"^\s*\d+\s+", re.M)
 
@@ -41,5 +45,10 @@ def prose_texts(split: str = "train", data_dir: str | None = None) -> tuple[str,
         # move the cut to a paragraph start so neither side begins mid-word
         nl = text.find("\n", cut)
         cut = nl + 1 if nl >= 0 else cut
-        out.append(text[:cut] if split == "train" else text[cut:])
+        part = text[:cut] if split == "train" else text[cut:]
+        if split in ("contexts", "eval"):
+            half = part.find("\n", len(part) // 2)  # at a paragraph start, as above
+            half = half + 1 if half >= 0 else len(part) // 2
+            part = part[:half] if split == "contexts" else part[half:]
+        out.append(part)
     return tuple(out)
