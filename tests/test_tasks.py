@@ -210,3 +210,15 @@ def test_chance_is_the_best_guess_without_the_skill():
 
     answers = Counter(it.answer for it in TASKS["arith"].generate(n, EVAL_SEED_BASE + 7))
     assert abs(answers.most_common(1)[0][1] / n - TASKS["arith"].chance) < 0.01
+
+
+def test_niah_long_contexts_have_their_length_or_refuse():
+    """A haystack longer than its file goes on into the next files (Austen's held-out parts are
+    ~45-90k characters), instead of silently coming out short; longer than all the prose: one line."""
+    from staterank.tasks.niah import _ntok
+
+    # without a tokenizer a token is 4 characters: 30000 tokens need 120k, more than any Austen file
+    items = TASKS["niah"].generate(8, EVAL_SEED_BASE, context_tokens=30000)
+    assert all(30000 - 40 <= _ntok(None, it.prompt) <= 30000 + 40 for it in items)
+    with pytest.raises(UserError, match="needs more heldout prose than there is"):
+        TASKS["niah"].generate(1, EVAL_SEED_BASE, context_tokens=10**7)

@@ -83,11 +83,20 @@ def niah(n: int, seed: int, context_tokens: int = 256, depth: float = 0.5, token
         needle = f"The special magic number is {num}."
         budget = max(1, context_tokens - _ntok(tokenizer, needle) - 1)
         # a file chosen in proportion to its length, a start at a paragraph beginning
-        t = texts[bisect.bisect_right(cum, rng.randrange(cum[-1])) - 1]
+        ti = bisect.bisect_right(cum, rng.randrange(cum[-1])) - 1
+        t = texts[ti]
         start = rng.randrange(max(1, len(t) - need_chars))
         nl = t.find("\n", start)
         start = nl + 1 if 0 <= nl < len(t) - need_chars else start
-        hay = _cut_to_tokens(tokenizer, t[start:start + need_chars], budget)
+        src = t[start:start + need_chars]
+        for j in range(1, len(texts)):  # a file shorter than the haystack: go on into the next ones
+            if len(src) >= need_chars:
+                break
+            src = (src + "\n" + texts[(ti + j) % len(texts)])[:need_chars]
+        hay = _cut_to_tokens(tokenizer, src, budget)
+        if len(src) < need_chars and _ntok(tokenizer, hay) < budget - 32:
+            raise UserError(f"a NIAH context of {context_tokens} tokens needs more {split} prose than there is "
+                            f"(about {_ntok(tokenizer, hay)} tokens); use shorter contexts")
         text, pos = _insert_at(hay, depth, needle)
         meta = {"context_tokens": context_tokens, "depth": depth, "needle_char": pos,
                 "needle_depth_chars": pos / max(1, len(hay)), "split": split}
