@@ -289,3 +289,27 @@ def test_gsm8k_local_is_lm_evals_gsm8k_on_local_files():
     for k in ("task", "dataset_path", "dataset_name", "tag"):
         theirs.pop(k, None)
     assert ours == theirs
+
+
+def test_gsm8k_reasoning_cut_off_inside_a_template_opened_think_block_has_no_answer():
+    """The chat template opens <think> in the prompt: an output without </think> stopped mid-thought,
+    and its last number is not an answer; with the block closed, the answer after it counts."""
+    tok = byte_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    task = Gsm8kTask(limit=1, max_new_tokens=32)
+    item = task.items(tok)[0]
+
+    class Scripted(torch.nn.Module):
+        def __init__(self, reply):
+            super().__init__()
+            self.p, self.reply = torch.nn.Parameter(torch.zeros(1)), reply
+
+        def generate(self, input_ids, **kw):
+            out = tok(self.reply, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            return torch.cat([input_ids, out], dim=1)
+
+    (cut,) = task.run(Scripted("16 eggs minus 3 is 13, minus 4 is 9, times"), tok, [item])
+    (done,) = task.run(Scripted("16 - 3 - 4 = 9; 9 * 2 = 18</think>\nShe makes $18.\n#### 18"), tok, [item])
+    assert cut["pred"] is None and not cut["correct"]
+    assert done["pred"] == "18" and done["correct"]

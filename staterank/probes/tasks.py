@@ -256,6 +256,10 @@ class Gsm8kTask(ProbeTask):
             text = tokenizer.decode(y[0, x.shape[1]:], skip_special_tokens=True)
             for s in stops:
                 text = text.split(s, 1)[0]
+            if it.prompt.rfind("<think>") > it.prompt.rfind("</think>"):
+                # the template opened the reasoning block: without its close in the output, generation
+                # stopped mid-thought and there is no answer (not the last number of the reasoning)
+                text = "<think>" + text
             pred = extract_final_number(text)
             rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": pred == it.answer})
         return rows
