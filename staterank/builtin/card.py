@@ -86,11 +86,12 @@ Final training loss (EMA over steps): {final_ema}. Teacher-forced answer accurac
 ## Measured results
 
 `python -m staterank.builtin.evaluate --model DIR --n {n}` ({eval_minutes:.1f} minutes on 1
-thread). Greedy decoding; the prediction is the continuation up to the first newline, stripped, and
-must equal the answer exactly. Accuracy with Wilson 95 % intervals; chance = the best guess that
-needs no skill: a value of the prompt copied at random for MQAR (one of the 5 pairs not already
-queried) and multihop (one of the 3 chains' root digits), always the commonest held-out sum for
-addition, a uniform guess for NIAH.
+thread). Greedy decoding; the prediction is the continuation's first line, stripped (its leading
+integer when it starts with one), and must equal the answer exactly. Accuracy with Wilson 95 %
+intervals; chance = the best guess that needs no skill: the commonest of the prompt's candidate
+values copied for MQAR (the 5 pairs not already queried) and multihop (the 3 chains' root digits),
+which beats copying one at random; always the commonest held-out sum for addition; a uniform guess
+for NIAH.
 Default task parameters: NIAH 256 tokens at depth 0.5; MQAR 8 pairs, 4 queries (3
 answered in the prompt, the last scored); multihop 2 hops with 2 distractor chains; addition of two
 2-digit numbers.

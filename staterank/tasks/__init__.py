@@ -62,20 +62,53 @@ def score(pred: str, answer: str) -> bool:
 from .synthetic import arith, arith_modal_share, mqar, multihop  # noqa: E402
 from .niah import niah, niah_grid  # noqa: E402
 
+def _set_partitions(n: int):
+    """Every partition of range(n) into blocks (Bell(n) of them; n <= 8 here)."""
+    def rec(i, blocks):
+        if i == n:
+            yield [list(b) for b in blocks]
+            return
+        for b in blocks:
+            b.append(i)
+            yield from rec(i + 1, blocks)
+            b.pop()
+        blocks.append([i])
+        yield from rec(i + 1, blocks)
+        blocks.pop()
+    yield from rec(0, [])
+
+
 def _copy_guess(candidates: int, values: int) -> float:
-    """Accuracy of copying one of ``candidates`` values shown in the prompt at random (one is the
-    answer, each other equals it with probability 1 / ``values``): a guess that needs no binding."""
-    return (1 + (candidates - 1) / values) / candidates
+    """Accuracy of the best guess that copies a value from the prompt without binding: ``candidates``
+    values, each uniform over ``values`` and independent, one of them the answer. Copying one at random
+    gets (1 + (c − 1)/v)/c; copying the commonest of them (ties at random) gets more, since the answer's
+    value is more likely to be among repeated ones. Exact, by summing over which candidates share a
+    value (set partitions): the larger of the two."""
+    from fractions import Fraction
+
+    c, v = candidates, values
+    mode = Fraction(0)
+    for blocks in _set_partitions(c):
+        k = len(blocks)
+        p = Fraction(1)
+        for j in range(k):  # k distinct values, in the pattern of the blocks
+            p *= Fraction(v - j, v)
+        p /= Fraction(v) ** (c - k)
+        sizes = [len(b) for b in blocks]
+        top = max(sizes)
+        if len(blocks[0]) == top:  # block 0 holds the answer (candidate 0)
+            mode += p / sizes.count(top)
+    return float(max(mode, (1 + Fraction(c - 1, v)) / c))
 
 
 # "chance" is the best guess that needs no skill, not a uniform guess over all answers: MQAR's last
 # query is one of the 8 - 3 = 5 pairs not already answered in the prompt, with values in 10..99 (90);
-# multihop's answer is one of the 3 chains' root digits (0..9); for addition, always answering the
-# commonest sum of the held-out problems; NIAH's needle is a uniform 4-digit number.
+# multihop's answer is one of the 3 chains' root digits (0..9); for addition, the best constant
+# answer on the held-out problems; NIAH's needle is a uniform 4-digit number.
 TASKS: dict[str, Task] = {
     "niah": Task("niah", "single needle (4-digit magic number) in public-domain prose", niah, 1 / 9000,
                  {"context_tokens": 256, "depth": 0.5}),
-    "mqar": Task("mqar", "multi-query associative recall over key=value pairs", mqar, _copy_guess(8 - 4 + 1, 90),
+    "mqar": Task("mqar", "multi-query associative recall over key=value pairs", mqar, _copy_guess(8 - (4 - 1), 90),
                  {"n_pairs": 8, "n_queries": 4}),
     "multihop": Task("multihop", "variable binding chains a=5; b=a; c=b; c=?", multihop, _copy_guess(3, 10),
                      {"hops": 2, "n_distractors": 2}),
