@@ -212,8 +212,9 @@ def test_chance_is_the_best_guess_without_the_skill():
         assert at_random < commonest, name
         assert abs(commonest - TASKS[name].chance) < 0.01, (name, commonest, TASKS[name].chance)
 
-    answers = Counter(it.answer for it in TASKS["arith"].generate(n, EVAL_SEED_BASE + 7))
-    assert abs(answers.most_common(1)[0][1] / n - TASKS["arith"].chance) < 0.005
+    held = TASKS["arith"].generate(761, EVAL_SEED_BASE + 7)  # all held-out problems, each once
+    answers = Counter(it.answer for it in held)
+    assert answers.most_common(1)[0][1] / len(held) == pytest.approx(TASKS["arith"].chance, abs=1e-12)
 
 
 def test_niah_long_contexts_have_their_length_or_refuse():
@@ -226,3 +227,13 @@ def test_niah_long_contexts_have_their_length_or_refuse():
     assert all(30000 - 40 <= _ntok(None, it.prompt) <= 30000 + 40 for it in items)
     with pytest.raises(UserError, match="needs more heldout prose than there is"):
         TASKS["niah"].generate(1, EVAL_SEED_BASE, context_tokens=10**7)
+
+
+def test_arith_eval_items_are_distinct_and_capped_by_the_pool():
+    items = TASKS["arith"].generate(761, EVAL_SEED_BASE)
+    assert len({it.prompt for it in items}) == 761  # every held-out 2-digit problem exactly once
+    with pytest.raises(UserError, match="761 held-out"):
+        TASKS["arith"].generate(762, EVAL_SEED_BASE)
+    # training draws stay with replacement (the builtin model's recipe reproduces): 2000 draws from the
+    # 7339 training problems repeat some
+    assert len({it.prompt for it in TASKS["arith"].generate(2000, 3)}) < 2000

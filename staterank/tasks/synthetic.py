@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import string
 
+from ..errors import UserError
 from . import Item, is_eval_seed
 
 _LETTERS = string.ascii_lowercase
@@ -82,16 +84,29 @@ def _arith_heldout(a: int, b: int) -> bool:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 10 == 0
 
 
+@functools.lru_cache(maxsize=4)
+def _heldout_pool(digits: int) -> int:
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    return sum(_arith_heldout(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1))
+
+
 def arith(n: int, seed: int, digits: int = 2) -> list[Item]:
-    """``a+b=`` with two ``digits``-digit numbers. Eval seeds draw only held-out problems."""
+    """``a+b=`` with two ``digits``-digit numbers. Eval seeds draw only held-out problems, each at
+    most once (a greedy model answers a repeated prompt the same way: repeats are not independent
+    items, and the held-out pool is small: 761 ordered problems for 2 digits)."""
     rng = _rng("arith", seed)
     lo, hi = 10 ** (digits - 1), 10**digits - 1
     want_heldout = is_eval_seed(seed)
-    items = []
+    if want_heldout:
+        pool = _heldout_pool(digits)
+        if n > pool:
+            raise UserError(f"addition has {pool} held-out {digits}-digit problems; asked for {n} items")
+    items, seen = [], set()
     while len(items) < n:
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        if _arith_heldout(a, b) != want_heldout:
+        if _arith_heldout(a, b) != want_heldout or (want_heldout and (a, b) in seen):
             continue
+        seen.add((a, b))
         items.append(Item(f"arith-{seed}-{len(items)}", f"{a}+{b}=", str(a + b), {"digits": digits}))
     return items
 
