@@ -236,10 +236,10 @@ def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads
     """The Gram route for states on an accelerator: Grams there, eigensolves on the host's CPU
     workers. S [..., K, V] -> [..., N (+1)] on S's device.
 
-    torch's CUDA ``eigvalsh`` is truly batched only for N <= 32 (cuSOLVER syevjBatched); above
-    that, ``linalg_eigh_cusolver`` loops cuSOLVER's syevd one matrix at a time, ~2-5 ms per
-    128x128 (reported at 0.3 s for 64 of them in fp64), 5-10x slower than one CPU core here.
-    A Gram is N² fp64 numbers (128 KB at N = 128), so shipping it to the host is cheap.
+    Where torch's CUDA ``eigvalsh`` is batched only for N <= 32 (``linalg_eigh_cusolver`` has
+    looped cuSOLVER's syevd one matrix at a time above that: reported at 0.3 s for 64 fp64
+    128x128 matrices, several times one CPU core here), this is the faster place; ``_eig_on_host``
+    decides by timing. A Gram is N² fp64 numbers (128 KB at N = 128): cheap to ship.
     """
     batch = S.shape[:-2]
     flat = S.reshape(-1, *S.shape[-2:])

@@ -730,22 +730,23 @@ def own_init_decay(model, adapter, seed: int = 0, draws: int = 16) -> float:
 
     layer = adapter.linear_layers(model)[0]
     cfg = model.config if hasattr(model.config, "hidden_size") else model.config.get_text_config()
-    torch.manual_seed(seed)
-    with torch.device("cpu"):
-        fresh = type(layer.module)(copy.deepcopy(cfg), layer.index)
-    gates = [m for m in fresh.modules() if hasattr(m, "A_log") and hasattr(m, "dt_bias")]
-    if not gates:
-        raise UserError(f"{type(layer.module).__name__} has no A_log/dt_bias gate to initialise")
     decays = []
-    for i in range(draws):
-        torch.manual_seed(seed + i)
-        for m in dict.fromkeys([fresh, *gates]):  # the layer's init sets its gates (Kimi's: the gate module's)
-            model._init_weights(m)
-        for m in gates:
-            A, dt = m.A_log.detach().float().exp().flatten(), F.softplus(m.dt_bias.detach().float()).flatten()
-            if dt.numel() != A.numel():  # per-channel decay: one A per head, one dt per channel
-                A = A.repeat_interleave(dt.numel() // A.numel())
-            decays.append(torch.exp(-A * dt))
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            fresh = type(layer.module)(copy.deepcopy(cfg), layer.index)
+        gates = [m for m in fresh.modules() if hasattr(m, "A_log") and hasattr(m, "dt_bias")]
+        if not gates:
+            raise UserError(f"{type(layer.module).__name__} has no A_log/dt_bias gate to initialise")
+        for i in range(draws):
+            torch.manual_seed(seed + i)
+            for m in dict.fromkeys([fresh, *gates]):  # the layer's init sets its gates (Kimi's: the gate module's)
+                model._init_weights(m)
+            for m in gates:
+                A, dt = m.A_log.detach().float().exp().flatten(), F.softplus(m.dt_bias.detach().float()).flatten()
+                if dt.numel() != A.numel():  # per-channel decay: one A per head, one dt per channel
+                    A = A.repeat_interleave(dt.numel() // A.numel())
+                decays.append(torch.exp(-A * dt))
     return float(torch.cat(decays).median())
 
 

@@ -411,7 +411,9 @@ def test_auto_init_gates_replace_a_memoryless_own_init(family, memoryless):
                 with torch.no_grad():
                     m.A_log.fill_(np.log(16.0))
                     m.dt_bias.fill_(10.0)  # decay e^-160: forgets everything
+    before = torch.random.get_rng_state()
     d = st.own_init_decay(model, get_adapter(model), seed=0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is untouched
     assert (d < st.MEMORYLESS_DECAY) is memoryless
     assert (d < 1e-3) if memoryless else (0.8 < d < 1.0)
     gates, why = st.auto_init_gates(SimpleNamespace(model=model, adapter=get_adapter(model)))
