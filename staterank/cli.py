@@ -347,7 +347,8 @@ def _add_probe(sub) -> None:
                    help="per-head mean_rank / mean_nuclear (stratify HeadStats JSON) instead of measuring them on prose")
     p.add_argument("--niah-lengths", default=None, help="NIAH context lengths in tokens, e.g. 256,512,1024 (default)")
     p.add_argument("--niah-depths", default=None, help="NIAH needle depths in [0,1], e.g. 0,0.25,0.5,0.75,1 (default)")
-    p.add_argument("--max-new-tokens", type=_POS, default=None, help="generation budget (defaults: 8; gsm8k 256 — Thinking models need thousands)")
+    p.add_argument("--max-new-tokens", type=_POS, default=None, help="generation budget (defaults: 8; gsm8k 256, or 1024 with a chat template — Thinking models may "
+                        "need thousands; the report gives the share of outputs cut at the budget)")
     p.add_argument("--n-shot", type=_NONNEG, default=0, help="GSM8K few-shot examples for prompts without a chat template")
     p.add_argument("--batch-size", type=_POS, default=16, help="items per batch (equal-length prompts batch without padding)")
     p.add_argument("--calib-texts", type=_POS, default=8, help="prose segments for scores / mean calibration (default 8)")

@@ -426,3 +426,13 @@ def test_sign_flip_p_monte_carlo_beyond_14_items():
     # 20,000 resamples: two-sided MC s.d. ≈ 2·sqrt(0.05·0.95/20000) ≈ 0.003; one-sided would be ≈ want/2 or 1 - want/2
     assert got == pytest.approx(want, abs=0.015)
     assert _sign_flip_p(-d) == pytest.approx(want, abs=0.015)
+
+
+def test_accuracy_rows_report_outputs_cut_at_the_budget(tmp_path):
+    from staterank.probes.run import accuracy_row
+
+    base = {f"q{i}": {"correct": i < 6, "truncated": i >= 8} for i in range(10)}
+    row = accuracy_row("gsm8k", "base", base, base)
+    assert row["truncated_share"] == 0.2 and row["accuracy"] == 0.6
+    plain = accuracy_row("mqar", "base", {"a": {"correct": True}}, {})
+    assert "truncated_share" not in plain  # tasks that do not record it say nothing

@@ -297,7 +297,7 @@ def test_gsm8k_reasoning_cut_off_inside_a_template_opened_think_block_has_no_ans
     tok = byte_tokenizer()
     tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
-    task = Gsm8kTask(limit=1, max_new_tokens=32)
+    task = Gsm8kTask(limit=1, max_new_tokens=64)
     item = task.items(tok)[0]
 
     class Scripted(torch.nn.Module):
@@ -307,9 +307,13 @@ def test_gsm8k_reasoning_cut_off_inside_a_template_opened_think_block_has_no_ans
 
         def generate(self, input_ids, **kw):
             out = tok(self.reply, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            return torch.cat([input_ids, out], dim=1)
+            return torch.cat([input_ids, out[:, :kw["max_new_tokens"]]], dim=1)
 
     (cut,) = task.run(Scripted("16 eggs minus 3 is 13, minus 4 is 9, times"), tok, [item])
     (done,) = task.run(Scripted("16 - 3 - 4 = 9; 9 * 2 = 18</think>\nShe makes $18.\n#### 18"), tok, [item])
     assert cut["pred"] is None and not cut["correct"]
     assert done["pred"] == "18" and done["correct"]
+    assert not cut["truncated"] and not done["truncated"]  # both ended within the budget
+    (long,) = Gsm8kTask(limit=1, max_new_tokens=8).run(Scripted("16 - 3 - 4 = 9 and so on"), tok, [item])
+    assert long["truncated"] and long["pred"] is None  # 23 tokens > 8: cut at the budget
+    assert Gsm8kTask().max_new_tokens is None  # 1024 with a chat template, 256 without (see run)

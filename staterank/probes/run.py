@@ -243,6 +243,8 @@ def accuracy_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, di
     row = {"task": task, "condition": cond, "group": G.family(cond), "metric": "accuracy", "n": n,
            "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
            "delta_vs_base": None, "p_value": None}
+    if any("truncated" in rows[i] for i in ids):  # generative tasks: share of outputs cut at the token budget
+        row["truncated_share"] = sum(bool(rows[i].get("truncated")) for i in ids) / n
     pair = _paired(rows, base)
     if cond != BASE and pair:
         mc = mcnemar([base[i]["correct"] for i in pair], [rows[i]["correct"] for i in pair])

@@ -212,7 +212,7 @@ class Gsm8kTask(ProbeTask):
     name: str = "gsm8k"
     limit: int = 100
     seed: int = 0
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: 256 for plain prompts, 1024 with a chat template (reasoning)
     n_shot: int = 0
     data_dir: Any = None
     use_chat_template: bool | None = None  # None: when the tokenizer has one
@@ -251,9 +251,13 @@ class Gsm8kTask(ProbeTask):
             # the chat template already holds the special tokens
             x = tokenizer(it.prompt, return_tensors="pt", add_special_tokens=not chat)["input_ids"].to(dev)
             kw = {"stop_strings": stops, "tokenizer": tokenizer} if stops else {}
-            y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=self.max_new_tokens,
+            budget = self.max_new_tokens or (1024 if chat else 256)
+            y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=budget,
                                do_sample=False, eos_token_id=eos, pad_token_id=pad, **kw)
-            text = tokenizer.decode(y[0, x.shape[1]:], skip_special_tokens=True)
+            new = y[0, x.shape[1]:]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            # hit the budget without an end: the answer may be missing for want of tokens, not of skill
+            truncated = len(new) >= budget and (eos is None or int(new[-1]) != eos) and not any(s in text for s in stops)
             for s in stops:
                 text = text.split(s, 1)[0]
             if it.prompt.rfind("<think>") > it.prompt.rfind("</think>"):
@@ -261,7 +265,8 @@ class Gsm8kTask(ProbeTask):
                 # stopped mid-thought and there is no answer (not the last number of the reasoning)
                 text = "<think>" + text
             pred = extract_final_number(text)
-            rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": pred == it.answer})
+            rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": pred == it.answer,
+                         "truncated": bool(truncated)})
         return rows
 
 

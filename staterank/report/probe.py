@@ -146,6 +146,11 @@ def render(run_dir: str | Path) -> Path:
           "on the same items. Perplexity: interval from the per-window spread, Wilcoxon vs base. Controls "
           "(×S seeds): mean over seeds, t interval of the seeds, one-sample t test of their deltas.", ""]
     L += ["## Table 1", ""] + _table(pj, [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"])
+    cut = [r for r in pj["rows"] if r.get("truncated_share") and "/s" not in r["condition"]]
+    if cut:  # an accuracy measured on cut-off outputs says little about skill: say how many
+        L += ["", "Outputs that hit the token budget (`--max-new-tokens`) before ending: "
+              + ", ".join(f"{r['task']} {r['condition']} {r['truncated_share']:.0%}" for r in cut)
+              + ". Their answers may be missing for want of tokens, not of skill."]
     fig = _fig_bars(plt, run, pj)
     if fig:
         L += ["", f"![accuracy per condition]({fig})"]
