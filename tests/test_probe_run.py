@@ -145,6 +145,23 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path):
     assert t3._calls == [] and len(_lines(tmp_path / "p")) == 40
 
 
+def test_resume_with_other_items_under_the_same_ids_is_refused(tmp_path, monkeypatch):
+    """Item ids alone do not identify an item: a folder whose items (or scoring) changed under the
+    same ids is refused, not resumed with two kinds of rows paired."""
+    import staterank.tasks as T
+
+    loaded, hs = _setup()
+    kw = dict(groups=["low"], out=tmp_path / "p", count=2, seeds=1, scores=hs, batch_size=1, progress=False)
+    probe(loaded, task_objects=[NextToken(loaded.model)], **kw)
+    changed = NextToken(loaded.model)
+    changed._ans = [a + 1 for a in changed._ans]  # same ids x0..x9, other answers
+    with pytest.raises(UserError, match="differs in items"):
+        probe(loaded, task_objects=[changed], **kw)
+    monkeypatch.setattr(T, "SCORING", "another-reading")
+    with pytest.raises(UserError, match="differs in items"):
+        probe(loaded, task_objects=[NextToken(loaded.model)], **kw)
+
+
 def test_torn_last_line_is_redone(tmp_path):
     p = tmp_path / "items.jsonl"
     p.write_text(json.dumps({"task": "t", "condition": "base", "id": "a", "correct": True}) + "\n{\"task\": \"t\", \"cond")

@@ -97,6 +97,10 @@ def test_cli_end_to_end(tmp_path, capsys):
             "--state-context", "16", "--decode-tokens", "2", "--quiet", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "25.0% saved" in capsys.readouterr().out
+    from staterank.tasks import TASKS, items_digest
+
+    items = {"mqar": TASKS["mqar"].generate(2, PruneConfig().eval_seed, **TASKS["mqar"].default_params)}
+    assert read_json(tmp_path / "run" / "config.json")["config"]["items"] == items_digest(items)  # resume key
     assert reload(tmp_path / "run" / "model").config.linear_num_value_heads == 6
     # a plan for another model: one line, exit 2
     other = _loaded("qwen3_next", h_k=2, h_v=4)

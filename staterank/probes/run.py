@@ -37,6 +37,7 @@ from ..data import check_given
 from ..errors import UserError
 from . import groups as G
 from .ablate import MODES, ablate, calibrate_means
+from ..tasks import items_digest
 from .tasks import ProbeTask, check_seed, make_task
 
 BASE = "base"
@@ -492,6 +493,7 @@ def probe(
         config["mean_site"] = "output projection input"
     # items (and lm-eval) first: a missing dataset or package fails here, before a run folder exists
     task_items = [(task, task.items(tok)) for task in task_objects]
+    config["items"] = items_digest({t.name: its for t, its in task_items})  # same ids, other items: no resume
     if lm_eval_tasks:
         from .lmeval import _import_lm_eval
 

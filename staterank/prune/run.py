@@ -45,6 +45,7 @@ from ..models import Loaded, weights_fingerprint
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
 from ..stratify import HeadStats
+from ..tasks import items_digest
 from .scores import Budget, get_method, select
 from .surgery import prune_heads
 
@@ -239,7 +240,8 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     if cfg.plan_file:
         given = Plan.load(cfg.plan_file)
         given.check_model(model)
-    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg)},
+    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
+    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg), "items": items_digest(items)},
                                 weights=weights_fingerprint(model))
     if (run_dir / "prune.json").exists():
         done = runio.read_json(run_dir / "prune.json")
@@ -277,7 +279,6 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                 p.save(run_dir / "baselines" / f"{kind}_{i}.json")
 
     # 2. everything that needs the original model (cached: a resumed run after surgery reads it back)
-    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
     ev = run_dir / "evals"
     model_dir = run_dir / "model"
     say("evaluating the original, the masked model and the controls")
@@ -376,13 +377,13 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     for a in sc.alphas:
         get_method("jrnp", alpha=a)
     cfg.validate()
-    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc)},
-                                weights=weights_fingerprint(loaded.model))
+    model, tok = loaded.model, loaded.tokenizer
+    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
+    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc),
+                                      "items": items_digest(items)}, weights=weights_fingerprint(loaded.model))
     if (run_dir / "sweep.json").exists():
         return runio.read_json(run_dir / "sweep.json")
-    model, tok = loaded.model, loaded.tokenizer
     stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
-    items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
     sb = state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed)
     specs = [("jrnp", {"alpha": a}, f) for a in sc.alphas for f in sc.fractions]
     specs += [(m, {"alpha": cfg.alpha}, f) for m in sc.methods_extra for f in sc.fractions]

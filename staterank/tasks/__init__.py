@@ -54,6 +54,22 @@ def extract_answer(continuation: str) -> str:
     return m.group(0) if m else line
 
 
+# Bumped whenever how a prediction is read changes: resumed runs must not mix rows scored two ways.
+SCORING = "leading-integer-2"
+
+
+def items_digest(items_by_task: dict) -> str:
+    """16 hex digits over every item (task, id, prompt, answer, meta) and ``SCORING``: a run folder
+    records it, so resuming with items that changed under the same ids is refused, not mixed."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"scoring": SCORING, "items": {str(t): [[it.id, it.prompt, it.answer, it.meta] for it in its]
+                                                     for t, its in items_by_task.items()}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def score(pred: str, answer: str) -> bool:
     """Exact match after stripping both sides."""
     return pred.strip() == answer.strip()
@@ -123,7 +139,7 @@ def get_task(name: str) -> Task:
         raise UserError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
 
 
-__all__ = ["Item", "Task", "TASKS", "get_task", "score", "extract_answer", "niah_grid",
+__all__ = ["Item", "Task", "TASKS", "get_task", "score", "extract_answer", "items_digest", "SCORING", "niah_grid",
            "TRAIN_SEED_LIMIT", "EVAL_SEED_BASE", "is_eval_seed"]
 
 
