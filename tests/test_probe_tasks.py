@@ -314,6 +314,10 @@ def test_gsm8k_reasoning_cut_off_inside_a_template_opened_think_block_has_no_ans
     assert cut["pred"] is None and not cut["correct"]
     assert done["pred"] == "18" and done["correct"]
     assert not cut["truncated"] and not done["truncated"]  # both ended within the budget
+    # a tokenizer that makes </think> a special token: the decode drops the tag, the answer still counts
+    tok.add_special_tokens({"additional_special_tokens": ["</think>"]})
+    (special,) = task.run(Scripted("9 * 2 = 18</think>\n#### 18"), tok, [item])
+    assert special["pred"] == "18" and special["correct"]
     (long,) = Gsm8kTask(limit=1, max_new_tokens=8).run(Scripted("16 - 3 - 4 = 9 and so on"), tok, [item])
     assert long["truncated"] and long["pred"] is None  # 23 tokens > 8: cut at the budget
     assert Gsm8kTask().max_new_tokens is None  # 1024 with a chat template, 256 without (see run)

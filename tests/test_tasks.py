@@ -116,6 +116,8 @@ def test_scorer_exact():
     assert extract_answer(" 8328.") == "8328" and extract_answer("66, dx=12") == "66"
     assert extract_answer("83281 is it") == "83281" and not score(extract_answer("83281"), "8328")
     assert extract_answer("-5 apples") == "-5" and extract_answer("The number is 8328") == "The number is 8328"
+    assert extract_answer("110.5") == "110.5" and not score(extract_answer("110.5"), "110")  # not an integer
+    assert extract_answer("1,000 or so") == "1,000 or so" and extract_answer("8328.") == "8328"
     assert score("4821", " 4821 ") and not score("482", "4821") and not score("48210", "4821")
     assert not score("", "0")
 

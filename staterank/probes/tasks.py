@@ -262,8 +262,13 @@ class Gsm8kTask(ProbeTask):
                 text = text.split(s, 1)[0]
             if it.prompt.rfind("<think>") > it.prompt.rfind("</think>"):
                 # the template opened the reasoning block: without its close in the output, generation
-                # stopped mid-thought and there is no answer (not the last number of the reasoning)
-                text = "<think>" + text
+                # stopped mid-thought and there is no answer (not the last number of the reasoning).
+                # Some tokenizers make </think> a special token, which the decode above dropped.
+                if "</think>" not in text:
+                    close = tokenizer.convert_tokens_to_ids("</think>")
+                    hits = (new == close).nonzero() if isinstance(close, int) and close != tokenizer.unk_token_id else []
+                    text = ("</think>" + tokenizer.decode(new[int(hits[-1]) + 1:], skip_special_tokens=True)
+                            if len(hits) else "<think>" + text)
             pred = extract_final_number(text)
             rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": pred == it.answer,
                          "truncated": bool(truncated)})

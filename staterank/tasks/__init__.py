@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError
 
-_LEADING_INT = re.compile(r"-?\d+")
+_LEADING_INT = re.compile(r"-?\d+(?!\d|[.,]\d)")  # a whole integer: not the start of 12.5 or 1,000
 
 TRAIN_SEED_LIMIT = 10**6
 EVAL_SEED_BASE = 10**9
@@ -48,14 +48,14 @@ def extract_answer(continuation: str) -> str:
     """The prediction: the continuation up to the first newline, stripped; when that starts with a
     number, the number alone. Every answer here is an integer, and a model not trained on the exact
     format goes on after it ("8328." copying the needle's period, "66, dx=…" continuing the queries):
-    the whole digit run counts, so "83281" is still not "8328"."""
+    the whole digit run counts, so "83281" is still not "8328", and "110.5" or "1,000" are not integers."""
     line = continuation.split("\n", 1)[0].strip()
     m = _LEADING_INT.match(line)
     return m.group(0) if m else line
 
 
 # Bumped whenever how a prediction is read changes: resumed runs must not mix rows scored two ways.
-SCORING = "leading-integer-2"
+SCORING = "leading-integer-3"
 
 
 def items_digest(items_by_task: dict) -> str:

@@ -17,7 +17,9 @@ from ..errors import UserError
 
 TRAIN_FRACTION = 0.9
 # "contexts" and "eval" are the two halves of each file's held-out part: the text that stratify's
-# contexts measure ranks on (which then pick the heads to ablate) is never a probe's scored text
+# contexts measure ranks on (which then pick the heads to ablate) is never a perplexity window, the
+# probe's one task that scores the text itself (NIAH scores only its needle and draws haystacks from
+# the whole held-out part)
 SPLITS = ("train", "heldout", "contexts", "eval")
 
 _VERSE_NO = re.compile(r"^\s*\d+\s+", re.M)
@@ -48,6 +50,8 @@ def prose_texts(split: str = "train", data_dir: str | None = None) -> tuple[str,
         part = text[:cut] if split == "train" else text[cut:]
         if split in ("contexts", "eval"):
             half = part.find("\n", len(part) // 2)  # at a paragraph start, as above
+            if half < 0:
+                half = part.rfind("\n", 0, len(part) // 2)
             half = half + 1 if half >= 0 else len(part) // 2
             part = part[:half] if split == "contexts" else part[half:]
         out.append(part)
