@@ -25,14 +25,13 @@ imports ``datasets`` only when called).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .data import data_dir
+from .data import data_dir, read_gsm8k
 from .errors import UserError
 
 SUITE_VERSION = "1"
@@ -110,14 +109,10 @@ def _math(rng: random.Random, tokenizer, data: str | None) -> Iterator[str]:
     path = data_dir(data) / "gsm8k" / "test.jsonl"
     if not path.is_file():
         raise UserError(f"GSM8K not found at {path}")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for line in reversed(lines):
-        if line.strip():
-            row = json.loads(line)
-            answer = re.sub(r"<<[^>]*>>", "", row["answer"])  # calculator annotations are not prose
-            answer = answer.replace("####", "The answer is")
-            yield f"Question: {row['question']}\nAnswer: {answer}\n\n"
+    for row in reversed(read_gsm8k(path)):
+        answer = re.sub(r"<<[^>]*>>", "", row["answer"])  # calculator annotations are not prose
+        answer = answer.replace("####", "The answer is")
+        yield f"Question: {row['question']}\nAnswer: {answer}\n\n"
 
 
 _WORDS = ("total count item value index node key price rate size name data result buffer item_list "

@@ -7,6 +7,7 @@ HF ``datasets`` download paths that each loader keeps.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,3 +50,25 @@ def prose_files(path: str | os.PathLike | None = None) -> list[Path]:
     if not files:
         raise UserError(f"no prose .txt files under {root}")
     return files
+
+
+def read_gsm8k(path: str | os.PathLike) -> list[dict]:
+    """GSM8K records {question, answer, ...} of a JSON-lines file; a file that is not UTF-8, a line
+    that is not a JSON object, or a record without question and answer: one line naming the file
+    and line, not a traceback."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not a JSON line ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise UserError(f"{path}:{i}: a GSM8K record needs string fields question and answer")
+        rows.append(row)
+    return rows

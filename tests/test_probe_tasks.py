@@ -321,3 +321,17 @@ def test_gsm8k_reasoning_cut_off_inside_a_template_opened_think_block_has_no_ans
     (long,) = Gsm8kTask(limit=1, max_new_tokens=8).run(Scripted("16 - 3 - 4 = 9 and so on"), tok, [item])
     assert long["truncated"] and long["pred"] is None  # 23 tokens > 8: cut at the budget
     assert Gsm8kTask().max_new_tokens is None  # 1024 with a chat template, 256 without (see run)
+
+
+@pytest.mark.parametrize("body,says", [
+    (b'{"question": "q", "answer": "#### 1"}\n{not json\n', "test.jsonl:2: not a JSON line"),
+    (b'{"question": "q"}\n', "test.jsonl:1: a GSM8K record needs"),
+    (b'["q", "a"]\n', "test.jsonl:1: a GSM8K record needs"),
+    (b'\xff\xfe{"question"', "is not UTF-8"),
+])
+def test_bad_gsm8k_file_is_one_line(tmp_path, body, says):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_bytes(body)
+    with pytest.raises(UserError, match=says) as e:
+        load_gsm8k("test", tmp_path)
+    assert "\n" not in str(e.value)

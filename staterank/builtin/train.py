@@ -27,7 +27,7 @@ import torch
 from ..tasks import TASKS, TRAIN_SEED_LIMIT, train_text
 from ..tasks.niah import QUESTION as NIAH_QUESTION
 from ..tasks.prose import prose_texts
-from ..data import data_dir
+from ..data import data_dir, read_gsm8k
 from .. import runio
 
 SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
@@ -36,7 +36,7 @@ SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|
 # ---------------------------------------------------------------- tokenizer
 
 def gsm8k_texts(split: str = "train") -> list[str]:
-    rows = [json.loads(l) for l in (data_dir() / "gsm8k" / f"{split}.jsonl").read_text().splitlines() if l]
+    rows = read_gsm8k(data_dir() / "gsm8k" / f"{split}.jsonl")
     return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
 
 

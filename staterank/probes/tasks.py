@@ -12,7 +12,6 @@ has one, greedy, final-number exact match) and perplexity on held-out prose.
 
 from __future__ import annotations
 
-import json
 import numbers
 import re
 from dataclasses import dataclass
@@ -177,13 +176,13 @@ class NiahTask(BuiltinTask):
 def load_gsm8k(split: str = "test", data_dir=None) -> list[dict]:
     """GSM8K records {question, answer}: ``<data>/gsm8k/<split>.jsonl`` if present, else the HF
     dataset ``openai/gsm8k`` (``datasets`` is imported only then)."""
-    from ..data import check_given, data_dir as resolve
+    from ..data import check_given, data_dir as resolve, read_gsm8k
 
     check_given(data_dir)
     root = resolve(data_dir, required=False)
     path = root / "gsm8k" / f"{split}.jsonl" if root else None
     if path is not None and path.is_file():
-        return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        return read_gsm8k(path)
     where = f"no gsm8k/{split}.jsonl under {root}" if root else "no data directory"
     try:
         import datasets
