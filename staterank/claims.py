@@ -13,8 +13,9 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
 * ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign,
   or pruning's accuracy CI ends below 0.9 × before);
 * ``inconclusive`` — the CI straddles the criterion, a needed number is missing, one value gives
-  no interval, or the unmodified model's accuracy CI does not clear chance (the best guess without
-  the skill), so there is no skill to lose (the reason says which);
+  no interval, the unmodified model's accuracy CI does not clear chance (the best guess without
+  the skill), so there is no skill to lose, or more than 10 % of a generative task's outputs hit
+  the token budget (the reason says which);
 * ``informational`` — not a claim of the paper: measured beside the claims, with no criterion.
 
 CIs: bimodality by a bootstrap over heads; Spearman per layer by a t interval over contexts,
@@ -40,6 +41,7 @@ from .stratify import HeadStats, bimodality_coefficient
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive", "informational")
 BC_REF = 5 / 9
+TRUNCATED_MAX = 0.1  # outputs cut at the generation budget, in any compared condition, above which no verdict
 
 
 def _chance(task: str) -> float:
@@ -251,8 +253,12 @@ def probe_claims(p: dict) -> list[dict]:
                 "vs_layer_random": _cmp(v.get("vs_control"), v.get("p_control_holm"))}
         wo, wc = v.get("worse_than_other"), v.get("worse_than_control")
         vo, vc = v.get("vs_other"), v.get("vs_control")
+        cut = max((r.get("truncated_share") or 0.0) for r in (base, low, high))
         if _no_skill(task, base.get("accuracy"), base.get("ci_low")):
             verdict, why = "inconclusive", _no_skill(task, base.get("accuracy"), base.get("ci_low"))
+        elif cut > TRUNCATED_MAX:
+            verdict, why = "inconclusive", (f"{cut:.0%} of outputs hit the token budget (--max-new-tokens) before "
+                                            "ending: the accuracies measure the budget as much as the skill")
         elif wo is None or wc is None:
             verdict, why = "inconclusive", "a comparison is missing (see probe.json comparisons)"
         elif wo and wc:

@@ -90,6 +90,18 @@ def test_probe_claim_verdicts(args, expect):
     assert row["verdict"] == expect, row["why"]
 
 
+@pytest.mark.parametrize("share,expect", [(0.0, "holds"), (0.1, "holds"), (0.12, "inconclusive")])
+def test_probe_claim_needs_outputs_that_ended(share, expect):
+    """A claim that would hold is inconclusive when more than 10 % of any compared condition's
+    outputs hit the token budget: the accuracies then measure the budget as much as the skill."""
+    pj = _probe_json(0.9, 0.3, 0.85, 0.8, 1e-4, 1e-4)
+    pj["rows"][2]["truncated_share"] = share  # the high-rank condition
+    (row,) = [r for r in C.probe_claims(pj) if not r.get("informational")]
+    assert row["verdict"] == expect, row["why"]
+    if expect == "inconclusive":
+        assert "12% of outputs hit the token budget" in row["why"]
+
+
 def test_run_end_to_end_and_resume(tmp_path, capsys):
     """stratify → probe → prune → claims on a tiny model; a second call resumes and changes nothing;
     another config in the same folder is refused."""
