@@ -14,8 +14,8 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
   or pruning's accuracy CI ends below 0.9 × before);
 * ``inconclusive`` — the CI straddles the criterion, a needed number is missing, one value gives
   no interval, the unmodified model's accuracy CI does not clear chance (the best guess without
-  the skill), so there is no skill to lose, or more than 10 % of a generative task's outputs hit
-  the token budget (the reason says which);
+  the skill), so there is no skill to lose, or more than 10 % of the unmodified model's outputs
+  on a generative task hit the token budget (the reason says which);
 * ``informational`` — not a claim of the paper: measured beside the claims, with no criterion.
 
 CIs: bimodality by a bootstrap over heads; Spearman per layer by a t interval over contexts,
@@ -41,7 +41,7 @@ from .stratify import HeadStats, bimodality_coefficient
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive", "informational")
 BC_REF = 5 / 9
-TRUNCATED_MAX = 0.1  # outputs cut at the generation budget, in any compared condition, above which no verdict
+TRUNCATED_MAX = 0.1  # share of the unmodified model's outputs cut at the generation budget above which no verdict
 
 
 def _chance(task: str) -> float:
@@ -253,12 +253,15 @@ def probe_claims(p: dict) -> list[dict]:
                 "vs_layer_random": _cmp(v.get("vs_control"), v.get("p_control_holm"))}
         wo, wc = v.get("worse_than_other"), v.get("worse_than_control")
         vo, vc = v.get("vs_other"), v.get("vs_control")
-        cut = max((r.get("truncated_share") or 0.0) for r in (base, low, high))
-        if _no_skill(task, base.get("accuracy"), base.get("ci_low")):
+        # the budget is adequate when the UNMODIFIED model ends its outputs; an ablated model that runs
+        # on to the budget (looping) is an effect of the ablation, not of the budget
+        cut = base.get("truncated_share") or 0.0
+        if cut > TRUNCATED_MAX:
+            verdict, why = "inconclusive", (f"{cut:.0%} of the unmodified model's outputs hit the token budget "
+                                            "(--max-new-tokens) before ending: its accuracy measures the budget "
+                                            "as much as the skill")
+        elif _no_skill(task, base.get("accuracy"), base.get("ci_low")):
             verdict, why = "inconclusive", _no_skill(task, base.get("accuracy"), base.get("ci_low"))
-        elif cut > TRUNCATED_MAX:
-            verdict, why = "inconclusive", (f"{cut:.0%} of outputs hit the token budget (--max-new-tokens) before "
-                                            "ending: the accuracies measure the budget as much as the skill")
         elif wo is None or wc is None:
             verdict, why = "inconclusive", "a comparison is missing (see probe.json comparisons)"
         elif wo and wc:

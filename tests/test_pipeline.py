@@ -90,16 +90,23 @@ def test_probe_claim_verdicts(args, expect):
     assert row["verdict"] == expect, row["why"]
 
 
-@pytest.mark.parametrize("share,expect", [(0.0, "holds"), (0.1, "holds"), (0.12, "inconclusive")])
-def test_probe_claim_needs_outputs_that_ended(share, expect):
-    """A claim that would hold is inconclusive when more than 10 % of any compared condition's
-    outputs hit the token budget: the accuracies then measure the budget as much as the skill."""
+@pytest.mark.parametrize("row,share,expect", [(0, 0.0, "holds"), (0, 0.1, "holds"), (0, 0.12, "inconclusive"),
+                                               (2, 0.9, "holds")])
+def test_probe_claim_needs_a_budget_the_unmodified_model_fits_in(row, share, expect):
+    """A claim is inconclusive when more than 10 % of the UNMODIFIED model's outputs hit the token
+    budget (its accuracy then measures the budget); an ablated condition running on to the budget
+    (row 2: high-rank removed, looping) is an effect of the ablation and does not block a verdict.
+    The budget is judged before "no skill to lose": raising --max-new-tokens is the fix to name."""
     pj = _probe_json(0.9, 0.3, 0.85, 0.8, 1e-4, 1e-4)
-    pj["rows"][2]["truncated_share"] = share  # the high-rank condition
-    (row,) = [r for r in C.probe_claims(pj) if not r.get("informational")]
-    assert row["verdict"] == expect, row["why"]
+    pj["rows"][row]["truncated_share"] = share
+    (r,) = [x for x in C.probe_claims(pj) if not x.get("informational")]
+    assert r["verdict"] == expect, r["why"]
     if expect == "inconclusive":
-        assert "12% of outputs hit the token budget" in row["why"]
+        assert "12% of the unmodified model's outputs hit the token budget" in r["why"]
+    pj = _probe_json(0.0, 0.0, 0.0, 0.0, 1.0, 1.0)  # no skill AND cut off: the budget is named
+    pj["rows"][0]["truncated_share"] = 0.9
+    (r,) = [x for x in C.probe_claims(pj) if not x.get("informational")]
+    assert r["verdict"] == "inconclusive" and "token budget" in r["why"]
 
 
 def test_run_end_to_end_and_resume(tmp_path, capsys):

@@ -66,7 +66,7 @@ def items_digest(items_by_task: dict) -> str:
 
     blob = json.dumps({"scoring": SCORING, "items": {str(t): [[it.id, it.prompt, it.answer, it.meta] for it in its]
                                                      for t, its in items_by_task.items()}},
-                      sort_keys=True, default=str)
+                      sort_keys=True)  # no default=str: a meta that is not plain JSON must fail, not hash loosely
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
