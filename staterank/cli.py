@@ -381,6 +381,12 @@ def _floats(s: str) -> tuple[float, ...]:
         raise UserError(f"expected comma-separated numbers, got {s!r}") from None
 
 
+def _given(args, *names: str) -> list[str]:
+    """The options among ``names`` the user gave (None or False means not given), as flags."""
+    # identity, not equality: --alpha 0 or --fraction 0.0 are given (0.0 == False)
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) is not None and getattr(args, n) is not False]
+
+
 def _run_prune(args) -> int:
     from .models import load_model
     from .prune.run import CheckFailed, PruneConfig, SweepConfig, run_prune, run_sweep
@@ -396,10 +402,7 @@ def _run_prune(args) -> int:
         from .prune.plan import Plan
 
         # the plan fixes the heads: scoring options would be recorded in config.json but not used
-        moot = [f for f, v in (("--method", args.method), ("--alpha", args.alpha), ("--ranking", args.ranking),
-                               ("--fraction", args.fraction), ("--count", args.count), ("--bytes", args.bytes),
-                               ("--sweep", args.sweep or None), ("--alphas", args.alphas),
-                               ("--fractions", args.fractions)) if v is not None]
+        moot = _given(args, "method", "alpha", "ranking", "fraction", "count", "bytes", "sweep", "alphas", "fractions")
         if moot:
             raise UserError(f"--plan fixes the heads to remove; {', '.join(moot)} do(es) not apply")
         plan = Plan.load(args.plan)
@@ -417,8 +420,7 @@ def _run_prune(args) -> int:
     )
     if args.sweep:
         # the grid is JRNP over --alphas x --fractions (+ inverse JRNP at --alpha, + random), not exported
-        moot = [f for f, v in (("--method", args.method), ("--fraction", args.fraction), ("--count", args.count),
-                               ("--bytes", args.bytes), ("--no-export", args.no_export or None)) if v is not None]
+        moot = _given(args, "method", "fraction", "count", "bytes", "no_export")
         if moot:
             raise UserError(f"--sweep scores JRNP over --alphas x --fractions; {', '.join(moot)} do(es) not apply")
         d_sweep = SweepConfig()

@@ -216,9 +216,9 @@ def _host_pieces(M: int, per: int, threads: int) -> list[slice]:
     return [slice(i, i + size) for i in range(0, M, size)]
 
 
-def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.Tensor:
-    """Apply fn to [M, K, V] chunks of the flattened batch: on CPU in ``threads`` workers (default:
-    torch's thread count), on a GPU in a few large launches."""
+def _run_chunked(fn, S: torch.Tensor, threads: int, width: int) -> torch.Tensor:
+    """Apply fn to [M, K, V] chunks of the flattened batch: on CPU in ``threads`` workers, on a GPU
+    in a few large launches."""
     batch = S.shape[:-2]
     flat = S.reshape(-1, *S.shape[-2:])
     M = flat.shape[0]
@@ -227,12 +227,11 @@ def _run_chunked(fn, S: torch.Tensor, threads: int | None, width: int) -> torch.
     per = max(1, S.shape[-2] * S.shape[-1])
     if S.device.type != "cpu":
         return torch.cat([fn(c) for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // per))]).reshape(*batch, -1)
-    threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     outs = _map_cpu(fn, [flat[sl] for sl in _host_pieces(M, per, threads)], threads)
     return torch.cat(outs).reshape(*batch, -1)
 
 
-def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads: int | None) -> torch.Tensor:
+def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads: int) -> torch.Tensor:
     """The Gram route for states on an accelerator: Grams there, eigensolves on the host's CPU
     workers. S [..., K, V] -> [..., N (+1)] on S's device.
 
@@ -243,7 +242,6 @@ def _gram_sigma_host(S: torch.Tensor, eps: float | None, with_fro: bool, threads
     """
     batch = S.shape[:-2]
     flat = S.reshape(-1, *S.shape[-2:])
-    threads = torch.get_num_threads() if threads is None else max(1, int(threads))
     n = min(S.shape[-2:])
     outs = []
     for c in flat.split(max(1, _CUDA_CHUNK_ELEMS // (S.shape[-2] * S.shape[-1]))):
@@ -315,9 +313,10 @@ def _sigma(S: torch.Tensor, eps: float | None, method: str, threads: int | None,
     method = _resolve_method(method, eps)
     if min(S.shape[-2:]) == 0:
         return torch.zeros(*S.shape[:-2], int(with_fro), dtype=torch.float64, device=S.device)
+    threads = torch.get_num_threads() if threads is None else max(1, int(threads))  # CPU workers
     if method == "svd":
         fn = lambda c: _svd_sigma(c, with_fro)  # noqa: E731
-    elif S.numel() and _eig_on_host(S, torch.get_num_threads() if threads is None else max(1, int(threads))):
+    elif S.numel() and _eig_on_host(S, threads):
         return _gram_sigma_host(S, eps, with_fro, threads)
     else:
         fn = lambda c: _gram_sigma(c, eps, with_fro)  # noqa: E731

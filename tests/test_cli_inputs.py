@@ -45,7 +45,8 @@ def test_plan_with_scoring_options_is_refused(tmp_path, capsys):
     assert main(["prune", "--plan", str(plan), "--method", "rank", "--out", str(tmp_path / "run")]) == 2
     assert "--method" in capsys.readouterr().err and not (tmp_path / "run").exists()
     # given explicitly, even at its default value, an option the plan overrides is refused
-    for opt in (["--alpha", "0.5"], ["--ranking", "global"], ["--fraction", "0.389"], ["--sweep"], ["--alphas", "1"]):
+    for opt in (["--alpha", "0.5"], ["--alpha", "0"], ["--ranking", "global"], ["--fraction", "0.389"], ["--sweep"],
+                ["--alphas", "1"]):
         assert main(["prune", "--plan", str(plan), *opt, "--out", str(tmp_path / "run")]) == 2
         assert opt[0] in capsys.readouterr().err and not (tmp_path / "run").exists()
     for body in (b"\x00\xff\xfe binary", b"[]", b"{not json"):
