@@ -1,20 +1,20 @@
-# Both entry points bootstrap their own virtualenv; nothing needs installing by hand.
+# Both entry points bootstrap their own virtualenv with the exact versions CI tested
+# (requirements/lock.txt); nothing needs installing by hand.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+LOCK := requirements/lock.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.staterank-installed
 DEMO_OUT ?= runs/demo
 BUILTIN_RUN ?= runs/builtin-model
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m staterank.builtin.train --threads 1 --tokens-per-step 4096 --max-len 256 --niah-min 8
 
-.PHONY: demo test install bench clean builtin-model
+.PHONY: demo test test-compat lock install bench clean builtin-model
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) pip
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,11 +25,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
+# capture / ablation / pruning tests on the oldest supported and the newest published transformers
+test-compat:
+	scripts/compat.sh
+
+# re-resolve requirements/lock.txt (then make test, make test-compat, README matrix, commit)
+lock:
+	scripts/lock.sh
+
 bench: $(STAMP)
 	$(PY) benchmarks/spectra.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-compat-* .venv-lock build *.egg-info
 
 # Retrain the shipped model from scratch (about an hour on 2 CPU cores): both stages of the recipe in
 # its card, then evaluation, state-rank summary and card in $(BUILTIN_RUN)/stage2/final, and the

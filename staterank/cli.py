@@ -64,7 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
     p.add_argument("--seed", type=_NONNEG, default=0, help="random seed (default 0)")
 
 
@@ -558,7 +558,7 @@ def _add_run(sub) -> None:
     p.add_argument("--seed", type=_NONNEG, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="torch device")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
     p.add_argument("--threads", type=_POS, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")

@@ -1,19 +1,76 @@
-"""Where local data lives. Code reads data from a directory given by the user, never from the repo.
+"""Where local data lives.
 
-Resolution order: explicit argument, ``$STATERANK_DATA``, ``../shared/data`` next to the current
-directory or next to the source checkout. Users outside this workplace pass ``--data-dir`` or use the
-HF ``datasets`` download paths that each loader keeps.
+Resolution order: an explicit folder (``--data-dir``), ``$STATERANK_DATA``, else the data bundled in
+the package (``staterank/bundled``: public-domain prose, GSM8K under MIT, xz-compressed), unpacked
+once into a cache folder named from its checksums and checked against them. Every consumer reads
+plain files from the returned folder, so a user's own folder of the same layout works unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import lzma
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("STATERANK_CACHE") or Path.home() / ".cache" / "staterank")
+
+
+def _bundled_sums() -> dict[str, str]:
+    """relative path -> sha256 of the uncompressed file, from ``bundled/SHA256SUMS``."""
+    sums = {}
+    for line in (BUNDLED / "SHA256SUMS").read_text().splitlines():
+        digest, rel = line.split(maxsplit=1)
+        sums[rel] = digest
+    return sums
+
+
+def bundled_data() -> Path:
+    """The bundled data as plain files: unpacked (and checked) into the cache on first use.
+
+    Unpacking goes to a temporary sibling that is renamed into place, so a killed process or two
+    processes at once never leave a half-filled folder behind."""
+    sums = _bundled_sums()
+    key = hashlib.sha256("".join(f"{d} {r}\n" for r, d in sorted(sums.items())).encode()).hexdigest()[:16]
+    root = _cache_root()
+    dest = root / f"data-{key}"
+    if dest.is_dir():
+        return dest
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".data-{key}-", dir=root))
+    except OSError as e:
+        raise UserError(f"cannot unpack the bundled data into {root} ({e.strerror}); "
+                        "set STATERANK_CACHE to a writable folder or pass --data-dir") from None
+    try:
+        for rel, digest in sums.items():
+            raw = lzma.decompress((BUNDLED / f"{rel}.xz").read_bytes())
+            if hashlib.sha256(raw).hexdigest() != digest:
+                raise UserError(f"bundled data {rel} does not match its checksum: the installation is damaged")
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(raw)
+        for lic in BUNDLED.rglob("LICENSE"):
+            shutil.copyfile(lic, tmp / lic.relative_to(BUNDLED))
+        shutil.copyfile(BUNDLED / "README.md", tmp / "README.md")
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process got there first: its copy is as good as ours
+            if not dest.is_dir():
+                raise
+    except OSError as e:
+        raise UserError(f"cannot unpack the bundled data into {root} ({e.strerror})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def check_given(path: str | os.PathLike | None) -> None:
@@ -24,22 +81,16 @@ def check_given(path: str | os.PathLike | None) -> None:
 
 
 def data_dir(path: str | os.PathLike | None = None, required: bool = True) -> Path | None:
-    """Return the data directory, or raise a one-line UserError if none exists and ``required``."""
-    candidates = []
-    if path:
-        candidates.append(Path(path))
-    elif os.environ.get("STATERANK_DATA"):
-        candidates.append(Path(os.environ["STATERANK_DATA"]))
-    else:
-        candidates += [Path.cwd().parent / "shared" / "data", _REPO_ROOT.parent / "shared" / "data"]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
+    """The data directory: ``path``, else ``$STATERANK_DATA``, else the bundled data. A given
+    folder that does not exist is a one-line UserError when ``required``, None otherwise."""
+    given = path or os.environ.get("STATERANK_DATA")
+    if not given:
+        return bundled_data()
+    if Path(given).is_dir():
+        return Path(given).resolve()
     if required:
-        raise UserError(
-            f"data directory not found (looked in {', '.join(str(c) for c in candidates)}); "
-            "pass --data-dir or set STATERANK_DATA"
-        )
+        what = "--data-dir" if path else "$STATERANK_DATA"
+        raise UserError(f"{what} {given}: no such directory")
     return None
 
 

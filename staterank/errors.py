@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class VerificationFailed(RuntimeError):
     """A computed result failed its own check (capture vs the model, pruned vs masked model)."""
+
+
+class UnsupportedTransformers(UserError):
+    """The installed transformers calls its delta-rule functions in a way staterank cannot read."""

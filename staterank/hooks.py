@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from typing import Any, Iterator
 
+import torch
 import torch.nn as nn
 
 from .adapters import Adapter, LinearLayer
+from .compat import unsupported
 from .errors import UserError
 from .recurrence import RuleCall
 
@@ -33,38 +34,65 @@ _ORIGINALS: dict[tuple[str, str], Any] = {}
 _CALLING: list[LinearLayer] = []  # stack of layers inside forward
 
 
-def _bind(fn, args, kwargs) -> tuple[inspect.BoundArguments, RuleCall]:
-    ba = inspect.signature(fn).bind(*args, **kwargs)
-    a = ba.arguments
-    extra = a.get("kwargs", {})
-    l2 = a.get("use_qk_l2norm_in_kernel", extra.get("use_qk_l2norm_in_kernel", False))
-    call = RuleCall(
-        q=a["query"], k=a["key"], v=a["value"], g=a["g"], beta=a["beta"],
-        initial_state=a.get("initial_state"), use_qk_l2norm=bool(l2),
-    )
-    return ba, call
+class _Bound:
+    """One rule call's arguments, bound to the adapter's declared parameter names (see
+    ``adapters.base.CHUNK_PARAMS``), and rebuilt in the same positional/keyword shape."""
+
+    def __init__(self, family: str, rule: str, params: tuple[str, ...], args: tuple, kwargs: dict):
+        if len(args) > len(params):
+            raise unsupported(f"{family}'s {rule} was called with {len(args)} positional arguments, "
+                              f"staterank knows {len(params)}")
+        self.params, self.n = params, len(args)
+        self.values = dict(zip(params, args))
+        twice = set(self.values) & set(kwargs)
+        if twice:
+            raise unsupported(f"{family}'s {rule} got {', '.join(sorted(twice))} both by position and by name")
+        self.values.update(kwargs)
+        bad = [n for n in ("query", "key", "value", "g", "beta") if not isinstance(self.values.get(n), torch.Tensor)]
+        s0 = self.values.get("initial_state")
+        if s0 is not None and not isinstance(s0, torch.Tensor):
+            bad.append("initial_state")
+        if bad:
+            raise unsupported(f"{family}'s {rule} call has no tensor {', '.join(bad)} where staterank reads it")
+        if self.values.get("cu_seqlens") is not None:
+            raise UserError("packed sequences (cu_seqlens) reached the delta rule: staterank replays one sequence "
+                            "per batch row; give one text per row instead of a packed batch")
+        extra = self.values.get("kwargs", {})  # a caller that passed **kwargs as a dict by name
+        l2 = self.values.get("use_qk_l2norm_in_kernel", extra.get("use_qk_l2norm_in_kernel", False))
+        self.call = RuleCall(q=self.values["query"], k=self.values["key"], v=self.values["value"],
+                             g=self.values["g"], beta=self.values["beta"], initial_state=s0, use_qk_l2norm=bool(l2))
+
+    def run(self, fn, call: RuleCall):
+        """Call ``fn`` as the layer did, with ``call``'s tensors in place of its own."""
+        v = dict(self.values)
+        v["query"], v["key"], v["value"], v["g"], v["beta"] = call.q, call.k, call.v, call.g, call.beta
+        if "initial_state" in v or call.initial_state is not None:
+            v["initial_state"] = call.initial_state
+        args = [v.pop(name) for name in self.params[: self.n]]
+        return fn(*args, **v)
 
 
-def _make_wrapper(modname: str, fn):
-    @functools.wraps(fn)
+def _make_wrapper(modname: str, fn, family: str, rule: str, params: tuple[str, ...]):
+    @functools.wraps(fn, updated=())  # fn may be an nn.Module (5.25 hub wrappers): copy no __dict__
     def wrapper(*args, **kwargs):
         handlers = _ACTIVE.get(modname, [])
         layer = _CALLING[-1] if _CALLING else None
         mine = [h for h in handlers if layer is not None and id(layer.module) in h._module_ids]
         if not mine:
             return fn(*args, **kwargs)
-        ba, call = _bind(fn, args, kwargs)
+        bound = _Bound(family, rule, params, args, kwargs)
+        call = bound.call
         for h in mine:
             if hasattr(h, "arrive"):
                 h.arrive(layer, call)
         for h in mine:
             if hasattr(h, "modify"):
                 call = h.modify(layer, call)
-        a = ba.arguments
-        a["query"], a["key"], a["value"], a["g"], a["beta"] = call.q, call.k, call.v, call.g, call.beta
-        if "initial_state" in a or call.initial_state is not None:
-            a["initial_state"] = call.initial_state
-        out, state = fn(*ba.args, **ba.kwargs)
+        result = bound.run(fn, call)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            what = f"{len(result)} values" if isinstance(result, tuple) else type(result).__name__
+            raise unsupported(f"{family}'s {rule} returned {what}, not (output, state)")
+        out, state = result
         for h in mine:
             if hasattr(h, "observe"):
                 h.observe(layer, call, out, state)
@@ -90,8 +118,7 @@ def intercept(model: nn.Module, adapter: Adapter, handler: Any) -> Iterator[list
     # resolve every name before changing anything: a failure leaves the model untouched
     missing = [n for n in adapter.rule_names if not hasattr(module, n)]
     if missing:
-        raise UserError(f"{modname} has no {', '.join(missing)}: this transformers version is not supported "
-                        f"by the {adapter.model_type} adapter")
+        raise unsupported(f"{modname} has no {', '.join(missing)}")
     handles = []
 
     def enter(m, args, kwargs, _l):
@@ -112,7 +139,8 @@ def intercept(model: nn.Module, adapter: Adapter, handler: Any) -> Iterator[list
             _ACTIVE[modname] = []
             for name in adapter.rule_names:
                 _ORIGINALS[(modname, name)] = getattr(module, name)
-                setattr(module, name, _make_wrapper(modname, _ORIGINALS[(modname, name)]))
+                setattr(module, name, _make_wrapper(modname, _ORIGINALS[(modname, name)], adapter.model_type, name,
+                                                   adapter.params_of(name)))
         _ACTIVE[modname].append(handler)
         yield layers
     finally:

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .adapters import Adapter, get_adapter
+from . import compat
 from .errors import UserError
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -174,17 +175,23 @@ def _check_tokenizer(tokenizer: Any, where: str) -> None:
                         f"{len(ids)} tokens): add tokenizer.json / tokenizer_config.json to the model folder")
 
 
+def _closure(fn: Any) -> dict[str, Any]:
+    code = getattr(fn, "__code__", None)
+    if code is None or not getattr(fn, "__closure__", None):
+        return {}
+    return {n: c.cell_contents for n, c in zip(code.co_freevars, fn.__closure__)}
+
+
 def _reference_of(fn: Any):
     """The PyTorch function behind a transformers ``use_kernel_func_from_hub_with_fallback`` wrapper
-    that bound another package's kernel; None for anything else."""
-    code = getattr(fn, "__code__", None)
-    if code is None or not fn.__closure__:
+    that bound another package's kernel; None for anything else. From 5.25 that wrapper sits inside
+    a ``kernels`` Func module whose forward calls it (``func`` in its closure)."""
+    if isinstance(fn, nn.Module):
+        fn = _closure(getattr(type(fn), "forward", None)).get("func", fn)
+    cells = _closure(fn)
+    if "torch_function" not in cells or "is_new_implementation" not in cells:
         return None
-    names = code.co_freevars
-    if "torch_function" not in names or "is_new_implementation" not in names:
-        return None
-    cells = dict(zip(names, fn.__closure__))
-    return cells["torch_function"].cell_contents if cells["is_new_implementation"].cell_contents else None
+    return cells["torch_function"] if cells["is_new_implementation"] else None
 
 
 _BOUND_KERNELS: dict[tuple[str, str], Any] = {}  # (module, name) -> the kernel wrapper we replaced
@@ -253,6 +260,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         msg = _flat(e) if isinstance(e, _config_errors()) else _one_line(e)  # their cause is on line 2
         raise UserError(f"cannot read the config of {where}: {msg}{hint}") from None
     adapter = get_adapter(cfg.model_type)  # unsupported type: one line, before any weight loads
+    compat.selftest(adapter.model_type)  # a transformers whose rule call we cannot read: likewise
     _check_cache_runs(cfg, where)
     # the tokenizer before the weights: a folder without one fails in seconds, not after a 160 GB load
     try:
@@ -292,20 +300,23 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
 
 def _check_cache_runs(cfg, where: str) -> None:
     """Every stage runs the model through its cache (segmented prefill, greedy decoding). transformers
-    5 derives positions from ``cache.get_seq_length()``, which only attention layers can answer: a
-    model of these families without one (all layers linear attention) fails inside transformers on its
-    first cached step. Say so in one line, before any weight loads."""
+    5 derives positions and mask sizes from the cache (``get_seq_length``, ``get_mask_sizes``), which
+    only attention layers can answer (5.20-5.24 fail at the first, 5.25 at the second): a model of
+    these families without one (all layers linear attention) fails inside transformers on its first
+    cached step. Say so in one line, before any weight loads."""
     import transformers
     from transformers import DynamicCache
 
     try:
-        DynamicCache(config=cfg).get_seq_length()
+        cache = DynamicCache(config=cfg)
+        cache.get_seq_length()
+        cache.get_mask_sizes(1, 0)
     except ValueError as e:
-        if "get_seq_length" not in str(e):
+        if "get_seq_length" not in str(e) and "Attention layers" not in str(e):
             return  # some other complaint about the config: not this check's to judge
         raise UserError(f"{where} has no attention layer, and transformers {transformers.__version__} cannot run "
-                        "the cache of such a model (its get_seq_length needs one): pure linear-attention models "
-                        "of this family are not supported") from None
+                        "the cache of such a model (its get_seq_length / get_mask_sizes need one): pure "
+                        "linear-attention models of this family are not supported") from None
     except Exception:  # noqa: BLE001 - a pre-check: a config it cannot build a cache for is judged later
         return
 
@@ -336,6 +347,7 @@ def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
     model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
     model.to(dev).eval().requires_grad_(False)
     adapter = get_adapter(model)
+    compat.selftest(adapter.model_type)
     _bind_kernels(adapter, dev)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Loaded(model=model, tokenizer=tokenizer, adapter=adapter, spec=NEGATIVE_CONTROL,

@@ -227,18 +227,17 @@ def test_zero_ablation_through_a_filled_cache_equals_slicing_the_head_out(family
         assert torch.count_nonzero(S[:, others, p0:]) > 0
 
 
-def _ignoring_beta(fn):
-    """A delta-rule variant that ignores the β it is given (uses β = 1)."""
-    import functools
-    import inspect
+def _ignoring_beta(fn, params):
+    """A delta-rule variant that ignores the β it is given (uses β = 1); ``params``: the rule's
+    parameter order (the object in the module may be a (*args, **kwargs) hub wrapper)."""
+    i = params.index("beta")
 
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
     def rule(*args, **kwargs):
-        ba = sig.bind(*args, **kwargs)
-        ba.arguments["beta"] = torch.ones_like(ba.arguments["beta"])
-        return fn(*ba.args, **ba.kwargs)
+        if len(args) > i:
+            args = (*args[:i], torch.ones_like(args[i]), *args[i + 1:])
+        else:
+            kwargs["beta"] = torch.ones_like(kwargs["beta"])
+        return fn(*args, **kwargs)
 
     return rule
 
@@ -250,7 +249,7 @@ def test_zero_ablation_holds_for_a_rule_that_ignores_beta(family, monkeypatch):
     model = tiny_model(family)
     ad = get_adapter(model)
     for name in ad.rule_names:
-        monkeypatch.setattr(ad.module, name, _ignoring_beta(getattr(ad.module, name)))
+        monkeypatch.setattr(ad.module, name, _ignoring_beta(getattr(ad.module, name), ad.params_of(name)))
     layers = ad.linear_layers(model)
     target = {layers[0].index: [1], layers[-1].index: [0, 2]}
     ids = _ids(b=1, t=10, seed=4)

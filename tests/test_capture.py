@@ -154,9 +154,13 @@ def test_verification_catches_a_wrong_replay(family, bug, monkeypatch):
     kw = {"h_k": 2, "h_v": 4} if family == "olmo_hybrid" else {}
     model = tiny_model(family, **kw)
     ids = torch.randint(3, 97, (2, T))
+    real, heads = recurrence.prepare, []
+    monkeypatch.setattr(recurrence, "prepare", lambda call: heads.append((call.k.shape[2], call.v.shape[2])) or real(call))
     with capture(model, keep_states=False, stats=False):
         model(ids)  # the unpatched replay passes
-    monkeypatch.setattr(recurrence, "prepare", _buggy_prepare(bug, recurrence.prepare))
+    if bug == "gva_tiled" and all(hk == hv for hk, hv in heads):
+        pytest.skip("this transformers expands key heads before the rule call (5.20-5.24): no GVA map to get wrong")
+    monkeypatch.setattr(recurrence, "prepare", _buggy_prepare(bug, real))
     with pytest.raises(CaptureMismatch, match="differs? from the model's"):
         with capture(model, keep_states=False, stats=False):
             model(ids)

@@ -184,7 +184,7 @@ def test_niah_reads_the_given_data_dir(tmp_path):
     (tmp_path / "prose" / "y.txt").write_text("".join(f"A quokka named {i} sat.\n\n" for i in range(3000)))
     items = niah_grid((64,), (0.0, 1.0), 2, EVAL_SEED_BASE, data_dir=tmp_path)
     assert len(items) == 4 and all("quokka" in it.prompt for it in items)
-    with pytest.raises(UserError, match="data directory"):
+    with pytest.raises(UserError, match="no such directory"):
         niah_grid((64,), (0.5,), 1, EVAL_SEED_BASE, data_dir=tmp_path / "absent")
 
 

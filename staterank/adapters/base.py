@@ -49,6 +49,15 @@ class LinearLayer:
     layout: HeadLayout
 
 
+# The rule functions' parameters in call order: transformers' signatures, the same in all four
+# families from 5.20 to 5.25. Calls are bound by these names, never by the signature of whatever
+# object sits in the module: since 5.25 that is a hub-kernel wrapper taking (*args, **kwargs).
+CHUNK_PARAMS = ("query", "key", "value", "g", "beta", "chunk_size", "initial_state", "output_final_state",
+                "use_qk_l2norm_in_kernel")
+RECURRENT_PARAMS = ("query", "key", "value", "g", "beta", "initial_state", "output_final_state",
+                    "use_qk_l2norm_in_kernel")
+
+
 @dataclass(frozen=True)
 class Adapter:
     model_type: str
@@ -61,6 +70,8 @@ class Adapter:
     layout_attrs: tuple[str, str, str, str] = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")
     # the layer's output projection: its input [B, T, H_v·V] is every head's gated, normed output
     out_proj: str = "out_proj"
+    chunk_params: tuple[str, ...] = CHUNK_PARAMS
+    recurrent_params: tuple[str, ...] = RECURRENT_PARAMS
 
     @property
     def module(self) -> ModuleType:
@@ -69,6 +80,9 @@ class Adapter:
     @property
     def rule_names(self) -> tuple[str, str]:
         return (self.chunk_rule, self.recurrent_rule)
+
+    def params_of(self, rule: str) -> tuple[str, ...]:
+        return self.chunk_params if rule == self.chunk_rule else self.recurrent_params
 
     def layout_of(self, layer: nn.Module) -> HeadLayout:
         hk, hv, k, v = (int(getattr(layer, a)) for a in self.layout_attrs)

@@ -77,7 +77,7 @@ class PruneConfig:
     check_tol: float = 1e-4  # absolute floor; the check allows max(this, 3e-5 (fp32) or 1e-2 (half) x max |logit|)
     seed: int = 0
     plan_file: str | None = None  # apply this plan instead of scoring
-    data_dir: str | None = None  # calibration data (default: $STATERANK_DATA or ../shared/data)
+    data_dir: str | None = None  # calibration data (default: $STATERANK_DATA, else the data bundled with staterank)
 
     def budget(self) -> Budget:
         given = [(k, v) for k, v in (("fraction", self.fraction), ("count", self.count), ("bytes", self.bytes))
