@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import time
@@ -133,13 +135,42 @@ def _differing(a, b, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if a != b else []
 
 
+_HELD: dict[str, int] = {}  # run folder -> fd of its lock file, held until this process exits
+LOCK = ".lock"
+
+
+def _lock(out: Path) -> None:
+    """One writer per run folder: an exclusive flock on ``out/.lock``, held for the life of the
+    process (the kernel drops it when the process dies, so a killed run's lock is never stale)."""
+    key = str(out.resolve())
+    if key in _HELD:
+        return
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{out} is in use by {holder}; wait for it to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    _HELD[key] = fd
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temporary files of atomic writes that a killed process left (``.NAME.*.tmp`` / ``.npz``)."""
+    return [p for p in out.rglob(".*") if p.is_file() and p.name != LOCK and p.suffix in (".tmp", ".npz")]
+
+
 def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True, weights: str | None = None) -> Path:
-    """Create (or resume) the run folder ``out`` for ``config``.
+    """Create (or resume) the run folder ``out`` for ``config``, and hold it: a second process on
+    the same folder is refused at once, naming the holder.
 
     A folder that holds a run with a different config is never overwritten: that is an error.
-    The same config resumes (finished pieces are skipped by the caller). ``weights``: a fingerprint
-    of the model's weights, kept beside the config: a resume with other weights (the same model
-    id retrained, or another revision) is refused instead of mixing two models' results.
+    The same config resumes (finished pieces are skipped by the caller; temporary files a killed
+    run left are removed). ``weights``: a fingerprint of the model's weights, kept beside the
+    config: a resume with other weights (the same model id retrained, or another revision) is
+    refused instead of mixing two models' results.
     """
     out = Path(out)
     cfg_path = out / "config.json"
@@ -158,10 +189,16 @@ def new_run_dir(out: str | os.PathLike, config: dict, resume: bool = True, weigh
                             f"{old['weights_fingerprint']}, now {weights}); choose another --out")
         if not resume:
             raise UserError(f"{out} already holds this run; pass --resume to continue it or choose another --out")
+        _lock(out)
+        for p in _leftovers(out):  # no other writer now: these can only be a killed run's
+            p.unlink(missing_ok=True)
         return out
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a staterank run folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    _lock(out)
+    if cfg_path.exists():  # another process made it between our look and our lock: judge it as above
+        return new_run_dir(out, config, resume, weights)
     body = {"config": config, "config_hash": h, "environment": environment()}
     if weights is not None:
         body["weights_fingerprint"] = weights

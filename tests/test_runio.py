@@ -106,3 +106,48 @@ def test_torn_config_json_refuses_the_run_folder_in_one_line(tmp_path):
     (out / "config.json").write_text("{\"config\": ")
     with pytest.raises(UserError, match="not a JSON file"):
         new_run_dir(out, CFG)
+
+
+_HOLD = """
+import sys, time
+from staterank import runio
+runio.new_run_dir(sys.argv[1], {"a": 1})
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_writer_per_folder_across_processes_and_a_killed_holder_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"is in use by pid {holder.pid} on \S+; wait") as e:
+            new_run_dir(out, {"a": 1})
+        assert "\n" not in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert new_run_dir(out, {"a": 1}) == out  # the kernel dropped the killed process's lock
+    assert new_run_dir(out, {"a": 1}) == out  # this process holds it now: resuming in-process is fine
+
+
+def test_resume_removes_what_a_killed_atomic_write_left(tmp_path):
+    out = new_run_dir(tmp_path / "run", {"a": 1})
+    (out / "sub").mkdir()
+    left = [out / ".results.json.abc123.tmp", out / "sub" / ".dynamics.npz.x1y2.npz"]
+    for p in left:
+        p.write_bytes(b"half")
+    (out / "keep.npz").write_bytes(b"a result")
+    new_run_dir(out, {"a": 1})
+    assert not any(p.exists() for p in left) and (out / "keep.npz").exists() and (out / "config.json").exists()
+
+
+def test_a_folder_holding_only_a_lock_is_not_a_foreign_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("pid 1 on gone")  # a run killed before it wrote its config
+    assert new_run_dir(out, {"a": 1}) == out and (out / "config.json").exists()
