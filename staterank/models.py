@@ -293,6 +293,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     else:
         model.to(dev)
     model.eval().requires_grad_(False)
+    _check_finite(model, where)
     placed = "auto: " + ", ".join(sorted({str(p.device) for p in model.parameters()})) if auto else dev
     return Loaded(model=model, tokenizer=tokenizer, adapter=get_adapter(model), spec=str(spec), source=source,
                   config=_summary(model, adapter, cfg, dt, placed))
@@ -319,6 +320,14 @@ def _check_cache_runs(cfg, where: str) -> None:
                         "linear-attention models of this family are not supported") from None
     except Exception:  # noqa: BLE001 - a pre-check: a config it cannot build a cache for is judged later
         return
+
+
+def _check_finite(model: nn.Module, where: str) -> None:
+    """NaN or inf weights make every state and statistic NaN far downstream: refuse them here,
+    naming the first such tensor (one pass over the weights, on their own devices)."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise UserError(f"cannot use the weights of {where}: {name} holds NaN or inf values")
 
 
 def _bind_kernels(adapter, dev: torch.device) -> None:

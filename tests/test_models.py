@@ -333,3 +333,14 @@ def test_other_runtime_errors_keep_their_traceback(tmp_path, monkeypatch):
 def test_folder_without_tokenizer_is_one_line(tmp_path):
     # transformers builds an empty tokenizer (length 1) that turns every text into 0 tokens
     one_line_error(builtin_copy(tmp_path, tokenizer=False), "has no usable tokenizer")
+
+
+def test_nan_weights_are_one_line_naming_the_tensor(tmp_path):
+    model = save_tiny(tmp_path / "m")
+    name = next(n for n, p in model.named_parameters() if n.endswith("A_log"))
+    with torch.no_grad():
+        dict(model.named_parameters())[name][0] = float("nan")
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match=rf"{name} holds NaN or inf values$") as e:
+        load_model(str(tmp_path / "m"), device="cpu")
+    assert "\n" not in str(e.value)

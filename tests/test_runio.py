@@ -1,5 +1,6 @@
 """Run folders and their files: atomic writes, the config hash, when a folder is refused, read errors."""
 
+import errno
 import json
 import os
 
@@ -19,10 +20,11 @@ def test_atomic_write_keeps_the_old_file_and_no_temp_file_when_a_write_fails(tmp
     assert read_json(path) == {"old": 1}
 
     def boom(fd):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(runio.os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    # one line naming the file (issue #22: a full disk did not say which file)
+    with pytest.raises(UserError, match=r"^cannot write .*result\.json: No space left on device$"):
         write_json(path, {"new": 2})
     assert read_json(path) == {"old": 1}  # the reader never sees a half-written file
     assert sorted(os.listdir(path.parent)) == ["result.json"]  # and no temp file is left behind
@@ -151,3 +153,4 @@ def test_a_folder_holding_only_a_lock_is_not_a_foreign_folder(tmp_path):
     out.mkdir()
     (out / ".lock").write_text("pid 1 on gone")  # a run killed before it wrote its config
     assert new_run_dir(out, {"a": 1}) == out and (out / "config.json").exists()
+
