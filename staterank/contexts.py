@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .data import data_dir, read_gsm8k
+from .data import data_dir, read_gsm8k, read_user_text
 from .errors import UserError
 
 SUITE_VERSION = "1"
@@ -220,11 +220,7 @@ def suite(name: str = "default", *, tokens: int = 2048, tokenizer=None, seed: in
 def from_file(path: str | Path, name: str | None = None) -> Context:
     """A user context: the whole text of a UTF-8 file (analyze truncates it to --max-tokens)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"context file not found: {p}")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise UserError(f"context file is empty: {p}")
+    text = read_user_text(p, f"context file {p}")
     return Context(name or p.stem, "file", text, f"file {p} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})")
 
 

@@ -103,6 +103,26 @@ def prose_files(path: str | os.PathLike | None = None) -> list[Path]:
     return files
 
 
+def read_user_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a file the user gave (``what`` names it in messages, e.g. "--text book.txt"):
+    a missing file, a directory, bytes that are not UTF-8, a binary file (NUL bytes) or an empty
+    one are each one line, never garbage decoded with replacement characters."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what}: {'a directory; give the text files in it' if p.is_dir() else 'no such file'}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{what}: cannot read ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise UserError(f"{what}: a binary file (it holds NUL bytes), not text")
+    if not text.strip():
+        raise UserError(f"{what}: is empty")
+    return text
+
+
 def read_gsm8k(path: str | os.PathLike) -> list[dict]:
     """GSM8K records {question, answer, ...} of a JSON-lines file; a file that is not UTF-8, a line
     that is not a JSON object, or a record without question and answer: one line naming the file

@@ -92,11 +92,20 @@ def test_from_file(tmp_path):
     c = cx.from_file(p)
     assert c.name == "my notes" and c.kind == "file" and c.text == "hello there\n" * 10
     assert cx.from_file(p, name="x").name == "x"
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="missing.txt: no such file$"):
         cx.from_file(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(UserError, match="empty"):
         cx.from_file(tmp_path / "empty.txt")
+    # issue #22: a binary file was decoded with replacement characters and measured as if it were text
+    (tmp_path / "model.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="model.bin: not UTF-8 text"):
+        cx.from_file(tmp_path / "model.bin")
+    (tmp_path / "nul.txt").write_bytes(b"text\x00with a NUL")
+    with pytest.raises(UserError, match="nul.txt: a binary file"):
+        cx.from_file(tmp_path / "nul.txt")
+    with pytest.raises(UserError, match="a directory"):
+        cx.from_file(tmp_path)
 
 
 def test_errors():
