@@ -9,50 +9,22 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-FAMILIES = ("qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid")
+from .adapters import families, get_adapter
+
+FAMILIES = families()  # every registered family, in registry order
 
 
 def tiny_config(family: str, *, h_k: int = 2, h_v: int = 4, k: int = 8, v: int = 12, vocab: int = 97,
                 hidden: int = 32, layers: tuple[str, ...] = ("linear_attention", "linear_attention", "full_attention", "linear_attention"),
                 max_positions: int = 4096):
-    n = len(layers)
-    if family == "qwen3_next":
-        from transformers import Qwen3NextConfig
-
-        return Qwen3NextConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
-            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            num_experts=0, max_position_embeddings=max_positions, tie_word_embeddings=True,
-        )
-    if family == "qwen3_5":
-        from transformers import Qwen3_5TextConfig
-
-        return Qwen3_5TextConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=h_k,
-            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            max_position_embeddings=max_positions, tie_word_embeddings=True,
-        )
-    if family == "kimi_linear":
-        from transformers import KimiLinearConfig
-
-        # Kimi Delta Attention has H_k = H_v and K = V.
-        return KimiLinearConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
-            num_attention_heads=2, num_key_value_heads=2, linear_num_heads=h_v, linear_head_dim=k,
-            layer_types=list(layers), max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        )
-    if family == "olmo_hybrid":
-        from transformers import OlmoHybridConfig
-
-        return OlmoHybridConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n,
-            num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=h_k,
-            linear_num_value_heads=h_v, linear_key_head_dim=k, linear_value_head_dim=v, layer_types=list(layers),
-            max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        )
-    raise ValueError(f"unknown family {family!r}")
+    """A tiny random config of ``family``: the sizes common to all families here, the rest from the
+    family's adapter (``Adapter.tiny_config``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}")
+    return get_adapter(family).tiny_config(
+        h_k=h_k, h_v=h_v, k=k, v=v, vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=len(layers), layer_types=list(layers), max_position_embeddings=max_positions,
+    )
 
 
 def tiny_model(family: str, seed: int = 0, *, memory_gates: bool = True, **kw):
@@ -62,12 +34,10 @@ def tiny_model(family: str, seed: int = 0, *, memory_gates: bool = True, **kw):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **kw), dtype=torch.float32)
     if memory_gates:
-        from .adapters import get_adapter
-
         g = torch.Generator().manual_seed(seed)
         for layer in get_adapter(model).linear_layers(model):
-            m = layer.module
-            fg = getattr(m, "forget_gate", m)  # Kimi keeps A_log/dt_bias in its forget gate
+            # the layer itself, or its first submodule holding both (Kimi's forget gate)
+            fg = next(x for x in layer.module.modules() if hasattr(x, "A_log") and hasattr(x, "dt_bias"))
             with torch.no_grad():
                 fg.A_log.copy_(torch.empty_like(fg.A_log).uniform_(1, 16, generator=g).log())
                 dt = torch.exp(torch.empty_like(fg.dt_bias).uniform_(-7, -2.3, generator=g))

@@ -1,4 +1,5 @@
-"""Architecture adapters, keyed by HF ``model_type``. A new family is one module + one line here."""
+"""Architecture adapters, keyed by HF ``model_type``. A new family is one module + one line here
+(docs/adding-a-family.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ _REGISTRY: dict[str, str] = {
     "kimi_linear": "kimi_linear",
     "olmo_hybrid": "olmo_hybrid",
 }
+
+
+def families() -> tuple[str, ...]:
+    """The adapter modules (one per family), in registry order."""
+    return tuple(dict.fromkeys(_REGISTRY.values()))
 
 
 def supported_types() -> list[str]:
@@ -35,4 +41,4 @@ def get_adapter(model_or_type) -> Adapter:
     return importlib.import_module(f"{__name__}.{_REGISTRY[mt]}").ADAPTER
 
 
-__all__ = ["Adapter", "HeadLayout", "LinearLayer", "get_adapter", "supported_types"]
+__all__ = ["Adapter", "HeadLayout", "LinearLayer", "families", "get_adapter", "supported_types"]

@@ -3,7 +3,10 @@
 An adapter is a small frozen dataclass of *facts*: which modeling module holds the delta-rule
 functions the layers call (transformers 5 looks them up as module globals at call time, so wrapping
 them there sees exactly what the model computes), which module class is the linear-attention
-layer, how to read its head layout, and the names of the tensors pruning must slice.
+layer, how to read its head layout, how pruning slices its tensors (``slice_heads``), which config
+fields an export rewrites (``config_keys``), and the tiny random config tests build
+(``tiny_config``). Everything family-specific lives in the family's module; see
+docs/adding-a-family.md.
 
 Shapes: B batch, T tokens, L layers, H heads (H_k key heads, H_v value heads), K key dim, V value dim.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -65,11 +69,22 @@ class Adapter:
     layer_class: str  # class name of the linear-attention module
     chunk_rule: str  # name of the prefill (chunked) rule function in modeling_module
     recurrent_rule: str  # name of the one-token decode rule function
+    # tiny_config(h_k=, h_v=, k=, v=, **common) -> a tiny random config of this family (tests, the
+    # load-time self-test); ``common`` holds vocab_size, hidden_size, intermediate_size,
+    # num_hidden_layers, layer_types, max_position_embeddings (see staterank.testing.tiny_config)
+    tiny_config: Callable[..., Any]
     decay: str = "head"  # "head": g [B, T, H_v]; "channel": g [B, T, H_v, K] (Kimi)
     # attribute names on the layer module: (H_k, H_v, K, V)
     layout_attrs: tuple[str, str, str, str] = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")
     # the layer's output projection: its input [B, T, H_v·V] is every head's gated, normed output
     out_proj: str = "out_proj"
+    # head pruning: slice_heads(layer, layout, keys) slices the layer's tensors in place (written
+    # with adapters.slicing; see there for the arguments). None: this family cannot be pruned.
+    slice_heads: Callable[..., None] | None = None
+    # export: the config fields holding (H_k, H_v) (one field twice when the family has one count),
+    # and a dict-valued config field whose "num_heads" the loader prefers to them ("": none)
+    config_keys: tuple[str, str] = ("linear_num_key_heads", "linear_num_value_heads")
+    config_dict: str = ""
     chunk_params: tuple[str, ...] = CHUNK_PARAMS
     recurrent_params: tuple[str, ...] = RECURRENT_PARAMS
 

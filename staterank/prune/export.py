@@ -33,14 +33,6 @@ from ..probes.ablate import ablate
 from .plan import Plan
 from .surgery import common_group, group_sizes, prune_heads
 
-# config attribute names of (H_k, H_v) per family; Kimi has one head count for both.
-CONFIG_KEYS = {
-    "qwen3_next": ("linear_num_key_heads", "linear_num_value_heads"),
-    "qwen3_5": ("linear_num_key_heads", "linear_num_value_heads"),
-    "kimi_linear": ("linear_num_heads", "linear_num_heads"),
-    "olmo_hybrid": ("linear_num_key_heads", "linear_num_value_heads"),
-}
-
 
 def export_shape(plan: Plan) -> tuple[int, int, int]:
     """(H_k', H_v', G') a stock config can describe for ``plan``; UserError if there is none."""
@@ -59,13 +51,15 @@ def _configs(model: nn.Module) -> list:
 
 
 def update_config(model: nn.Module, h_k: int, h_v: int) -> None:
-    keys = CONFIG_KEYS[get_adapter(model).model_type]
+    """Write the head counts into the config fields the adapter declares (``config_keys``, and the
+    ``num_heads`` of its ``config_dict`` where a checkpoint has one: that one wins on load)."""
+    adapter = get_adapter(model)
     for c in _configs(model):
-        setattr(c, keys[0], h_k)
-        setattr(c, keys[1], h_v)
-        lac = getattr(c, "linear_attn_config", None)  # Kimi checkpoints keep a sub-dict that wins on load
-        if isinstance(lac, dict) and "num_heads" in lac:
-            lac["num_heads"] = h_v
+        setattr(c, adapter.config_keys[0], h_k)
+        setattr(c, adapter.config_keys[1], h_v)
+        sub = getattr(c, adapter.config_dict, None) if adapter.config_dict else None
+        if isinstance(sub, dict) and "num_heads" in sub:
+            sub["num_heads"] = h_v
 
 
 @contextlib.contextmanager
