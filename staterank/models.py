@@ -37,13 +37,12 @@ import torch.nn as nn
 
 from .adapters import Adapter, get_adapter
 from . import compat
+from . import kernel_binding as kernels
 from .errors import UserError
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-# Packages whose kernels transformers binds at import time and which cannot run on CPU.
-_GPU_ONLY_PACKAGES = ("fla", "causal_conv1d")
 
 
 @dataclass
@@ -175,50 +174,6 @@ def _check_tokenizer(tokenizer: Any, where: str) -> None:
                         f"{len(ids)} tokens): add tokenizer.json / tokenizer_config.json to the model folder")
 
 
-def _closure(fn: Any) -> dict[str, Any]:
-    code = getattr(fn, "__code__", None)
-    if code is None or not getattr(fn, "__closure__", None):
-        return {}
-    return {n: c.cell_contents for n, c in zip(code.co_freevars, fn.__closure__)}
-
-
-def _reference_of(fn: Any):
-    """The PyTorch function behind a transformers ``use_kernel_func_from_hub_with_fallback`` wrapper
-    that bound another package's kernel; None for anything else. From 5.25 that wrapper sits inside
-    a ``kernels`` Func module whose forward calls it (``func`` in its closure)."""
-    if isinstance(fn, nn.Module):
-        fn = _closure(getattr(type(fn), "forward", None)).get("func", fn)
-    cells = _closure(fn)
-    if "torch_function" not in cells or "is_new_implementation" not in cells:
-        return None
-    return cells["torch_function"] if cells["is_new_implementation"] else None
-
-
-_BOUND_KERNELS: dict[tuple[str, str], Any] = {}  # (module, name) -> the kernel wrapper we replaced
-
-
-def bind_reference_kernels(module: ModuleType, cpu: bool) -> list[str]:
-    """On CPU, replace kernel-bound functions in ``module``'s globals by their PyTorch references;
-    otherwise put the kernels back. Returns the names changed."""
-    changed = []
-    for name, fn in list(vars(module).items()):
-        key = (module.__name__, name)
-        if cpu:
-            ref = _reference_of(fn)
-            if ref is not None:
-                _BOUND_KERNELS[key] = fn
-                setattr(module, name, ref)
-                changed.append(name)
-        elif key in _BOUND_KERNELS:
-            setattr(module, name, _BOUND_KERNELS.pop(key))
-            changed.append(name)
-    return changed
-
-
-def _gpu_kernels_importable() -> bool:
-    return any(importlib.util.find_spec(p) is not None for p in _GPU_ONLY_PACKAGES)
-
-
 def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, device: torch.device | str) -> dict:
     layers = adapter.linear_layers(model)
     layouts = sorted({(l.layout.h_k, l.layout.h_v, l.layout.k, l.layout.v) for l in layers})
@@ -268,7 +223,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     except (OSError, ValueError, TypeError) as e:
         raise UserError(f"cannot load the tokenizer of {where}: {_one_line(e)}") from None
     _check_tokenizer(tokenizer, where)
-    _bind_kernels(adapter, dev)
+    kernels.bind_for(adapter, dev)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code,
@@ -288,8 +243,8 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     if auto:
         # layers accelerate placed on CPU cannot run fla's Triton kernels: every layer takes the
         # (slower, exact) PyTorch reference then, since the functions are module globals
-        if any(p.device.type == "cpu" for p in model.parameters()) and _gpu_kernels_importable():
-            bind_reference_kernels(adapter.module, cpu=True)
+        if any(p.device.type == "cpu" for p in model.parameters()) and kernels.gpu_kernels_importable():
+            kernels.bind_reference_kernels(adapter.module, cpu=True)
     else:
         model.to(dev)
     model.eval().requires_grad_(False)
@@ -330,14 +285,6 @@ def _check_finite(model: nn.Module, where: str) -> None:
             raise UserError(f"cannot use the weights of {where}: {name} holds NaN or inf values")
 
 
-def _bind_kernels(adapter, dev: torch.device) -> None:
-    """fla's Triton kernels on a GPU; transformers' PyTorch reference on CPU even if fla imports."""
-    if dev.type == "cpu" and _gpu_kernels_importable():
-        bind_reference_kernels(adapter.module, cpu=True)
-    elif dev.type != "cpu":
-        bind_reference_kernels(adapter.module, cpu=False)
-
-
 NEGATIVE_CONTROL = "negative-control"
 
 
@@ -357,7 +304,7 @@ def negative_control(seed: int = 0, *, device=None, dtype=None) -> Loaded:
     model.to(dev).eval().requires_grad_(False)
     adapter = get_adapter(model)
     compat.selftest(adapter.model_type)
-    _bind_kernels(adapter, dev)
+    kernels.bind_for(adapter, dev)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Loaded(model=model, tokenizer=tokenizer, adapter=adapter, spec=NEGATIVE_CONTROL,
                   source=f"{source} (config only; default init, seed {seed})",

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from staterank import models
+from staterank import kernel_binding as kernels, models
 from staterank.errors import UserError
 from staterank.capture import capture
 from staterank.models import cache_kwarg, load_model, output_cache, tokenize_texts
@@ -183,9 +183,9 @@ def test_cpu_rebinds_reference_of_kernel_bound_functions(monkeypatch):
     mod.torch_rule, mod.torch_only, mod.other = torch_rule, torch_only, len
     with pytest.raises(RuntimeError, match="active drivers"):
         mod.torch_rule(1)
-    assert models.bind_reference_kernels(mod, cpu=True) == ["torch_rule"]
+    assert kernels.bind_reference_kernels(mod, cpu=True) == ["torch_rule"]
     assert mod.torch_rule(1) == 2 and mod.torch_only(3) == 6 and mod.other is len
-    assert models.bind_reference_kernels(mod, cpu=False) == ["torch_rule"]
+    assert kernels.bind_reference_kernels(mod, cpu=False) == ["torch_rule"]
     assert mod.torch_rule is torch_rule
 
 
@@ -237,8 +237,8 @@ def test_device_auto_loads_with_a_device_map_and_computes_the_same(tmp_path):
 def test_negative_control_binds_reference_kernels_on_cpu(monkeypatch):
     """With fla importable, every CPU load (the negative control too) must re-bind the PyTorch rules."""
     calls = []
-    monkeypatch.setattr(models, "_gpu_kernels_importable", lambda: True)
-    monkeypatch.setattr(models, "bind_reference_kernels", lambda mod, cpu: calls.append((mod.__name__, cpu)) or [])
+    monkeypatch.setattr(kernels, "gpu_kernels_importable", lambda: True)
+    monkeypatch.setattr(kernels, "bind_reference_kernels", lambda mod, cpu: calls.append((mod.__name__, cpu)) or [])
     models.load_model("negative-control", device="cpu")
     assert calls and all(cpu for _, cpu in calls)
 
