@@ -40,6 +40,7 @@ import torch
 
 from . import runio, spectra
 from .capture import Schedule, capture
+from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
 from .models import Loaded, cache_kwarg, output_cache, tokenize_texts, weights_fingerprint
 
@@ -163,24 +164,11 @@ def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: flo
 
 def _merge(parts: list[dict[str, np.ndarray]], layouts: list[tuple[int, int]]) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per-text arrays -> ({stat: [N, L, H, P]} on the union of positions, positions [P], bound)."""
-    pos = np.unique(np.concatenate([p["positions"] for p in parts]))
-    N = len(parts)
-    L, H = parts[0]["threshold_rank"].shape[:2]
-    stats = {n: np.full((N, L, H, len(pos)), np.nan) for n in STAT_NAMES}
-    for i, p in enumerate(parts):
-        idx = np.searchsorted(pos, p["positions"])
-        for n in STAT_NAMES:
-            stats[n][i][..., idx] = p[n]
+    one_text = [{"positions": p["positions"], **{n: p[n][None] for n in STAT_NAMES}} for p in parts]
+    stats, pos = merge_on_positions(one_text, STAT_NAMES)
     bounds = np.stack([spectra.rank_bound(pos, k, v) for k, v in layouts]).astype(np.int64)
     bound = bounds[0] if (bounds == bounds[0]).all() else bounds
     return stats, pos, bound
-
-
-def _final(x: np.ndarray) -> np.ndarray:
-    """[N, L, H, P] -> [N, L, H]: each text's value at its last measured position."""
-    ok = ~np.isnan(x)
-    last = x.shape[-1] - 1 - np.argmax(ok[..., ::-1], axis=-1)
-    return np.take_along_axis(x, last[..., None], axis=-1)[..., 0]
 
 
 def head_table(dyn: Dynamics) -> list[dict]:
@@ -189,7 +177,7 @@ def head_table(dyn: Dynamics) -> list[dict]:
     at the last position."""
     r, nuc = dyn.stats["threshold_rank"], dyn.stats["nuclear_norm"]
     mean_r = np.nanmean(r, axis=(0, 3))
-    fin_r = _final(r).mean(axis=0)
+    fin_r = last_finite(r).mean(axis=0)  # a rank is a count: finite wherever it was measured
     mean_n = np.nanmean(nuc, axis=(0, 3))
     decay = dyn.log_decay.mean(axis=0)
     bound = dyn.layer_bound()[:, -1]
