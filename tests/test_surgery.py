@@ -4,21 +4,28 @@ transformers, state bytes fall by exactly the pruned share; bad plans fail in on
 import pytest
 import torch
 
-from staterank.adapters import HeadLayout
+from staterank.adapters import HeadLayout, get_adapter
 from staterank.errors import UserError
 from staterank.prune.export import export, export_shape, logits, masked, reload, state_bytes
 from staterank.prune.plan import Plan, make_plan
 from staterank.prune.surgery import prune_heads, regroup
-from staterank.testing import tiny_model
+from staterank.testing import FAMILIES, tiny_model
 
-# (family, h_k, h_v): GVA ratios 2 and 4 for the Gated DeltaNet families; Kimi has H_k = H_v.
-CASES = [("qwen3_next", 2, 4), ("qwen3_next", 2, 8), ("qwen3_5", 2, 4), ("qwen3_5", 2, 8), ("kimi_linear", 4, 4),
-         ("olmo_hybrid", 2, 4), ("olmo_hybrid", 2, 8)]
+
+def _tied(family) -> bool:
+    """H_k = H_v by construction (Kimi): the adapter reads both counts from one attribute."""
+    lo = get_adapter(family).layout_attrs
+    return lo[0] == lo[1]
+
+
+# (family, h_k, h_v), derived from the adapters so a new family is covered without a new row:
+# GVA ratios 2 and 4 where H_v may exceed H_k, else H_k = H_v = 4.
+CASES = [c for f in FAMILIES for c in ([(f, 4, 4)] if _tied(f) else [(f, 2, 4), (f, 2, 8)])]
 LINEAR = (0, 1, 3)  # linear-attention layer indices of testing.tiny_model
 
 
 def _model(family, h_k, h_v):
-    kw = {"h_v": h_v} if family == "kimi_linear" else {"h_k": h_k, "h_v": h_v}
+    kw = {"h_v": h_v} if _tied(family) else {"h_k": h_k, "h_v": h_v}
     return tiny_model(family, **kw)
 
 
@@ -130,9 +137,7 @@ def _state(model):
 def test_surgery_functions_with_nothing_removed_are_identity(family, h_k, h_v):
     """Each family's slicing function, called directly (prune_heads skips a layer with nothing to
     remove), with every head kept: every tensor, layout and logit stays bit-identical."""
-    from staterank.adapters import get_adapter
     from staterank.prune.surgery import SURGERY
-    from staterank.testing import FAMILIES
 
     assert set(FAMILIES) == {c[0] for c in CASES} == set(SURGERY)
     model = _model(family, h_k, h_v)
