@@ -30,13 +30,15 @@ their seeds.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 
 from . import runio
 from .errors import UserError
+from .stats import bootstrap_ci, fmt_num, t_halfwidth
+from .stats import jackknife_pairs_ci as _jackknife_pairs, t_ci as _t_ci
 from .stratify import HeadStats, bimodality_coefficient
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive", "informational")
@@ -58,43 +60,6 @@ def _no_skill(task: str, acc: float | None, ci_low: float | None) -> str | None:
     if acc is None or ci_low is None or ci_low <= ch:
         return f"the unmodified model scores {_f(acc)} (CI low {_f(ci_low)} <= chance {ch:.3g}): no skill to lose"
     return None
-
-
-def _t_ci(x, bounds: tuple[float, float] = (-1.0, 1.0), level: float = 0.95) -> tuple[float | None, float | None, float | None]:
-    """Mean and two-sided ``level`` t interval of the finite values of ``x``, clipped to ``bounds``
-    (correlations and cosines live in [-1, 1])."""
-    x = np.asarray([v for v in np.ravel(np.asarray(x, dtype=float)) if np.isfinite(v)])
-    if len(x) == 0:
-        return None, None, None
-    m = float(x.mean())
-    if len(x) < 2 or np.ptp(x) == 0:
-        return m, None, None  # one value (or only equal ones) gives no interval: never a verdict
-    h = float(scipy.stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, max(m - h, bounds[0]), min(m + h, bounds[1])
-
-
-def _jackknife_pairs(mat, bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, float | None, float | None]:
-    """Mean of a symmetric matrix's off-diagonal pairs and its 95 % leave-one-context-out
-    jackknife interval (t, N − 1 df): pairs share contexts, so contexts, not pairs, are the sample."""
-    mat = np.asarray(mat, dtype=float)
-    N = len(mat) if mat.ndim == 2 else 0
-    off = ~np.eye(N, dtype=bool)
-    if N < 2 or not np.isfinite(mat[off]).any():
-        return None, None, None
-    with np.errstate(invalid="ignore"):
-        m = float(np.nanmean(mat[off]))
-        if N < 3:
-            return m, None, None
-        loo = np.array([np.nanmean(np.delete(np.delete(mat, j, 0), j, 1)[~np.eye(N - 1, dtype=bool)]) for j in range(N)])
-    loo = loo[np.isfinite(loo)]
-    if len(loo) < 3:
-        return m, None, None
-    n = len(loo)
-    se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
-    if se == 0:  # every pair equal: no spread to build an interval from
-        return m, None, None
-    h = float(scipy.stats.t.ppf(0.975, n - 1)) * se
-    return m, max(m - h, bounds[0]), min(m + h, bounds[1])
 
 
 def _t_used(sp: dict, which: str) -> str:
@@ -130,17 +95,9 @@ def _bc(x: np.ndarray) -> float:
 
 
 def _bc_ci(norm_rank, seed: int = 0, n_boot: int = 2000) -> tuple[float | None, float | None, float | None]:
+    """Bimodality coefficient of the finite normalised ranks and its bootstrap interval over heads."""
     x = np.asarray(norm_rank, dtype=float).ravel()
-    x = x[np.isfinite(x)]
-    v = _bc(x)
-    if not np.isfinite(v):
-        return None, None, None
-    rng = np.random.default_rng(seed)
-    boots = np.array([_bc(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    if len(boots) < n_boot // 2:
-        return v, None, None
-    return v, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+    return bootstrap_ci(x[np.isfinite(x)], _bc, seed=seed, n_boot=n_boot)
 
 
 def _threshold_verdict(val, lo, hi, ref, init_val, init_measured: bool | None = None) -> tuple[str, str]:
@@ -163,8 +120,7 @@ def _threshold_verdict(val, lo, hi, ref, init_val, init_measured: bool | None = 
     return "holds", f"CI low {lo:.3f} > {ref:.3f}; at initialisation {init_val:.3f}"
 
 
-def _f(x, nd=3) -> str:
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+_f = partial(fmt_num, dash_nonfinite=True)  # NaN prints "—" in verdict reasons
 
 
 def _row(claim: str, paper: str, ours: dict, verdict: str, why: str, source: str, **extra) -> dict:
@@ -302,7 +258,7 @@ def _seed_interval(summary: dict | None, level: float = 0.95) -> tuple[float, fl
     if not summary or (summary.get("n_seeds") or 0) < 2:
         return None
     n, m, sd = summary["n_seeds"], summary["mean"], summary["std"]
-    half = float(scipy.stats.t.ppf(0.5 + level / 2, n - 1)) * sd / np.sqrt(n)
+    half = t_halfwidth(sd, n, level)
     return max(0.0, m - half), min(1.0, m + half)  # accuracies
 
 

@@ -206,30 +206,10 @@ class ItemLog:
 
 # ---------------------------------------------------------------- statistics
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """Wilson 95 % interval of k of n (NaN when n = 0)."""
-    from ..tasks.evaluate import wilson_interval
-
-    return (float("nan"), float("nan")) if n == 0 else wilson_interval(k, n)
-
-
-def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
-    """Paired exact test of a vs b on the same items: b_wins = a wrong & b right, a_wins = the
-    reverse; two-sided binomial test of the discordant counts at 1/2 (1.0 if none)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
-    p = 1.0 if a_only + b_only == 0 else float(sst.binomtest(a_only, a_only + b_only, 0.5).pvalue)
-    return {"n": int(len(a)), "a_only": a_only, "b_only": b_only, "p_value": p}
-
-
-def t_interval(x: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t interval of ``x`` (NaN interval for one value)."""
-    x = np.asarray(x, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    h = float(sst.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
+# the intervals and tests live in staterank.stats (moved there, #19); imported back under the
+# names this module and its callers use
+from ..stats import holm as _holm, mcnemar, one_sample_t_p, paired_bootstrap_ci, ratio_mean_se  # noqa: E402
+from ..stats import sign_flip_p as _sign_flip_p, t_interval, wilcoxon_p, wilson_interval as wilson  # noqa: E402
 
 
 def _paired(task_rows: dict[str, dict], base_rows: dict[str, dict]) -> list[str]:
@@ -261,10 +241,8 @@ def perplexity_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, 
     ids = sorted(rows)
     nll = np.array([rows[i]["nll"] for i in ids])
     tok = np.array([rows[i]["tokens"] for i in ids])
-    mean = nll.sum() / tok.sum()
-    n = len(ids)
     # standard error of the token-weighted mean (a ratio estimator), not of the per-window means
-    se = math.sqrt(n / (n - 1) * ((nll - mean * tok) ** 2).sum()) / tok.sum() if n > 1 else float("nan")
+    mean, se = ratio_mean_se(nll, tok)
     row = {"task": task, "condition": cond, "group": G.family(cond), "metric": "perplexity", "n": len(ids),
            "accuracy": None, "value": float(math.exp(mean)), "ci_low": float(math.exp(mean - Z95 * se)),
            "ci_high": float(math.exp(mean + Z95 * se)), "delta_vs_base": None, "p_value": None}
@@ -275,8 +253,7 @@ def perplexity_row(task: str, cond: str, rows: dict[str, dict], base: dict[str, 
         tb = sum(base[i]["tokens"] for i in pair)
         row["delta_vs_base"] = float(math.exp(sum(rows[i]["nll"] for i in pair) / tb)
                                      - math.exp(sum(base[i]["nll"] for i in pair) / tb))
-        d = pc - pb
-        row["p_value"] = float(sst.wilcoxon(pc, pb).pvalue) if len(d) > 1 and np.any(d != 0) else 1.0
+        row["p_value"] = wilcoxon_p(pc, pb)
         row["n_paired"] = len(pair)
     return row
 
@@ -296,12 +273,7 @@ def seed_aggregate(rows: list[dict]) -> list[dict]:
         lo = max(lo, 0.0) if np.isfinite(lo) else lo
         hi = min(hi, 1.0) if np.isfinite(hi) and rs[0]["metric"] == "accuracy" else hi
         deltas = [r["delta_vs_base"] for r in rs if r["delta_vs_base"] is not None]
-        p = None
-        if len(deltas) >= 2:
-            if np.allclose(deltas, 0):
-                p = 1.0
-            elif np.ptp(deltas) > 0:  # identical non-zero deltas: the t test is undefined
-                p = float(sst.ttest_1samp(deltas, 0.0).pvalue)
+        p = one_sample_t_p(deltas)  # None under 2 seeds or for identical non-zero deltas (undefined)
         out.append({"task": task, "condition": fam, "group": fam, "metric": rs[0]["metric"], "seeds": len(rs),
                     "n": int(sum(r["n"] for r in rs)), "value": m,
                     "accuracy": m if rs[0]["metric"] == "accuracy" else None,
@@ -309,19 +281,6 @@ def seed_aggregate(rows: list[dict]) -> list[dict]:
                     "delta_vs_base": float(np.mean(deltas)) if deltas else None, "p_value": p,
                     "test": "one-sample t test of per-seed deltas"})
     return out
-
-
-def _sign_flip_p(d: np.ndarray) -> float:
-    """Two-sided paired permutation test of mean(d) = 0 by sign flips (exact up to 14 non-zero
-    differences, 2^14 arrangements; else 20,000 Monte-Carlo ones). With d in {-1, 0, 1} it is the exact McNemar test."""
-    nz = d[d != 0]
-    if len(nz) == 0:
-        return 1.0
-    if np.all(np.abs(nz) == np.abs(nz[0])):  # one magnitude: the sign test is exact and closed-form
-        return float(sst.binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue)
-    res = sst.permutation_test((nz,), np.mean, permutation_type="samples", alternative="two-sided",
-                               n_resamples=20_000, vectorized=False, rng=np.random.default_rng(0))
-    return float(min(1.0, res.pvalue))
 
 
 def compare(log: ItemLog, task: str, a: str, b_conds: list[str], n_boot: int = 2000) -> dict | None:
@@ -345,30 +304,17 @@ def compare(log: ItemLog, task: str, a: str, b_conds: list[str], n_boot: int = 2
     B = np.array([[bool(rb[i]["correct"]) for i in ids] for rb in rbs], dtype=float)  # [S, n]
     S, n = B.shape
     d = A - B.mean(0)
-    rng = np.random.default_rng(0)
-    ii = rng.integers(0, n, (n_boot, n))
-    ss = rng.integers(0, S, (n_boot, S))
-    boot = A[ii].mean(1) - np.array([B[s][:, i].mean() for s, i in zip(ss, ii)])
+    lo, hi = paired_bootstrap_ci(A, B, n_boot, seed=0)
     acc_a, acc_b = float(A.mean()), B.mean(1)
     out = {"task": task, "a": a, "b": G.family(b_conds[0]), "seeds": S, "n_items": n,
            "acc_a": acc_a, "acc_b": float(acc_b.mean()), "diff": float(d.mean()),
-           "diff_ci_low": float(np.quantile(boot, 0.025)), "diff_ci_high": float(np.quantile(boot, 0.975)),
+           "diff_ci_low": lo, "diff_ci_high": hi,
            "p_items": _sign_flip_p(d), "seed_diffs": [float(acc_a - x) for x in acc_b],
            "p_seed_rank": (1 + int((acc_b <= acc_a).sum())) / (S + 1) if S > 1 else None,
            "test": "paired sign-flip test over items; bootstrap over items and seeds"}
     if S == 1:
         mc = mcnemar(A.astype(bool), B[0].astype(bool))
         out.update(a_only=mc["a_only"], b_only=mc["b_only"])
-    return out
-
-
-def _holm(ps: dict) -> dict:
-    """Holm-adjusted p-values of a family {key: p} (None stays None)."""
-    items = sorted(((p, k) for k, p in ps.items() if p is not None), key=lambda x: x[0])
-    out, running, m = dict.fromkeys(ps), 0.0, len(items)
-    for j, (p, k) in enumerate(items):
-        running = max(running, min(1.0, (m - j) * p))
-        out[k] = running
     return out
 
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from .. import runio
 from ..analyze import head_table, load_dynamics
+from .common import layer_grid, pyplot, save
 
 
 def _layouts(layouts: list[dict]) -> str:
@@ -34,15 +34,6 @@ def _schedule(sc: dict) -> str:
     return "at every token" if sc.get("stride", 1) == 1 else f"every {sc['stride']}th token"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _mean_over_texts(x: np.ndarray) -> np.ndarray:
     """[N, ...] -> [...], NaN-aware (positions no text reached stay NaN, quietly)."""
     with warnings.catch_warnings():
@@ -56,7 +47,7 @@ def render(run_dir: str | Path) -> Path:
     dyn = load_dynamics(run_dir)
     cfg = runio.read_json(run_dir / "config.json")
     c = cfg["config"]
-    plt = _plt()
+    plt = pyplot()
     per_text = dyn.stats["threshold_rank"]  # [N, L, H, P]
     # a mean over texts that end at different t would step where one ends: plot only positions
     # every text reached
@@ -71,30 +62,18 @@ def render(run_dir: str | Path) -> Path:
     bound = dyn.layer_bound()
     log_x = bool(c["schedule"].get("log"))
 
-    cols = min(L, 4)
-    rows = math.ceil(L / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharex=True)
+    fig, panels = layer_grid(plt, L, "threshold rank")
     colors = plt.cm.viridis(np.linspace(0, 1, H))
-    for li in range(rows * cols):
-        ax = axes[li // cols][li % cols]
-        if li >= L:
-            ax.axis("off")
-            continue
+    for li, ax in enumerate(panels):
         for h in range(H):
             ax.plot(pos, rank[li, h], color=colors[h], lw=1)
         ax.plot(pos, bound[li], "k--", lw=1.2, label="min(t, K, V)")
         ax.set_title(f"layer {dyn.layers[li]}", fontsize=9)
         if log_x:
             ax.set_xscale("log", base=2)
-        if li % cols == 0:
-            ax.set_ylabel("threshold rank")
-        if li // cols == rows - 1:
-            ax.set_xlabel("token t")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    panels[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"state rank (ε = {c['eps']:g}) of every value head; colour = head index{over}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(run_dir / "rank_dynamics.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run_dir / "rank_dynamics.png", dpi=120)
 
     table = head_table(dyn)
     mean_rank = np.array([r["mean_threshold_rank"] for r in table]).reshape(L, H)
@@ -105,18 +84,14 @@ def render(run_dir: str | Path) -> Path:
     ax.set_ylabel("layer")
     ax.set_title("mean threshold rank")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(run_dir / "rank_heatmap.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run_dir / "rank_heatmap.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.hist(mean_rank.ravel(), bins=min(40, max(10, L * H // 4)), color="0.3")
     ax.set_xlabel("mean threshold rank of a head")
     ax.set_ylabel("heads")
     ax.set_title(f"{L * H} heads, {L} layers")
-    fig.tight_layout()
-    fig.savefig(run_dir / "rank_hist.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run_dir / "rank_hist.png", dpi=120)
 
     m = c["model"]
     order = np.argsort(mean_rank.ravel(), kind="stable")

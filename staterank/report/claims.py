@@ -4,21 +4,18 @@ Reads ``claims.json`` and the stage folders only."""
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 from .. import runio
 from . import fmt_p
+from .common import fmt_num
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
         "informational": "informational"}
 
 
-def _f(x, nd=3) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
+_f = partial(fmt_num, str_nonfloat=True)  # counts and names print as they are
 
 
 def _p(p) -> str:

@@ -14,19 +14,7 @@ from pathlib import Path
 from .. import runio
 from ..errors import UserError
 from . import fmt_p
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _f(x, nd: int = 3) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
+from .common import fmt_num as _f, pyplot, save
 
 
 _p = fmt_p
@@ -102,9 +90,7 @@ def _fig_bars(plt, run: Path, pj: dict) -> str | None:
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(t)
         ax.set_ylabel(pj["metrics"][t])
-    fig.tight_layout()
-    fig.savefig(run / "probe_accuracy.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run / "probe_accuracy.png", dpi=120)
     return "probe_accuracy.png"
 
 
@@ -121,9 +107,7 @@ def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
             ax.set_xlabel(key.replace("_", " "))
             ax.set_ylabel(f"{t}: single-head cost")
             ax.axhline(0, color="0.7", lw=0.8)
-    fig.tight_layout()
-    fig.savefig(run / "single_head.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run / "single_head.png", dpi=120)
     return "single_head.png"
 
 
@@ -135,7 +119,7 @@ def render(run_dir: str | Path) -> Path:
     pj = runio.read_json(run / "probe.json")
     cfg = runio.read_json(run / "config.json")["config"] if (run / "config.json").exists() else {}
     gj = runio.read_json(run / "groups.json") if (run / "groups.json").exists() else {}
-    plt = _plt()
+    plt = pyplot()
     L = [f"# Probe: {cfg.get('model', '?')}", ""]
     L.append(f"Mode **{cfg.get('mode', '?')}** ablation of {pj['group_size']} of {pj['total_heads']} value heads "
              f"({pj['group_size'] / max(1, pj['total_heads']):.1%}) per group; random controls over "

@@ -15,15 +15,7 @@ import numpy as np
 
 from .. import runio
 from ..errors import UserError
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .common import pyplot, save
 
 
 def _fmt_acc(a: dict) -> str:
@@ -44,8 +36,16 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(sorted(idx, key=lambda i: x[i]), dtype=int)
 
 
+def _state_axes(ax, task: str, batch: int) -> None:
+    """A task's panel of accuracy against linear recurrent-state bytes (both figures)."""
+    ax.set_title(task)
+    ax.set_xlabel(f"linear recurrent state, bytes (batch {batch})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+
+
 def _render_run(run_dir: Path, r: dict) -> list[str]:
-    plt = _plt()
+    plt = pyplot()
     before, after = r["state_bytes_before"], r["state_bytes_after"]
     tasks = r["tasks"]["names"]
     acc = r["accuracy"]
@@ -71,14 +71,9 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
             if s and kind in ctrl_bytes:
                 ax.errorbar([float(np.mean(ctrl_bytes[kind])) * (1 + 0.01 * (i + 1))], [s["mean"]], yerr=[s["std"]],
                             fmt="s", capsize=3, color=f"C{i}", label=f"random, {kind.replace('_', '-')} (±std)")
-        ax.set_title(t)
-        ax.set_xlabel(f"linear recurrent state, bytes (batch {batch})")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
+        _state_axes(ax, t, batch)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "prune_accuracy.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run_dir / "prune_accuracy.png", dpi=120)
 
     ms = r["state_measured_at"]
     lines = [
@@ -146,7 +141,7 @@ def _budget(b: dict) -> str:
 
 
 def _render_sweep(run_dir: Path, s: dict) -> list[str]:
-    plt = _plt()
+    plt = pyplot()
     tasks = s["tasks"]["names"]
     pts = s["points"]
     sb = s["state_bytes_before"]
@@ -180,14 +175,9 @@ def _render_sweep(run_dir: Path, s: dict) -> list[str]:
             ax.step(x[f], y[f], where="post", color="black", lw=0.8, alpha=0.6, label="JRNP Pareto front")
             front_rows += [f"| {t} | {jr[i]['alpha']:g} | {jr[i]['fraction']:g} | {_mib(int(x[i]))} | {y[i]:.3f} |"
                            for i in f]
-        ax.set_title(t)
-        ax.set_xlabel(f"linear recurrent state, bytes (batch {sb['batch']})")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.02, 1.02)
+        _state_axes(ax, t, sb["batch"])
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "pareto.png", dpi=120)
-    plt.close(fig)
+    save(plt, fig, run_dir / "pareto.png", dpi=120)
     return ["# Prune sweep: accuracy vs recurrent state", "",
             f"Model {s['model']}, ranking **{s['ranking']}**, {len(pts)} points, tasks {tasks} "
             f"(n = {s['tasks']['n']} each). {s['note']}.", "",

@@ -10,24 +10,15 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .. import runio
+from .common import fmt_num as _f, layer_grid, pyplot, save
 
 COLORS = {"low": "tab:blue", "high": "tab:orange", "none": "tab:gray"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _dynamics(run: Path, cfg: dict, init: bool = False) -> dict | None:
@@ -58,29 +49,17 @@ def _fig_rank(plt, run: Path, dyn: dict, s: dict) -> str:
     pos = dyn["positions"]
     bound = np.broadcast_to(dyn["bound"], (len(layers), len(pos)))
     L, H, _ = rank.shape
-    cols = min(L, 4)
-    rows = math.ceil(L / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharex=True)
-    for li in range(rows * cols):
-        ax = axes[li // cols][li % cols]
-        if li >= L:
-            ax.axis("off")
-            continue
+    fig, panels = layer_grid(plt, L, "threshold rank")
+    for li, ax in enumerate(panels):
         for h in range(H):
             ax.plot(pos, rank[li, h], color=COLORS.get(labels[li, h], "k"), lw=0.9, alpha=0.85)
         ax.plot(pos, bound[li], "k--", lw=0.8)
         ax.set_title(f"layer {layers[li]}", fontsize=9)
         ax.set_xscale("log")
-        if li % cols == 0:
-            ax.set_ylabel("threshold rank")
-        if li // cols == rows - 1:
-            ax.set_xlabel("token t")
     handles = [plt.Line2D([], [], color=COLORS[k], label=k) for k in ("low", "high")]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle("rank vs token, coloured by class (mean over contexts); bound dashed", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(run / "rank_by_class.png", dpi=110)
-    plt.close(fig)
+    save(plt, fig, run / "rank_by_class.png", dpi=110)
     return "rank_by_class.png"
 
 
@@ -99,9 +78,7 @@ def _fig_contexts(plt, run: Path, s: dict) -> str:
             ax.set_yticks(range(len(names)), names, fontsize=6)
             ax.set_title(f"{label}: {title}", fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(run / "contexts.png", dpi=110)
-    plt.close(fig)
+    save(plt, fig, run / "contexts.png", dpi=110)
     return "contexts.png"
 
 
@@ -131,14 +108,8 @@ def _fig_decay(plt, run: Path, s: dict) -> str:
     ax.set_xlabel("log(−mean log decay per token)  (faster forgetting →)")
     ax.set_ylabel("mean rank / bound")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run / "decay_rank.png", dpi=110)
-    plt.close(fig)
+    save(plt, fig, run / "decay_rank.png", dpi=110)
     return "decay_rank.png"
-
-
-def _f(x, nd: int = 3) -> str:
-    return "—" if x is None else f"{x:.{nd}f}"
 
 
 def _row(name: str, paper: str, ours, init, extra: str = "", nd: int = 3) -> str:
@@ -151,7 +122,7 @@ def render(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     s = runio.read_json(run / "stratify.json")
     cfg = runio.read_json(run / "config.json")["config"]
-    plt = _plt()
+    plt = pyplot()
     figs = []
     dyn = _dynamics(run, cfg)
     if dyn is not None:

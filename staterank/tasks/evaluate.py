@@ -1,4 +1,4 @@
-"""Greedy exact-match evaluation, Wilson confidence intervals and windowed perplexity.
+"""Greedy exact-match evaluation and windowed perplexity (Wilson intervals: ``staterank.stats``).
 
 Batching never pads: prompts are grouped by exact token length and each group is decoded as one
 batch, so every sequence sees exactly what it would see alone (padding tokens would otherwise pass
@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import torch
 
+from ..stats import accuracy_ci, wilson_interval  # noqa: F401  (moved to stats; prune.run, builtin.evaluate import them from here)
 from . import Item, extract_answer, score
 
 
@@ -46,27 +47,6 @@ def evaluate(model, tokenizer, items: list[Item], max_new_tokens: int = 8, batch
         pred = extract_answer(c)
         rows.append({"id": it.id, "pred": pred, "answer": it.answer, "correct": score(pred, it.answer)})
     return rows
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of k successes in n > 0 trials (95 % by default)."""
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves float dust there
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
-
-
-def accuracy_ci(correct: list[bool], z: float = 1.959963984540054) -> tuple[float, float, float]:
-    """Accuracy and its Wilson score 95 % interval (acc, lo, hi)."""
-    n = len(correct)
-    if n == 0:
-        return float("nan"), 0.0, 1.0
-    k = sum(bool(c) for c in correct)
-    return (k / n, *wilson_interval(k, n, z))
 
 
 def perplexity_ids(tokenizer, text: str, max_tokens: int = 16384) -> list[int]:

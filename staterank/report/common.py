@@ -1,0 +1,46 @@
+"""What the report modules share: how numbers print and how figures are drawn and written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..stats import fmt_num  # noqa: F401  (the one number formatter; library code such as claims uses it from stats)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (figures go to files; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(plt, fig, path: Path, dpi: int) -> None:
+    """Lay out ``fig``, write it to ``path`` and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def layer_grid(plt, n: int, ylabel: str, xlabel: str = "token t", cols: int = 4):
+    """One panel per layer, at most ``cols`` a row, sharing x: returns (fig, the ``n`` panels in
+    order). Panels past ``n`` are hidden; the left column is labelled ``ylabel``, the bottom row
+    ``xlabel``."""
+    cols = min(n, cols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharex=True)
+    panels = []
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= n:
+            ax.axis("off")
+            continue
+        if i % cols == 0:
+            ax.set_ylabel(ylabel)
+        if i // cols == rows - 1:
+            ax.set_xlabel(xlabel)
+        panels.append(ax)
+    return fig, panels
