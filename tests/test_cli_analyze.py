@@ -130,14 +130,14 @@ def test_subprocess_error_and_ls(tmp_path):
 
 
 def test_failed_self_check_is_one_line_and_exit_3(monkeypatch, capsys):
-    from staterank import cli
+    from staterank.cli import ls
     from staterank.prune.run import CheckFailed
 
     def boom(args):
         raise CheckFailed("pruned model differs from the masked model by 0.5 > 0.0001 (see runs/x/prune.json)")
 
-    monkeypatch.setattr(cli, "_run_ls", boom)
-    assert cli.main(["ls"]) == 3
+    monkeypatch.setattr(ls, "command", boom)
+    assert main(["ls"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["staterank: check failed: pruned model differs from the masked model by 0.5 > 0.0001 "
                    "(see runs/x/prune.json)"]

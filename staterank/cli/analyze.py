@@ -1,0 +1,87 @@
+"""staterank analyze: per-head state rank and norms over tokens (staterank.analyze.analyze)."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .common import POS, POSF, add_common, add_parser, eps, load
+
+EPILOG = """examples:
+  staterank analyze --model builtin --prompt "The quick brown fox jumps over the lazy dog." --out runs/a1
+  staterank analyze --model Qwen/Qwen3-Next-80B-A3B-Instruct --text a.txt b.txt --max-tokens 2048 --log-positions --out runs/a2
+  staterank analyze --model ./my_model --text notes.txt --stride 16 --keep-states --out runs/a3
+
+Writes one run folder: config.json, dynamics.npz (threshold_rank, entropy_rank, stable_rank,
+nuclear_norm, frobenius_norm, spectral_norm [texts, layers, heads, positions]; positions, layers,
+bound, log_decay, texts), heads.csv, texts.csv, figures and report.md. Rerunning the same command
+resumes an interrupted run; a folder holding a different run is never overwritten.
+"""
+
+
+def read_texts(args) -> dict[str, str]:
+    from pathlib import Path
+
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt is empty")
+        return {"prompt": args.prompt}
+    texts: dict[str, str] = {}
+    seen: set[Path] = set()
+    for f in args.text:
+        p = Path(f)
+        if p.resolve() in seen:
+            raise UserError(f"--text {f} given twice")
+        seen.add(p.resolve())
+        if not p.is_file():
+            raise UserError(f"--text {f}: {'a directory; give the text files in it' if p.is_dir() else 'no such file'}")
+        try:
+            body = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"--text {f}: not UTF-8 text") from None
+        if not body.strip():
+            raise UserError(f"--text {f}: is empty")
+        texts[p.stem if p.stem not in texts else str(p)] = body
+    return texts
+
+
+def command(args) -> int:
+    from ..analyze import analyze
+    from ..capture import Schedule
+    from ..report.analyze import render
+
+    texts = read_texts(args)  # check inputs before loading a model
+    loaded = load(args)
+    dyn = analyze(
+        loaded, texts, max_tokens=args.max_tokens, schedule=Schedule(stride=args.stride, log=args.log_positions),
+        eps=args.eps, keep_states=args.keep_states, max_state_bytes=int(args.max_state_mb * 2**20),
+        prefill_chunk=args.prefill_chunk, seed=args.seed, out=args.out, progress=not args.quiet,
+    )
+    report = render(dyn.run_dir)
+    print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report}")
+    return 0
+
+
+def add(sub) -> None:
+    p = add_parser(
+        sub, "analyze", help="per-head state rank and norms over tokens, for one model and a few texts",
+        description="Capture every linear-attention layer's recurrent state after each token and record, per value "
+                    "head, the threshold rank #σ_i > ε·σ_1 (paper Eq. 6) and related ranks and norms.",
+        epilog=EPILOG,
+    )
+    add_common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="analyze this string")
+    src.add_argument("--text", nargs="+", metavar="FILE", help="analyze these UTF-8 text files (one forward each)")
+    p.add_argument("--max-tokens", type=POS, default=None, help="truncate each text to N tokens (default: all)")
+    sched = p.add_mutually_exclusive_group()
+    sched.add_argument("--stride", type=POS, default=1, help="measure every N-th token (default 1: all)")
+    sched.add_argument("--log-positions", action="store_true", help="measure at t = 1, 2, 4, 8, ... only")
+    p.add_argument("--eps", type=eps, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
+    p.add_argument("--keep-states", action="store_true",
+                   help="also write the measured states as safetensors (states/NNNN.safetensors)")
+    p.add_argument("--max-state-mb", type=POSF, default=1024,
+                   help="refuse to keep more than this many MiB of states per text (default 1024)")
+    p.add_argument("--prefill-chunk", type=POS, default=256,
+                   help="tokens per forward through the cache; bounds activation memory (default 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.set_defaults(func=command)

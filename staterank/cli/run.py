@@ -1,0 +1,81 @@
+"""staterank run and staterank verify: the whole pipeline (staterank.pipeline.run) and its claims table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .common import NONNEG, POS, add_parser
+
+
+def command(a) -> int:
+    from ..pipeline import RunConfig, run
+
+    overrides = list(a.set or [])
+    for key, val in (("model", a.model), ("seed", a.seed), ("device", a.device), ("dtype", a.dtype),
+                     ("data_dir", a.data_dir)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if a.stages:
+        overrides.append(f"stages=[{a.stages}]")
+    cfg = RunConfig.load(a.config, overrides)
+    folder = run(cfg, a.out, progress=not a.quiet)
+    report = render(folder)
+    print_claims(folder)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def render(folder) -> str:
+    from ..report import claims as rc, probe as rp, prune as rpr, stratify as rs
+
+    folder = Path(folder)
+    for stage, mod in (("stratify", rs), ("probe", rp), ("prune", rpr)):
+        if (folder / stage / f"{stage}.json").exists():
+            mod.render(folder / stage)
+    return str(rc.render(folder))
+
+
+def print_claims(folder) -> None:
+    """Compute and print only: verify works on a read-only run and leaves claims.json as written."""
+    from ..claims import claims
+    from ..report.claims import claims_table
+
+    print(claims_table(claims(folder)))
+
+
+def verify(a) -> int:
+    folder = Path(a.run)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a staterank run folder (no config.json)")
+    print_claims(folder)
+    return 0
+
+
+def add(sub) -> None:
+    p = add_parser(
+        sub, "run", help="the whole pipeline: stratify → probe → prune → claims report",
+        description="analyze over the context suite → stratify (with the initialisation baseline) → probe "
+        "(low / high / random controls) → prune (JRNP + random baselines) → report.md whose first table lists "
+        "each claim of arXiv 2602.02195 with the paper's number, ours and a verdict. A killed run resumes.",
+        epilog="examples:\n  staterank run --model builtin --out runs/demo\n"
+        "  staterank run --model Qwen/Qwen3-Next-80B-A3B-Instruct --config run.yaml --out runs/q3n\n"
+        "  staterank run --set probe.limit=16 --set stratify.max_tokens=256 --out runs/quick\n"
+        "  staterank run --model negative-control --out runs/neg   # untrained, default gates: nothing should 'hold'")
+    p.add_argument("--model", default=None, help="HF id, local folder, 'builtin' (default) or 'negative-control'")
+    p.add_argument("--config", default=None, help="YAML config (see staterank/pipeline.py for keys)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. probe.limit=32 (repeatable)")
+    p.add_argument("--stages", default=None, help="comma-separated subset of stratify,probe,prune")
+    p.add_argument("--seed", type=NONNEG, default=None, help="random seed (default 0)")
+    p.add_argument("--device", default=None, help="torch device")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
+    p.add_argument("--threads", type=POS, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.set_defaults(func=command)
+
+    v = add_parser(sub, "verify", help="print the claims table of a run folder",
+                   epilog="example:\n  staterank verify runs/demo")
+    v.add_argument("run", help="a folder written by staterank run")
+    v.set_defaults(func=verify)
