@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import POS, POSF, add_common, add_parser, eps, load
+from .common import MIB, POS, add_common, add_parser, eps, load
 
 EPILOG = """examples:
   staterank analyze --model builtin --prompt "The quick brown fox jumps over the lazy dog." --out runs/a1
@@ -20,6 +20,8 @@ resumes an interrupted run; a folder holding a different run is never overwritte
 def read_texts(args) -> dict[str, str]:
     from pathlib import Path
 
+    from ..data import read_user_text
+
     if args.prompt is not None:
         if not args.prompt.strip():
             raise UserError("--prompt is empty")
@@ -31,15 +33,7 @@ def read_texts(args) -> dict[str, str]:
         if p.resolve() in seen:
             raise UserError(f"--text {f} given twice")
         seen.add(p.resolve())
-        if not p.is_file():
-            raise UserError(f"--text {f}: {'a directory; give the text files in it' if p.is_dir() else 'no such file'}")
-        try:
-            body = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"--text {f}: not UTF-8 text") from None
-        if not body.strip():
-            raise UserError(f"--text {f}: is empty")
-        texts[p.stem if p.stem not in texts else str(p)] = body
+        texts[p.stem if p.stem not in texts else str(p)] = read_user_text(p, f"--text {f}")
     return texts
 
 
@@ -78,7 +72,7 @@ def add(sub) -> None:
     p.add_argument("--eps", type=eps, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
     p.add_argument("--keep-states", action="store_true",
                    help="also write the measured states as safetensors (states/NNNN.safetensors)")
-    p.add_argument("--max-state-mb", type=POSF, default=1024,
+    p.add_argument("--max-state-mb", type=MIB, default=1024,
                    help="refuse to keep more than this many MiB of states per text (default 1024)")
     p.add_argument("--prefill-chunk", type=POS, default=256,
                    help="tokens per forward through the cache; bounds activation memory (default 256)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import FLOAT, NONNEG, POS, add_common, add_parser, floats, load, names
+from .common import NONNEG, POS, SHARE1, add_common, add_parser, floats, load, names
 
 EPILOG = """examples:
   staterank probe --model builtin --tasks niah --groups low,high,random,layer_random --out runs/p1
@@ -44,8 +44,8 @@ def command(args) -> int:
         make_task(t, limit=args.limit, seed=args.seed, data_dir=args.data_dir, niah_lengths=niah_lengths,
                   niah_depths=niah_depths)
     check_kinds(groups, args.seeds)
-    if args.fraction is not None and not 0 < args.fraction <= 1:
-        raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.single_limit is not None and not args.single_head:
+        raise UserError("--single-limit applies only with --single-head")
     loaded = load(args)
     folder = probe(
         loaded, tasks, groups, out=args.out, fraction=args.fraction, count=args.count, seeds=args.seeds,
@@ -73,8 +73,8 @@ def add(sub) -> None:
     p.add_argument("--groups", default="low,high,random,layer_random",
                    help="comma-separated: low, high, random, layer_random, byte_random (default low,high,random,layer_random)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=FLOAT, default=None, help="group size as a fraction of all value heads (default 7/18)")
-    size.add_argument("--count", type=int, default=None, help="group size in heads")
+    size.add_argument("--fraction", type=SHARE1, default=None, help="group size as a fraction of all value heads (default 7/18)")
+    size.add_argument("--count", type=POS, default=None, help="group size in heads")
     p.add_argument("--seeds", type=POS, default=5, help="random draws per control (default 5)")
     p.add_argument("--limit", type=POS, default=None,
                    help="items per task, exactly (defaults: niah 60 spread over the grid — fewer than its cells measures "

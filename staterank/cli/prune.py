@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import FLOAT, NONNEG, POS, add_common, add_parser, floats, given, load, names
+from .common import NONNEG, POS, SHARE, UNIT, add_common, add_parser, floats, given, load, names
 
 EPILOG = """examples:
   staterank prune --model builtin --method jrnp --alpha 0.5 --fraction 0.389 --ranking per_layer --out runs/pr1
@@ -92,11 +92,11 @@ def add(sub) -> None:
     )
     add_common(p)
     p.add_argument("--method", default=None, help=f"scoring method: {', '.join(METHODS)} (default jrnp)")
-    p.add_argument("--alpha", type=FLOAT, default=None, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
+    p.add_argument("--alpha", type=UNIT, default=None, help="JRNP weight of rank vs norm, in [0, 1] (default 0.5)")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--fraction", type=FLOAT, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
-    b.add_argument("--count", type=int, default=None, help="number of value heads to remove")
-    b.add_argument("--bytes", type=int, default=None, help="recurrent-state bytes per sequence to free (at least)")
+    b.add_argument("--fraction", type=SHARE, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
+    b.add_argument("--count", type=POS, default=None, help="number of value heads to remove")
+    b.add_argument("--bytes", type=POS, default=None, help="recurrent-state bytes per sequence to free (at least)")
     p.add_argument("--ranking", default=None, choices=["global", "per_layer"],
                    help="global top-k (default) or the same count from every layer (exportable)")
     p.add_argument("--calib", default="natural", help="calibration context suite (default natural)")
@@ -104,7 +104,7 @@ def add(sub) -> None:
     p.add_argument("--calib-stride", type=POS, default=8, help="measure the rank every N tokens (default 8)")
     p.add_argument("--eval", default="mqar,niah", help="comma-separated builtin tasks (default mqar,niah)")
     p.add_argument("--eval-n", type=POS, default=100, help="items per task (default 100)")
-    p.add_argument("--random-seeds", type=NONNEG, default=5, help="seeds per random control (default 5)")
+    p.add_argument("--random-seeds", type=NONNEG, default=5, help="seeds per random control (default 5; 0: no random controls)")
     p.add_argument("--state-context", type=POS, default=2048, help="context length for state bytes (default 2048)")
     p.add_argument("--state-batch", type=POS, default=1, help="batch size for state bytes (default 1)")
     p.add_argument("--decode-tokens", type=POS, default=32, help="tokens for the decode-speed measurement (default 32)")

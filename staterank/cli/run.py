@@ -48,6 +48,11 @@ def verify(a) -> int:
     folder = Path(a.run)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a staterank run folder (no config.json)")
+    from ..runio import read_json
+
+    cfg = read_json(folder / "config.json")  # torn or foreign: one line saying so, not "no finished stage"
+    if not isinstance(cfg, dict):
+        raise UserError(f"{folder / 'config.json'} is not a staterank run config (a JSON object expected)")
     print_claims(folder)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .common import FLOAT, POS, add_common, add_parser, eps, load, names
+from .common import POS, SHARE1, add_common, add_parser, eps, load, names
 
 EPILOG = """examples:
   staterank stratify --model builtin --out runs/s1
@@ -20,7 +20,9 @@ def command(a) -> int:
 
     cfg = st.StratifyConfig(rule=a.rule, threshold=a.threshold, t_early=a.t_early, t_late=a.t_late,
                             max_tokens=a.max_tokens, stride=a.stride, init=not a.no_init,
-                            init_gates=a.init_gates, init_seed=a.seed, eps=a.eps)
+                            init_gates=a.init_gates or "auto", init_seed=a.seed, eps=a.eps)
+    if a.no_init and a.init_gates is not None:
+        raise UserError("--init-gates sets the baseline's gates; with --no-init there is no baseline")
     if a.init_runs and not a.from_runs:
         raise UserError("--init-runs goes with --from-runs")
     if a.from_runs:
@@ -29,11 +31,12 @@ def command(a) -> int:
         from .. import contexts as cx
 
         cfg.validate()
+        files = [cx.from_file(f) for f in a.context_file]  # a bad file fails before the model loads
         loaded = load(a)
         kw = dict(tokens=a.max_tokens, tokenizer=loaded.tokenizer)
         only = names(a.contexts) if a.contexts else None
         ctxs = cx.suite(a.suite, seed=a.seed, data=a.data_dir, only=only, **kw)
-        ctxs += [cx.from_file(f) for f in a.context_file] + [cx.from_hf(s, **kw) for s in a.hf_context]
+        ctxs += files + [cx.from_hf(s, **kw) for s in a.hf_context]
         out = st.run_stratify(loaded, ctxs, a.out, cfg,
                               log=(lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr)))
     print(out / "stratify.json")
@@ -65,9 +68,9 @@ def add(sub) -> None:
     p.add_argument("--t-late", type=POS, default=2048, help="late position (default 2048; shorter contexts use their last)")
     p.add_argument("--rule", default="two_cluster", choices=["two_cluster", "threshold"],
                    help="class rule on mean rank / bound: optimal two-cluster split (default) or a fixed --threshold")
-    p.add_argument("--threshold", type=FLOAT, default=None, help="with --rule threshold: low iff mean rank / bound < this")
+    p.add_argument("--threshold", type=SHARE1, default=None, help="with --rule threshold: low iff mean rank / bound < this")
     p.add_argument("--no-init", action="store_true", help="skip the same-architecture-at-initialisation baseline")
-    p.add_argument("--init-gates", default="auto", choices=["auto", "model", "fla"],
+    p.add_argument("--init-gates", default=None, choices=["auto", "model", "fla"],
                    help="gate init of the baseline: model (its own _init_weights), fla (FLA/Mamba-style), "
                    "auto (default) = model unless that init is memoryless (median decay < 0.5 per token, as "
                    "transformers' Qwen3-Next/Qwen3.5 init), then fla")

@@ -147,7 +147,7 @@ class Plan:
     def load(cls, path: str | Path) -> "Plan":
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"plan file not found: {p}")
+            raise UserError(f"plan file {p}: {'a directory; give its plan.json' if p.is_dir() else 'no such file'}")
         d = read_json(p)  # not JSON: a one-line UserError
         if not isinstance(d, dict):
             raise UserError(f"cannot read plan {p}: a JSON object expected, got {type(d).__name__}")
