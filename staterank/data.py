@@ -103,7 +103,7 @@ def prose_files(path: str | os.PathLike | None = None) -> list[Path]:
     return files
 
 
-def read_user_text(path: str | os.PathLike, what: str) -> str:
+def read_user_text(path: str | os.PathLike, what: str, allow_empty: bool = False) -> str:
     """The text of a file the user gave (``what`` names it in messages, e.g. "--text book.txt"):
     a missing file, a directory, bytes that are not UTF-8, a binary file (NUL bytes) or an empty
     one are each one line, never garbage decoded with replacement characters."""
@@ -118,7 +118,7 @@ def read_user_text(path: str | os.PathLike, what: str) -> str:
         raise UserError(f"{what}: cannot read ({e.strerror or e})") from None
     if "\x00" in text:
         raise UserError(f"{what}: a binary file (it holds NUL bytes), not text")
-    if not text.strip():
+    if not allow_empty and not text.strip():
         raise UserError(f"{what}: is empty")
     return text
 

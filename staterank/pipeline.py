@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from . import runio
-from .data import check_given
+from .data import check_given, read_user_text
 from .errors import UserError
 
 
@@ -113,14 +113,9 @@ class RunConfig:
         d: dict = {}
         if path:
             p = Path(path)
-            if not p.is_file():
-                raise UserError(f"config file not found: {p}")
+            text = read_user_text(p, f"--config {p}", allow_empty=True)  # an empty config: all defaults
             try:
-                d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-            except UnicodeDecodeError:
-                raise UserError(f"{p}: not a text file (not UTF-8); the config must be YAML") from None
-            except OSError as e:
-                raise UserError(f"cannot read config {p}: {e.strerror or type(e).__name__}") from None
+                d = yaml.safe_load(text) or {}
             except yaml.YAMLError as e:
                 raise UserError(f"{p}: not valid YAML ({_first_line(e)})") from None
             if not isinstance(d, dict):

@@ -135,11 +135,11 @@ def test_binary_config_file_is_one_line(tmp_path, capsys):
     b = tmp_path / "cfg.bin"
     b.write_bytes(bytes(range(256)) * 4)
     err = _refused(tmp_path, capsys, extra=["--config", str(b)])
-    assert "not a text file" in err
+    assert "not UTF-8 text" in err
 
 
 def test_config_that_is_a_folder_is_one_line(tmp_path, capsys):
-    _refused(tmp_path, capsys, extra=["--config", str(tmp_path)], match="config file not found")
+    _refused(tmp_path, capsys, extra=["--config", str(tmp_path)], match="a directory")
 
 
 def test_budget_this_model_cannot_meet_fails_before_the_run_folder(tmp_path, capsys):
