@@ -145,3 +145,34 @@ def test_count_and_bytes_budgets_must_be_integers():
         assert Budget(kind, 2.0).value == 2.0
     with pytest.raises(UserError):
         Budget("layer_counts", (1, -1))
+
+
+def test_a_new_scoring_method_is_one_class():
+    """A Scorer subclass with a name, defined anywhere, is a method get_method finds and select uses;
+    an unnamed subclass does not replace its parent."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from staterank.prune import scores as S
+
+    assert list(S.METHODS)[:5] == ["jrnp", "rank", "norm", "random", "inverse"]
+
+    @dataclass(frozen=True)
+    class LastHead(S.Scorer):
+        name: ClassVar[str] = "last_head"
+
+        def score(self, stats):
+            r = np.zeros(np.shape(stats.mean_rank))
+            r[:, -1] = 1.0
+            return r
+
+    @dataclass(frozen=True)
+    class Unnamed(S.JRNP):
+        pass
+
+    try:
+        assert S.METHODS["jrnp"] is S.JRNP
+        m = S.get_method("last_head", alpha=0.3)  # params it does not take are ignored
+        assert m.select(_stats(), S.Budget("count", 2)) == [(0, 2), (3, 2)]  # layers 0 and 3, last head
+    finally:
+        S.METHODS.pop("last_head", None)

@@ -67,11 +67,20 @@ class Budget:
         return {"kind": self.kind, "value": list(self.value) if self.kind == "layer_counts" else self.value}
 
 
+METHODS: dict[str, type["Scorer"]] = {}  # name -> class: every Scorer subclass that sets a name
+
+
 @dataclass(frozen=True)
 class Scorer:
-    """Base of all scoring methods. Subclasses implement :meth:`score` only."""
+    """Base of all scoring methods. Subclasses implement :meth:`score` only; one that sets ``name``
+    registers itself (a new method is one class in any module, found by ``get_method``)."""
 
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__ and cls.name:  # an unnamed subclass must not replace its parent
+            METHODS[cls.name] = cls
 
     def score(self, stats: HeadStats) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -214,7 +223,8 @@ class Random(Scorer):
         return np.random.default_rng(self.seed).random(np.shape(stats.mean_rank))
 
 
-METHODS: dict[str, type[Scorer]] = {c.name: c for c in (JRNP, Rank, Norm, Random, Inverse)}
+for _c in (JRNP, Rank, Norm, Random, Inverse):  # the built-ins in their listed order, then any added
+    METHODS[_c.name] = METHODS.pop(_c.name)
 
 
 def get_method(name: str, **params) -> Scorer:
