@@ -24,7 +24,7 @@ def test_config_overrides_and_errors(tmp_path):
     for bad in (["nope=1"], ["probe.nope=1"], ["prune.alpha=2"], ["probe.fraction=1"], ["stages=[x]"], ["limit"]):
         with pytest.raises(UserError):
             RunConfig.load(None, bad)
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="no such file"):
         RunConfig.load(tmp_path / "missing.yaml")
 
 
