@@ -9,7 +9,7 @@ DEMO_OUT ?= runs/demo
 BUILTIN_RUN ?= runs/builtin-model
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m staterank.builtin.train --threads 1 --tokens-per-step 4096 --max-len 256 --niah-min 8
 
-.PHONY: demo test test-compat lock install bench clean builtin-model
+.PHONY: demo test test-compat lint lock install bench clean builtin-model
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check staterank tests benchmarks
 
 # capture / ablation / pruning tests on the oldest supported and the newest published transformers
 test-compat:

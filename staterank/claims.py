@@ -38,7 +38,8 @@ import numpy as np
 from . import runio
 from .errors import UserError
 from .stats import bootstrap_ci, fmt_num, t_halfwidth
-from .stats import jackknife_pairs_ci as _jackknife_pairs, t_ci as _t_ci
+from .stats import jackknife_pairs_ci as _jackknife_pairs
+from .stats import t_ci as _t_ci
 from .stratify import HeadStats, bimodality_coefficient
 
 VERDICTS = ("holds", "artefact", "fails", "inconclusive", "informational")

@@ -46,7 +46,7 @@ def unsupported(what: str) -> UnsupportedTransformers:
                                    f"(staterank is tested with transformers{rng or ' 5.20-5.25'}){fix}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def selftest(model_type: str) -> None:
     """Capture (verified against the rule's own outputs and states) a tiny random model of
     ``model_type``'s family: a prefill, then one cached decode step. Raises ``UnsupportedTransformers``

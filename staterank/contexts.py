@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .data import data_dir, read_gsm8k, read_user_text
 from .errors import UserError

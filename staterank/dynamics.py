@@ -11,7 +11,7 @@ measurement at a position (shorter, or not scheduled there) holds NaN at that en
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -27,17 +27,17 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .adapters import Adapter, get_adapter
 from . import compat
 from . import kernel_binding as kernels
+from .adapters import Adapter, get_adapter
 from .errors import UserError
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -83,7 +83,7 @@ class RunConfig:
     STAGES = ("stratify", "probe", "prune")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         """A validated RunConfig from a (YAML-parsed) mapping. Every value is checked against its
         field's type (a list field also takes one string, comma-separated); then ``validate``."""
         d = dict(d or {})
@@ -109,7 +109,7 @@ class RunConfig:
         return cfg
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
         d: dict = {}
         if path:
             p = Path(path)
@@ -186,8 +186,8 @@ class RunConfig:
             raise UserError(f"probe.niah_lengths must be >= 1 tokens each, got {p.niah_lengths}")
         niah = ["niah"] if "niah" not in p.tasks and (p.niah_lengths or p.niah_depths) else []
         for t in [*p.tasks, *niah]:  # a NIAH grid is checked even when niah is not (yet) among the tasks
-            _at("probe", lambda: make_task(t, limit=p.limit, seed=self.seed, data_dir=self.data_dir,
-                                           niah_lengths=p.niah_lengths, niah_depths=p.niah_depths))
+            _at("probe", lambda t=t: make_task(t, limit=p.limit, seed=self.seed, data_dir=self.data_dir,
+                                               niah_lengths=p.niah_lengths, niah_depths=p.niah_depths))
         _at("probe", lambda: G.check_kinds(p.groups, p.seeds))
 
         # prune: the PruneConfig the stage builds, checked by its own validate (suite, method, budget...)

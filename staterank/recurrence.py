@@ -11,8 +11,8 @@ Shapes: B batch, T tokens, H value heads, K key dim, V value dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -17,7 +17,7 @@ re-exports it, since the library may not import ``report``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.stats

@@ -47,7 +47,8 @@ def tiny_model(family: str, seed: int = 0, *, memory_gates: bool = True, **kw):
 
 def char_tokenizer():
     """97 tokens: <pad>, <unk> and the 95 printable ASCII characters, one token per character."""
-    from tokenizers import Regex, Tokenizer, decoders, models as tm, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tm
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<unk>": 1, **{chr(c): c - 30 for c in range(32, 127)}}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_models import save_tiny
 
 from staterank import analyze as an
 from staterank.analyze import analyze, load_dynamics
@@ -11,8 +12,6 @@ from staterank.capture import Schedule
 from staterank.errors import UserError
 from staterank.models import cache_kwarg, load_model, output_cache
 from staterank.runio import read_json, read_npz
-
-from test_models import save_tiny
 
 EPS = 1e-4
 TEXTS = {"long": "It is a truth universally acknowledged, that a single man", "short": "In the beginning God"}

@@ -7,8 +7,8 @@ import torch
 from staterank.adapters import get_adapter
 from staterank.capture import Schedule, capture
 from staterank.errors import UserError
-from staterank.models import cache_kwarg, output_cache
 from staterank.hooks import intercept
+from staterank.models import cache_kwarg, output_cache
 from staterank.recurrence import RuleCall, replay
 from staterank.testing import FAMILIES, tiny_model
 

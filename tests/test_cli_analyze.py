@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_models import save_tiny
 
 from staterank.cli import main
 from staterank.runio import read_npz
-
-from test_models import save_tiny
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import types
 import pytest
 import torch
 
-from staterank import kernel_binding as kernels, models
-from staterank.errors import UserError
+from staterank import kernel_binding as kernels
+from staterank import models
 from staterank.capture import capture
+from staterank.errors import UserError
 from staterank.models import cache_kwarg, load_model, output_cache, tokenize_texts
 from staterank.testing import char_tokenizer, tiny_config, tiny_model
 
@@ -191,8 +192,9 @@ def test_cpu_rebinds_reference_of_kernel_bound_functions(monkeypatch):
 
 def test_tokenize_texts_prefix_equals_whole_text():
     # long files are tokenized by growing prefixes; the kept tokens must be those of the whole text
-    from staterank.builtin import BUILTIN_DIR
     from transformers import AutoTokenizer
+
+    from staterank.builtin import BUILTIN_DIR
 
     tok = AutoTokenizer.from_pretrained(BUILTIN_DIR)
     text = " ".join(f"word{i} of a longish sentence, number {i * 7919 % 10007}." for i in range(3000))
@@ -221,6 +223,7 @@ def test_cutting_long_texts_raises_no_max_length_warning():
 
 def test_device_auto_loads_with_a_device_map_and_computes_the_same(tmp_path):
     import accelerate  # noqa: F401  (a dependency: a missing one must fail here, not skip)
+
     from staterank.prune.export import reload
 
     ref = save_tiny(tmp_path, "qwen3_next", h_k=1, h_v=4, k=8, v=12)
@@ -344,3 +347,8 @@ def test_nan_weights_are_one_line_naming_the_tensor(tmp_path):
     with pytest.raises(UserError, match=rf"{name} holds NaN or inf values$") as e:
         load_model(str(tmp_path / "m"), device="cpu")
     assert "\n" not in str(e.value)
+    from staterank.cli import main
+
+    out = tmp_path / "run"  # the command line: exit 2, and no run folder (analyze made a half one)
+    assert main(["analyze", "--model", str(tmp_path / "m"), "--prompt", "hello", "--out", str(out)]) == 2
+    assert not out.exists()

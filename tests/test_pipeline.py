@@ -5,13 +5,12 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
+from test_models import save_tiny
 
 from staterank import claims as C
 from staterank.cli import main
 from staterank.errors import UserError
 from staterank.pipeline import RunConfig
-
-from test_models import save_tiny
 
 
 def test_config_overrides_and_errors(tmp_path):

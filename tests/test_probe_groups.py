@@ -6,8 +6,16 @@ import pytest
 
 from staterank.adapters import get_adapter
 from staterank.errors import UserError
-from staterank.probes.groups import (HeadSpace, by_score, byte_matched_group, group_size, layer_matched_group,
-                                     make_groups, random_group, size)
+from staterank.probes.groups import (
+    HeadSpace,
+    by_score,
+    byte_matched_group,
+    group_size,
+    layer_matched_group,
+    make_groups,
+    random_group,
+    size,
+)
 from staterank.testing import tiny_model
 
 # mixed layouts: layers differ in heads and in K·V, as in real hybrids after surgery

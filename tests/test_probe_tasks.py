@@ -6,11 +6,20 @@ import math
 
 import pytest
 import torch
+from test_probe_run import byte_tokenizer
 
 from staterank.errors import UserError
-from staterank.probes.tasks import (Gsm8kTask, NiahTask, PerplexityTask, extract_final_number, gsm8k_gold,
-                                    load_gsm8k, make_task, normalize_number, strip_thinking)
-from test_probe_run import byte_tokenizer
+from staterank.probes.tasks import (
+    Gsm8kTask,
+    NiahTask,
+    PerplexityTask,
+    extract_final_number,
+    gsm8k_gold,
+    load_gsm8k,
+    make_task,
+    normalize_number,
+    strip_thinking,
+)
 
 TRICKY = [
     ("Janet sells 9 eggs.\nShe makes 9 * 2 = $18 every day.\n#### 18", "18"),
@@ -275,9 +284,9 @@ def test_ppl_and_niah_read_the_given_data_dir(tmp_path):
 def test_gsm8k_local_is_lm_evals_gsm8k_on_local_files():
     """Same prompt, metric, regexes, stop sequences, filters and version as the installed task."""
     pytest.importorskip("lm_eval")
-    import lm_eval
     from pathlib import Path
 
+    import lm_eval
     import yaml
 
     from staterank.probes.lmeval import gsm8k_local_yaml

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,6 @@ from staterank.prune.run import PruneConfig, SweepConfig, run_prune, run_sweep
 from staterank.report.prune import pareto_front, render
 from staterank.runio import read_json
 from staterank.testing import byte_tokenizer, tiny_model
-
-import numpy as np
 
 
 def _loaded(family="qwen3_next", **kw):

@@ -14,7 +14,6 @@ from staterank.errors import UserError
 from staterank.runio import write_json
 from staterank.testing import tiny_model
 
-
 # ---- synthetic dynamics -----------------------------------------------------------------------------
 
 def synth(N=3, L=2, H=6, P=10, K=16, seed=0, rank=None, nuc=None, ld=None, positions=None):
@@ -297,6 +296,7 @@ def test_init_copy_is_the_models_own_initialisation():
 def test_init_copy_of_a_model_spread_over_devices_is_built_in_its_dtype_and_spread_alike(monkeypatch):
     # no second device here: the placement itself is accelerate's; this checks what staterank asks of it
     import accelerate
+
     from staterank.testing import tiny_model
 
     model = tiny_model("qwen3_next", 1).to(torch.bfloat16)

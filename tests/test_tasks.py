@@ -8,8 +8,7 @@ import torch
 torch.set_num_threads(1)
 
 from staterank.errors import UserError  # noqa: E402
-from staterank.tasks import (EVAL_SEED_BASE, TASKS, extract_answer, get_task, niah_grid, score,  # noqa: E402
-                             train_text)
+from staterank.tasks import EVAL_SEED_BASE, TASKS, extract_answer, get_task, niah_grid, score, train_text  # noqa: E402
 from staterank.tasks.evaluate import accuracy_ci, evaluate, greedy_continuations, perplexity  # noqa: E402
 from staterank.tasks.niah import QUESTION  # noqa: E402
 from staterank.tasks.prose import prose_texts  # noqa: E402
@@ -239,3 +238,13 @@ def test_arith_eval_items_are_distinct_and_capped_by_the_pool():
     # training draws stay with replacement (the builtin model's recipe reproduces): 2000 draws from the
     # 7339 training problems repeat some
     assert len({it.prompt for it in TASKS["arith"].generate(2000, 3)}) < 2000
+
+
+def test_a_binary_prose_file_in_a_data_folder_is_one_line(tmp_path):
+    from staterank.tasks.prose import prose_texts
+
+    (tmp_path / "prose").mkdir()
+    (tmp_path / "prose" / "a.txt").write_text("A paragraph of prose.\n\n" * 50)
+    (tmp_path / "prose" / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00 not prose")
+    with pytest.raises(UserError, match=r"prose file .*b\.txt: not UTF-8 text"):
+        prose_texts("heldout", str(tmp_path))

@@ -14,9 +14,10 @@ Shapes: B batch, T tokens, L layers, H heads (H_k key heads, H_v value heads), K
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 

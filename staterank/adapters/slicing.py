@@ -9,7 +9,7 @@ Shapes: H_k key heads, H_v value heads, K key dim, V value dim.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn

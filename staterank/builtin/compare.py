@@ -26,7 +26,6 @@ from staterank.builtin import BUILTIN_DIR
 from staterank.builtin.evaluate import fmt_acc
 from staterank.runio import write_json
 
-
 ALPHA = 0.05
 
 

@@ -15,11 +15,11 @@ import time
 import numpy as np
 import torch
 
+from .. import runio
+from ..data import prose_files
 from ..tasks import EVAL_SEED_BASE, TASKS, niah_grid
 from ..tasks.evaluate import accuracy_ci, evaluate, perplexity, perplexity_ids
 from ..tasks.prose import prose_texts
-from ..data import prose_files
-from .. import runio
 from . import BUILTIN_DIR, load_builtin
 
 

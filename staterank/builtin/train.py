@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from .. import runio
+from ..data import data_dir, read_gsm8k
 from ..tasks import TASKS, TRAIN_SEED_LIMIT, train_text
 from ..tasks.niah import QUESTION as NIAH_QUESTION
 from ..tasks.prose import prose_texts
-from ..data import data_dir, read_gsm8k
-from .. import runio
 
 SPECIALS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 

@@ -27,7 +27,10 @@ def command(a) -> int:
 
 
 def render(folder) -> str:
-    from ..report import claims as rc, probe as rp, prune as rpr, stratify as rs
+    from ..report import claims as rc
+    from ..report import probe as rp
+    from ..report import prune as rpr
+    from ..report import stratify as rs
 
     folder = Path(folder)
     for stage, mod in (("stratify", rs), ("probe", rp), ("prune", rpr)):

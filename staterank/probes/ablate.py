@@ -22,8 +22,8 @@ Ablating nothing leaves every call untouched, so outputs equal the baseline bit 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn

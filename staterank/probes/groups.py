@@ -15,8 +15,8 @@ Shapes: L linear layers, H value heads per layer (may differ by layer; scores pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class HeadSpace:
     head_bytes: tuple[int, ...]
 
     @classmethod
-    def of(cls, layers: Sequence[LinearLayer], dtype_bytes: int = 4) -> "HeadSpace":
+    def of(cls, layers: Sequence[LinearLayer], dtype_bytes: int = 4) -> HeadSpace:
         """From ``adapter.linear_layers(model)``; the recurrent state is fp32 (4 bytes) in the
         reference kernels."""
         return cls(tuple(l.index for l in layers), tuple(l.layout.h_v for l in layers),

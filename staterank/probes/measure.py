@@ -8,7 +8,7 @@ Condition names: ``base`` (nothing ablated), a group name (``low``, ``random/s0`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from scipy import stats as sst
 
-from ..stats import Z95, holm as _holm, mcnemar, one_sample_t_p, paired_bootstrap_ci, ratio_mean_se
-from ..stats import sign_flip_p as _sign_flip_p, t_interval, wilcoxon_p, wilson_interval as wilson
+from ..stats import Z95, mcnemar, one_sample_t_p, paired_bootstrap_ci, ratio_mean_se, t_interval, wilcoxon_p
+from ..stats import holm as _holm
+from ..stats import sign_flip_p as _sign_flip_p
+from ..stats import wilson_interval as wilson
 from . import groups as G
 from .itemlog import ItemLog
 from .measure import BASE, SINGLE

@@ -26,7 +26,9 @@ import torch
 
 from .. import runio
 from ..errors import UserError
-from ..stats import Z95, mcnemar, sign_flip_p as _sign_flip_p, wilson_interval as wilson  # re-exported
+from ..stats import Z95, mcnemar  # re-exported
+from ..stats import sign_flip_p as _sign_flip_p
+from ..stats import wilson_interval as wilson
 from ..tasks import items_digest
 from . import groups as G
 from .ablate import calibrate_means

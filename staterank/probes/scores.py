@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class HeadScores:
                 "mean_nuclear": self.mean_nuclear, "source": self.source}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str) -> "HeadScores":
+    def from_dict(cls, d: dict, source: str) -> HeadScores:
         """From ``HeadStats.to_dict()`` (stratify) or our own scores.json; looks inside a
         ``head_stats`` / ``stats`` block too. Arrays are [L, H] (null / NaN where a layer has
         fewer heads), ``layers`` [L]; anything else is a one-line UserError."""
@@ -78,7 +79,7 @@ class HeadScores:
         return cls(layers, mr, nr, nuc, source)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "HeadScores":
+    def read(cls, path: str | os.PathLike) -> HeadScores:
         """From a JSON file (``--scores``); a missing, unreadable or malformed file is a one-line UserError."""
         p = Path(path)
         if not p.is_file():

@@ -133,7 +133,7 @@ class Plan:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
+    def from_dict(cls, d: dict) -> Plan:
         if d.get("format") != FORMAT:
             raise UserError(f"not a staterank prune plan (format {d.get('format')!r}, expected {FORMAT!r})")
         names = set(cls.__dataclass_fields__)
@@ -144,7 +144,7 @@ class Plan:
         return plan
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"plan file {p}: {'a directory; give its plan.json' if p.is_dir() else 'no such file'}")

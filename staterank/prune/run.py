@@ -42,10 +42,10 @@ import torch
 from .. import runio
 from ..errors import UserError, VerificationFailed
 from ..models import Loaded, weights_fingerprint
-from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
-from .plan import Plan, make_plan
 from ..stratify import HeadStats
 from ..tasks import items_digest
+from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
+from .plan import Plan, make_plan
 from .scores import Budget, get_method, select
 from .surgery import prune_heads
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class Budget:
         return {"kind": self.kind, "value": list(self.value) if self.kind == "layer_counts" else self.value}
 
 
-METHODS: dict[str, type["Scorer"]] = {}  # name -> class: every Scorer subclass that sets a name
+METHODS: dict[str, type[Scorer]] = {}  # name -> class: every Scorer subclass that sets a name
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ Shapes: H_k key heads, H_v value heads, K key dim, V value dim.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn

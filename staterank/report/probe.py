@@ -14,8 +14,8 @@ from pathlib import Path
 from .. import runio
 from ..errors import UserError
 from . import fmt_p
-from .common import fmt_num as _f, pyplot, save
-
+from .common import fmt_num as _f
+from .common import pyplot, save
 
 _p = fmt_p
 

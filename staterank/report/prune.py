@@ -58,7 +58,7 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
         ctrl_bytes.setdefault(kind, []).append(before["linear_state"] - s["removed_state_bytes_per_sequence"] * batch)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, t in zip(axes[0], tasks):
-        def pt(x, a, label, **kw):
+        def pt(x, a, label, ax=ax, **kw):
             # clamp: Wilson's bound at acc 0 or 1 can sit 1e-17 on the wrong side in floating point
             err = [[max(0.0, a["acc"] - a["lo"])], [max(0.0, a["hi"] - a["acc"])]]
             ax.errorbar([x], [a["acc"]], yerr=err, fmt="o", capsize=3,

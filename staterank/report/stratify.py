@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import runio
-from .common import fmt_num as _f, layer_grid, pyplot, save
+from .common import fmt_num as _f
+from .common import layer_grid, pyplot, save
 
 COLORS = {"low": "tab:blue", "high": "tab:orange", "none": "tab:gray"}
 

@@ -45,11 +45,18 @@ Definitions (documented in ``report.md`` as well):
 
 from ..dynamics import merge_dynamics
 from ..initmodel import INIT_GATES, MEMORYLESS_DECAY, auto_init_gates, init_copy, own_init_decay
-from .consistency import (PAPER, bimodality_coefficient, cosine_matrix, decay_vs_rank, delta, label_agreement,
-                          spearman_early_late, stratify_stats)
+from .consistency import (
+                          PAPER,
+                          bimodality_coefficient,
+                          cosine_matrix,
+                          decay_vs_rank,
+                          delta,
+                          label_agreement,
+                          spearman_early_late,
+                          stratify_stats,
+)
 from .heads import RULES, Classes, HeadStats, classify, head_stats, two_means
-from .stage import (StratifyConfig, default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs,
-                    summarise)
+from .stage import StratifyConfig, default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs, summarise
 
 __all__ = [
     "PAPER", "RULES", "INIT_GATES", "MEMORYLESS_DECAY", "HeadStats", "Classes", "StratifyConfig",

@@ -73,7 +73,7 @@ class HeadStats:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HeadStats":
+    def from_dict(cls, d: dict) -> HeadStats:
         """Back from the ``head_stats`` block of stratify.json (null -> NaN)."""
         arr = lambda x: np.array(x, dtype=float)
         return cls(layers=np.array(d["layers"], dtype=np.int64), mean_rank=arr(d["mean_rank"]),
@@ -145,7 +145,7 @@ class Classes:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Classes":
+    def from_dict(cls, d: dict) -> Classes:
         """Back from the ``classes`` block of stratify.json."""
         layers = np.array([int(k) for k in d["labels"]])
         labels = np.array([d["labels"][str(l)] for l in layers], dtype=object)

@@ -12,8 +12,8 @@ Seeds: the built-in model's training used seeds < 10**6 (``TRAIN_SEED_LIMIT``); 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import UserError
 
@@ -75,8 +75,9 @@ def score(pred: str, answer: str) -> bool:
     return pred.strip() == answer.strip()
 
 
-from .synthetic import arith, arith_modal_share, mqar, multihop  # noqa: E402
 from .niah import niah, niah_grid  # noqa: E402
+from .synthetic import arith, arith_modal_share, mqar, multihop  # noqa: E402
+
 
 def _set_partitions(n: int):
     """Every partition of range(n) into blocks (Bell(n) of them; n <= 8 here)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 
-from ..data import prose_files
+from ..data import prose_files, read_user_text
 from ..errors import UserError
 
 TRAIN_FRACTION = 0.9
@@ -42,7 +42,8 @@ def prose_texts(split: str = "train", data_dir: str | None = None) -> tuple[str,
         raise UserError(f"unknown prose split {split!r}; choose one of {', '.join(SPLITS)}")
     out = []
     for f in prose_files(data_dir):
-        text = normalise(f.read_text(encoding="utf-8", errors="replace"), drop_verse_numbers=f.name == "kjv.txt")
+        # a binary or non-UTF-8 file in a user's data folder is refused, not decoded into haystacks
+        text = normalise(read_user_text(f, f"prose file {f}"), drop_verse_numbers=f.name == "kjv.txt")
         cut = int(len(text) * TRAIN_FRACTION)
         # move the cut to a paragraph start so neither side begins mid-word
         nl = text.find("\n", cut)

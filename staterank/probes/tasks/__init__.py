@@ -20,8 +20,19 @@ from __future__ import annotations
 import importlib
 
 from . import base
-from .base import (PROBE_TASKS, REGISTRY, BuiltinTask, ProbeTask, TaskOptions, TaskSpec, check_seed, make_task,
-                   register, task_names, unregister)
+from .base import (
+    PROBE_TASKS,
+    REGISTRY,
+    BuiltinTask,
+    ProbeTask,
+    TaskOptions,
+    TaskSpec,
+    check_seed,
+    make_task,
+    register,
+    task_names,
+    unregister,
+)
 
 # one module per task family; importing them in this order registers their names in this order,
 # which is TASK_NAMES' order (niah, then mqar, multihop, arith, then gsm8k, ppl)
@@ -30,8 +41,7 @@ for _family in FAMILIES:
     importlib.import_module(f"{__name__}.{_family}")
 
 from .builtin import GENERATORS  # noqa: E402
-from .gsm8k import (GSM8K_INSTRUCTION, Gsm8kTask, extract_final_number, gsm8k_gold, load_gsm8k,  # noqa: E402
-                    normalize_number, strip_thinking)
+from .gsm8k import GSM8K_INSTRUCTION, Gsm8kTask, extract_final_number, gsm8k_gold, load_gsm8k, normalize_number, strip_thinking  # noqa: E402
 from .niah import NiahTask  # noqa: E402
 from .ppl import PerplexityTask  # noqa: E402
 

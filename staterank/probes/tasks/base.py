@@ -11,8 +11,9 @@ order of ``TASK_NAMES`` (``staterank ls``, ``--tasks`` help, the unknown-name er
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...errors import UserError
 from ...tasks import EVAL_SEED_BASE, Item, get_task

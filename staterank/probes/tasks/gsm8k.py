@@ -76,7 +76,8 @@ def gsm8k_gold(answer_field: str) -> str:
 def load_gsm8k(split: str = "test", data_dir=None) -> list[dict]:
     """GSM8K records {question, answer}: ``<data>/gsm8k/<split>.jsonl`` if present, else the HF
     dataset ``openai/gsm8k`` (``datasets`` is imported only then)."""
-    from ...data import check_given, data_dir as resolve, read_gsm8k
+    from ...data import check_given, read_gsm8k
+    from ...data import data_dir as resolve
 
     check_given(data_dir)
     root = resolve(data_dir, required=False)
