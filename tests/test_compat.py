@@ -136,3 +136,22 @@ def test_a_future_rule_call_is_one_line_and_leaves_no_run_folder(change, tmp_pat
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "is not supported" in lines[0] and "tested with transformers" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_packed_batch_is_refused_in_one_line():
+    """A packed batch (cu_seq_lens_q, as DataCollatorWithFlattening makes) reaches the rule as
+    cu_seqlens from transformers 5.25: the capture replays one sequence per row, so it refuses it in
+    one line instead of mixing sequences (transformers' own torch path raises a ValueError there)."""
+    model = tiny_model("qwen3_next")
+    ids = _ids(8)
+    packed = dict(cu_seq_lens_q=torch.tensor([0, 4, 8]), cu_seq_lens_k=torch.tensor([0, 4, 8]),
+                  max_length_q=4, max_length_k=4)
+    try:
+        with torch.no_grad():
+            model(ids, **packed)
+        pytest.skip("this transformers does not pass cu_seqlens to the delta rule")
+    except ValueError as e:
+        assert "packed sequences" in str(e)
+    with pytest.raises(UserError, match="packed sequences") as e, torch.no_grad(), capture(model):
+        model(ids, **packed)
+    assert "\n" not in str(e.value)
