@@ -10,11 +10,8 @@ saturate and some stay low rank; (b) if the builtin model folder exists, its cap
 For each block of tokens the same states go to the engine (``spectra.threshold_rank`` with the token
 counts, one batched call) and to the baseline (``torch.linalg.svdvals`` in fp64, one call per token
 over all heads), alternately, so machine load hits both alike. ``spectrum_stats`` (all six stats)
-is timed too, and so is the fp64 Gram product alone: the floor of any Gram-based engine; each run
-prints its own ``current engine: speedup=...`` line. Then (issue #20) the incremental engine
-``spectra_stream.IncrementalRanks`` on the same synthetic states, fed the rule's k, w, decay, at
-ε = 1e-3, --eps, 1e-6, alternating with per-token fp64 svdvals block by block. The last line is
-``speedup=<x> mismatches=<n>`` of the incremental engine at --eps on the synthetic layer.
+is timed too, and so is the fp64 Gram product alone: the floor of any Gram-based engine. The last
+line is ``speedup=<x> mismatches=<n>`` (threshold-rank engine, all states).
 Shapes: T tokens, H heads, K key dim, V value dim.
 """
 
@@ -30,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from staterank import spectra, spectra_stream  # noqa: E402
+from staterank import spectra  # noqa: E402
 
 
 class Timer:
@@ -58,10 +55,8 @@ def baseline_ranks(S: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.stack(out)
 
 
-def gdn_blocks(T: int, H: int, K: int, V: int, block: int, device: torch.device, seed: int, rule=None):
-    """Yield (t [n], states [n, H, K, V] fp32) for consecutive blocks of n <= block tokens; with
-    ``rule`` a list, also append the block's rule inputs (k [n, H, K], w [n, H, V], decay [n, H])
-    to it (S_t = decay_t S_{t-1} + k_t w_tᵀ, up to the fp32 rounding of the rule)."""
+def gdn_blocks(T: int, H: int, K: int, V: int, block: int, device: torch.device, seed: int):
+    """Yield (t [n], states [n, H, K, V] fp32) for consecutive blocks of n <= block tokens."""
     g = torch.Generator().manual_seed(seed)
     # per-head memory (tokens until the decay reaches e^-1), log-uniform: low-rank to saturating heads
     mem = torch.exp(torch.empty(H).uniform_(math.log(3), math.log(3000), generator=g))
@@ -74,7 +69,6 @@ def gdn_blocks(T: int, H: int, K: int, V: int, block: int, device: torch.device,
     while t < T:
         n = min(block, T - t)
         out = torch.empty(n, H, K, V, device=device)
-        ks, ws, ds = torch.empty(n, H, K), torch.empty(n, H, V), torch.empty(n, H)
         for i in range(n):
             k = torch.einsum("hij,hj->hi", rot, torch.randn(H, K, generator=g).to(device) * kscale)
             k = k / k.norm(dim=-1, keepdim=True)
@@ -85,9 +79,6 @@ def gdn_blocks(T: int, H: int, K: int, V: int, block: int, device: torch.device,
             u = beta[:, None] * (v - torch.einsum("hkv,hk->hv", S, k))
             S = S + k[:, :, None] * u[:, None, :]
             out[i] = S
-            ks[i], ws[i], ds[i] = k.cpu(), u.cpu(), gt.exp().cpu()
-        if rule is not None:
-            rule.append((ks, ws, ds))
         yield torch.arange(t + 1, t + n + 1, device=device), out
         t += n
 
@@ -119,42 +110,6 @@ def builtin_blocks(tokens: int, block: int, device: torch.device, folder: str | 
 def gram(S: torch.Tensor) -> torch.Tensor:
     Sd = S.to(torch.float64)
     return Sd.mT @ Sd
-
-
-def svd_sigma(S: torch.Tensor) -> torch.Tensor:
-    """Per-token fp64 svdvals: S [T, H, K, V] -> σ [T, H, N] (the baseline: counted per ε after)."""
-    return torch.stack([torch.linalg.svdvals(s.to(torch.float64)) for s in S])
-
-
-def run_stream(name: str, blocks, rule: list, eps_list, device: torch.device):
-    """Issue #20: IncrementalRanks at each ε vs per-token fp64 svdvals, alternating per block."""
-    base = Timer(device)
-    engs = {e: (Timer(device), spectra_stream.IncrementalRanks(e)) for e in eps_list}
-    mism = dict.fromkeys(eps_list, 0)
-    n = 0
-    for i, (_t, S) in enumerate(blocks):
-        k, w, d = rule[i]
-        order = list(eps_list) if i % 2 else [None, *eps_list]
-        out, sig = {}, None
-        for e in order:
-            if e is None:
-                sig = base(svd_sigma, S)
-            else:
-                out[e] = engs[e][0](engs[e][1].feed, S, k, w, d)
-        if sig is None:
-            sig = base(svd_sigma, S)
-        for e in eps_list:
-            mism[e] += int((out[e] != (sig > e * sig[..., :1]).sum(-1)).sum())
-        n += S.shape[0] * S.shape[1]
-    res = {}
-    for e in eps_list:
-        tm, eng = engs[e]
-        res[e] = (base.total / tm.total, mism[e])
-        print(f"[{name}] incremental engine (#20) eps {e:g}: {n} states, per-token fp64 svdvals {base.total:.2f} s, "
-              f"incremental {tm.total:.2f} s -> {base.total / tm.total:.2f}x, mismatches {mism[e]}, "
-              f"svdvals fallbacks {eng.fallbacks} ({100 * eng.fallbacks / max(1, eng.states_seen):.1f}%), "
-              f"Gram re-forms {eng.reforms}")
-    return res
 
 
 def run(name: str, blocks, eps: float, threads: int, device: torch.device, stats: bool):
@@ -204,7 +159,6 @@ def main(argv=None) -> int:
     p.add_argument("--builtin-tokens", type=int, default=256, help="tokens for the builtin model (0: skip)")
     p.add_argument("--model", default=None, help="model folder for (b) (default: the builtin one)")
     p.add_argument("--no-stats", action="store_true", help="do not time spectrum_stats")
-    p.add_argument("--no-current", action="store_true", help="skip the current engine on the synthetic layer")
     p.add_argument("--gpu-eig", default="auto", choices=["auto", "host", "device", "magma"],
                    help="cuda: where the engine eigensolves Grams: auto (the engine's default: the faster of the "
                         "two on a sample), the host's --threads CPU workers, the GPU (torch's cuSOLVER), or the GPU "
@@ -224,14 +178,8 @@ def main(argv=None) -> int:
           f"{'gpu eigensolves ' + a.gpu_eig + ', ' if a.device == 'cuda' else ''}"
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
 
-    if not a.no_current:
-        b, e, m = run("gdn-synthetic", gdn_blocks(a.tokens, a.heads, a.dim, a.dim, a.block, device, a.seed),
-                      a.eps, a.threads, device, not a.no_stats)
-        print(f"[gdn-synthetic] current engine (spectra.threshold_rank): speedup={b / e:.2f} mismatches={m}")
-    eps_list = sorted({1e-3, a.eps, 1e-6}, reverse=True)
-    rule: list = []
-    res = run_stream("gdn-synthetic", gdn_blocks(a.tokens, a.heads, a.dim, a.dim, a.block, device, a.seed, rule),
-                     rule, eps_list, device)
+    b, e, m = run("gdn-synthetic", gdn_blocks(a.tokens, a.heads, a.dim, a.dim, a.block, device, a.seed),
+                  a.eps, a.threads, device, not a.no_stats)
     if a.builtin_tokens > 0:
         try:
             blocks = list(builtin_blocks(a.builtin_tokens, a.block, device, a.model))
@@ -239,12 +187,11 @@ def main(argv=None) -> int:
             print(f"[builtin] skipped: {type(ex).__name__}: {str(ex).strip().splitlines()[0] if str(ex).strip() else ''}")
         else:
             b2, e2, m2 = run("builtin", blocks, a.eps, a.threads, device, not a.no_stats)
-            print(f"[builtin] current engine: speedup={b2 / e2:.2f} mismatches={m2}")
+            b, e, m = b + b2, e + e2, m + m2
     if spectra._PLACE_CACHE:
         print("auto placement of eigensolves (device, N, workers) -> on host: "
               + ", ".join(f"{k}: {v}" for k, v in spectra._PLACE_CACHE.items()))
-    x, m = res[a.eps]
-    print(f"speedup={x:.2f} mismatches={m}")
+    print(f"speedup={b / e:.2f} mismatches={m}")
     return 0
 
 
