@@ -25,15 +25,16 @@ zero-ablated, ``after`` the pruned model as reloaded from ``model/`` (or pruned 
 Sweep (:func:`run_sweep`): α × fraction with per-layer or global ranking, every point evaluated
 zero-ablated; the linear recurrent state after pruning is measured once on the original and scaled
 by kept/total heads, which the surgery tests show is exact (state is [B, H_v, K, V]).
+
+Modules: config.py (PruneConfig, SweepConfig), calibrate.py (per-head statistics), evaluate.py
+(task items, cached accuracies), controls.py (random controls); this module alone owns the run
+folder and re-exports their public names.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,182 +43,25 @@ import torch
 from .. import runio
 from ..errors import UserError, VerificationFailed
 from ..models import Loaded, weights_fingerprint
-from ..stratify import HeadStats
 from ..tasks import items_digest
+from .calibrate import calibrate, calibration_contexts
+from .config import PruneConfig, SweepConfig
+from .controls import _summ, control_notes, control_plans
+from .evaluate import _plan_key, accuracy, task_items
 from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
 from .plan import Plan, make_plan
 from .scores import Budget, get_method, select
 from .surgery import prune_heads
 
+# The pieces live in their own modules (config, calibrate, evaluate, controls) and are re-exported
+# here, where callers and tests import them. prune_heads is looked up in this module at call time:
+# tests patch staterank.prune.run.prune_heads to plant a surgery bug.
+__all__ = ["CheckFailed", "PruneConfig", "SweepConfig", "run_prune", "run_sweep", "calibrate",
+           "calibration_contexts", "task_items", "accuracy", "control_plans", "control_notes", "prune_heads"]
+
 
 class CheckFailed(VerificationFailed):
     """The pruned model does not reproduce the masked model (a surgery bug): results are kept."""
-
-
-@dataclass
-class PruneConfig:
-    method: str = "jrnp"
-    alpha: float = 0.5
-    fraction: float | None = 0.389  # exactly one of fraction / count / bytes
-    count: int | None = None
-    bytes: int | None = None
-    ranking: str = "global"
-    calib_suite: str = "natural"
-    calib_tokens: int = 512
-    calib_stride: int = 8  # positions measured for the time-mean rank r̄ (every 8th token)
-    tasks: tuple[str, ...] = ("mqar", "niah")
-    eval_n: int = 100
-    eval_seed: int = 10**9  # held-out evaluation seeds (tasks.EVAL_SEED_BASE)
-    max_new_tokens: int = 8
-    random_seeds: int = 5
-    state_context: int = 2048
-    state_batch: int = 1
-    decode_tokens: int = 32
-    export: bool = True
-    check_tol: float = 1e-4  # absolute floor; the check allows max(this, 3e-5 (fp32) or 1e-2 (half) x max |logit|)
-    seed: int = 0
-    plan_file: str | None = None  # apply this plan instead of scoring
-    data_dir: str | None = None  # calibration data (default: $STATERANK_DATA, else the data bundled with staterank)
-
-    def budget(self) -> Budget:
-        given = [(k, v) for k, v in (("fraction", self.fraction), ("count", self.count), ("bytes", self.bytes))
-                 if v is not None]
-        if len(given) != 1:
-            raise UserError("give exactly one of --fraction, --count, --bytes")
-        return Budget(*given[0])
-
-    def validate(self) -> None:
-        from ..contexts import SUITES
-
-        self.budget()
-        if not self.plan_file:  # a given plan names its own method
-            get_method(self.method, alpha=self.alpha, seed=self.seed)
-        if self.calib_suite not in SUITES:
-            raise UserError(f"unknown calibration suite {self.calib_suite!r}; choose one of {', '.join(SUITES)}")
-        if self.ranking not in ("global", "per_layer"):
-            raise UserError(f"unknown ranking {self.ranking!r}; choose global or per_layer")
-        if self.eval_n < 1 or self.random_seeds < 0 or self.state_context < 1 or self.state_batch < 1:
-            raise UserError("eval_n, state_context, state_batch must be >= 1 and random_seeds >= 0")
-        from ..tasks import get_task
-
-        for t in self.tasks:
-            get_task(t)
-
-
-# ---- pieces ---------------------------------------------------------------------------------------
-def calibration_contexts(loaded: Loaded, cfg: PruneConfig) -> list:
-    """The calibration suite's contexts (a bad suite name or data folder fails here, cheaply)."""
-    from ..contexts import suite
-
-    return suite(cfg.calib_suite, tokens=cfg.calib_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
-
-
-def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
-              progress: bool = False, ctx: list | None = None) -> tuple[HeadStats, np.ndarray, dict]:
-    """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run),
-    the state bytes of one head per layer [L] (K·V·4), and a JSON-able description."""
-    from ..analyze import analyze
-    from ..capture import Schedule
-    from ..contexts import suite_hash
-    from ..stratify import default_positions, head_stats
-
-    ctx = ctx if ctx is not None else calibration_contexts(loaded, cfg)
-    dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
-                  # the positions stratify takes its time mean over (from t = 1), so r̄ means the same
-                  schedule=Schedule(positions=default_positions(cfg.calib_tokens, cfg.calib_stride)),
-                  seed=cfg.seed, out=out, progress=progress)
-    stats = head_stats(dyn.arrays())
-    head_bytes = np.array([l.layout.k * l.layout.v * 4 for l in loaded.adapter.linear_layers(loaded.model)])
-    info = {"suite": cfg.calib_suite, "contexts": [c.name for c in ctx], "suite_hash": suite_hash(ctx),
-            "tokens": cfg.calib_tokens, "stride": cfg.calib_stride, "r_bar": "time mean (stratify.head_stats)",
-            "d": stats.bound.tolist()}
-    return stats, head_bytes, info
-
-
-def task_items(tasks, n: int, seed: int, tokenizer) -> dict[str, list]:
-    from ..tasks import get_task
-
-    out = {}
-    for name in tasks:
-        t = get_task(name)
-        params = dict(t.default_params)
-        if "tokenizer" in inspect.signature(t.generate).parameters:
-            params["tokenizer"] = tokenizer
-        out[name] = t.generate(n, seed, **params)
-    return out
-
-
-def _plan_key(plan: Plan | None) -> str:
-    if plan is None or not plan.removed:
-        return "none"
-    return hashlib.sha256(json.dumps(sorted(plan.removed)).encode()).hexdigest()[:12]
-
-
-def accuracy(model, tokenizer, items: dict[str, list], path: Path | None, cfg: PruneConfig,
-             plan: Plan | None = None) -> dict:
-    """{task: {acc, lo, hi, n, k}} of ``model`` (zero-ablated by ``plan`` if given); cached at ``path``."""
-    from ..tasks.evaluate import accuracy_ci, evaluate
-
-    if path is not None and path.exists():
-        return runio.read_json(path)["accuracy"]
-    res, rows_all = {}, {}
-    for name, its in items.items():
-        if plan is not None and plan.removed:
-            with masked(model, plan):
-                rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
-        else:
-            rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
-        acc, lo, hi = accuracy_ci([r["correct"] for r in rows])
-        res[name] = {"acc": acc, "lo": lo, "hi": hi, "n": len(rows), "k": sum(r["correct"] for r in rows)}
-        rows_all[name] = rows
-    if path is not None:
-        runio.write_json(path, {"accuracy": res, "rows": rows_all})
-    return res
-
-
-def control_plans(loaded: Loaded, stats: HeadStats, head_bytes: np.ndarray, plan: Plan,
-                  cfg: PruneConfig) -> dict[str, list[Plan]]:
-    """Random controls for ``plan`` (issue #9), one per seed, each matched to what the plan
-    actually removed (not to the budget asked for: a ``--plan`` file has its own):
-    count_matched — as many heads, anywhere; layer_matched — as many in each layer;
-    byte_matched — at least as many recurrent-state bytes, anywhere. Each kind draws from its own
-    seed stream, so two kinds never share a random plan by construction."""
-    kinds = {
-        "count_matched": Budget("count", len(plan.removed)),
-        "layer_matched": Budget("layer_counts", tuple(plan.counts())),
-        "byte_matched": Budget("bytes", plan.removed_state_bytes()),
-    }
-    out: dict[str, list[Plan]] = {}
-    for k, (kind, b) in enumerate(kinds.items()):
-        out[kind] = []
-        for s in range(cfg.random_seeds):
-            seed = 1000 + 100_000 * k + s
-            sc = get_method("random", seed=seed)
-            out[kind].append(make_plan(loaded.model, sc.select(stats, b, "global", head_bytes), model_id=loaded.spec,
-                                       method="random", params={"seed": seed, "control": kind},
-                                       ranking="global", budget=b.to_dict(), scores=sc.score(stats),
-                                       calibration=plan.calibration))
-    return out
-
-
-def control_notes(head_bytes: np.ndarray, plan: Plan) -> list[str]:
-    """Where two controls draw from the same distribution (so they are one control, twice)."""
-    notes = []
-    if np.ptp(np.asarray(head_bytes, dtype=float)) == 0:
-        notes.append("byte_matched draws like count_matched: every value head holds the same state bytes")
-    if len(plan.counts()) == 1:
-        notes.append("layer_matched draws like count_matched: the model has one linear-attention layer")
-    return notes
-
-
-def _summ(accs: list[dict]) -> dict:
-    """Mean and std over control seeds, per task."""
-    out = {}
-    for t in accs[0] if accs else {}:
-        v = np.array([a[t]["acc"] for a in accs])
-        out[t] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n_seeds": len(v),
-                  "per_seed": v.tolist()}
-    return out
 
 
 def _model_dtype(model) -> torch.dtype:
@@ -358,14 +202,6 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
 
 
 # ---- sweep ----------------------------------------------------------------------------------------
-@dataclass
-class SweepConfig:
-    base: PruneConfig = field(default_factory=PruneConfig)
-    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    fractions: tuple[float, ...] = (0.125, 0.25, 0.389, 0.5)
-    methods_extra: tuple[str, ...] = ("inverse",)  # plotted beside JRNP at α = base.alpha
-
-
 def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool = False) -> dict:
     """α × fraction grid, zero-ablated, with count-matched random controls at every fraction.
 
