@@ -12,11 +12,8 @@ never overwritten.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import yaml
 
 from . import runio
+from .configtypes import coerce, field_types, unwrap_optional
 from .data import check_given, read_user_text
 from .errors import UserError
 
@@ -88,7 +86,7 @@ class RunConfig:
         field's type (a list field also takes one string, comma-separated); then ``validate``."""
         d = dict(d or {})
         kw: dict[str, Any] = {}
-        hints = _hints(cls)
+        hints = field_types(cls)
         for k, v in d.items():
             if k not in hints:
                 raise UserError(f"unknown config key {k!r}; known: {', '.join(sorted(hints))}")
@@ -97,13 +95,13 @@ class RunConfig:
                     v = {}
                 if not isinstance(v, dict):
                     raise UserError(f"config section {k!r} must be a mapping")
-                sub = _hints(_SECTIONS[k])
+                sub = field_types(_SECTIONS[k])
                 bad = [x for x in v if x not in sub]
                 if bad:
                     raise UserError(f"unknown key {k}.{bad[0]}; known: {', '.join(sorted(sub))}")
-                kw[k] = _SECTIONS[k](**{x: _coerce(f"{k}.{x}", y, sub[x]) for x, y in v.items()})
+                kw[k] = _SECTIONS[k](**{x: coerce(f"{k}.{x}", y, sub[x]) for x, y in v.items()})
             else:
-                kw[k] = _coerce(k, v, hints[k])
+                kw[k] = coerce(k, v, hints[k])
         cfg = cls(**kw)
         cfg.validate()
         return cfg
@@ -223,12 +221,6 @@ class RunConfig:
 _SECTIONS = {"stratify": StratifySection, "probe": ProbeSection, "prune": PruneSection}
 
 
-def _hints(cls) -> dict[str, Any]:
-    """field name -> resolved type, for a config dataclass."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -237,27 +229,8 @@ def _is_str_field(key: str) -> bool:
     """Whether dotted ``key`` names a (possibly optional) str field."""
     *parents, leaf = key.split(".")
     cls = RunConfig if not parents else _SECTIONS.get(parents[0]) if len(parents) == 1 else None
-    tp = _hints(cls).get(leaf) if cls is not None else None
-    return tp is not None and _unwrap(tp)[0] is str
-
-
-def _unwrap(tp) -> tuple[Any, bool]:
-    """(type without None, whether None is allowed)."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], len(args) < len(typing.get_args(tp))
-    return tp, False
-
-
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-_LIST_NAMES = {int: "a list of integers", float: "a list of numbers", bool: "a list of true/false",
-               str: "a list of names"}
-_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-class _Bad(Exception):
-    pass
+    tp = field_types(cls).get(leaf) if cls is not None else None
+    return tp is not None and unwrap_optional(tp)[0] is str
 
 
 def _at(section: str, check) -> None:
@@ -266,74 +239,6 @@ def _at(section: str, check) -> None:
         check()
     except UserError as e:
         raise UserError(f"{section}: {e}") from None
-
-
-def _scalar(v, tp):
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, int) and v in (0, 1):
-            return bool(v)
-        if isinstance(v, str) and v.strip().lower() in _BOOLS:
-            return _BOOLS[v.strip().lower()]
-        raise _Bad
-    if isinstance(v, bool):  # YAML's yes/no/true/false are not numbers or names
-        raise _Bad
-    if tp is int:
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str):
-            try:
-                return int(v.strip())
-            except ValueError:
-                pass
-            try:  # YAML reads 1e3 (no dot) as a string
-                f = float(v.strip())
-            except ValueError:
-                raise _Bad from None
-            if f.is_integer():
-                return int(f)
-        raise _Bad
-    if tp is float:
-        if isinstance(v, (int, float)):
-            return v  # an int stays an int: the saved config (and its hash) is what was given
-        if isinstance(v, str):
-            try:
-                return float(v.strip())
-            except ValueError:
-                raise _Bad from None
-        raise _Bad
-    if tp is str:
-        if isinstance(v, str):
-            return v
-        if isinstance(v, (int, float)):
-            return str(v)
-        raise _Bad
-    raise TypeError(f"no coercion for {tp}")  # a field type this module does not handle: a bug here
-
-
-def _coerce(key: str, v, tp):
-    """``v`` as field type ``tp``, or a one-line UserError naming ``key`` and the type expected."""
-    tp, optional = _unwrap(tp)
-    is_list = typing.get_origin(tp) in (list, tuple)
-    item = typing.get_args(tp)[0] if is_list else tp
-    want = (_LIST_NAMES[item] + " (or one comma-separated string)") if is_list else _NAMES[tp]
-    if v is None:
-        if optional:
-            return None
-        raise UserError(f"{key} must be {want}, got nothing (null)")
-    try:
-        if not is_list:
-            return _scalar(v, tp)
-        if isinstance(v, str):  # probe.tasks=niah or niah,mqar: names, not letters
-            return [_scalar(x.strip(), item) for x in v.split(",") if x.strip()]
-        return [_scalar(x, item) for x in (v if isinstance(v, (list, tuple)) else [v])]
-    except _Bad:
-        shown = repr(v)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise UserError(f"{key} must be {want}{' (or null)' if optional else ''}, got {shown}") from None
 
 
 def _say(msg: str) -> None:
