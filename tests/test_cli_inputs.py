@@ -30,6 +30,15 @@ def main(argv) -> int:
     (["prune", "--fractions", "0.2"], "grid of --sweep"),
     (["stratify", "--threshold", "0.5"], "only with --rule threshold"),
     (["stratify", "--max-tokens", "1"], ">= 2"),
+    # issue #22
+    (["analyze", "--prompt", "hi", "--max-state-mb", "1e308"], "2**30"),
+    (["analyze", "--prompt", "hi", "--seed", str(2**64)], "2**63"),
+    (["prune", "--fraction", "0"], "(0, 1)"),
+    (["prune", "--count", "0"], ">= 1"),
+    (["prune", "--bytes", "0"], ">= 1"),
+    (["prune", "--alphas", "0,nan", "--sweep"], "finite"),
+    (["probe", "--single-limit", "5"], "only with --single-head"),
+    (["stratify", "--no-init", "--init-gates", "fla"], "with --no-init"),
 ])
 def test_bad_option_is_one_line_and_leaves_no_folder(argv, says, tmp_path, capsys):
     out = tmp_path / "run"
@@ -114,24 +123,6 @@ def test_every_numeric_option_refuses_edge_values_while_parsing():
             assert (flag, v) in _DOCUMENTED, f"{cmd} {flag} {v} is accepted"
         seen += 1
     assert seen >= 30  # the walk found the options (analyze, stratify, probe, prune, run)
-
-
-@pytest.mark.parametrize("argv,says", [
-    (["analyze", "--prompt", "hi", "--max-state-mb", "1e308"], "2**30"),
-    (["analyze", "--prompt", "hi", "--seed", str(2**64)], "2**63"),
-    (["prune", "--fraction", "0"], "(0, 1)"),
-    (["prune", "--count", "0"], ">= 1"),
-    (["prune", "--bytes", "0"], ">= 1"),
-    (["prune", "--alphas", "0,nan", "--sweep"], "finite"),
-    (["probe", "--single-limit", "5"], "only with --single-head"),
-    (["stratify", "--no-init", "--init-gates", "fla"], "with --no-init"),
-])
-def test_issue_22_inputs_are_one_line_and_leave_no_folder(argv, says, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(argv + ["--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert says in err and len(err.splitlines()) == 1, err
-    assert not out.exists()
 
 
 def test_directories_and_binary_files_are_named_for_what_they_are(tmp_path, capsys):
