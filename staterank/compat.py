@@ -63,9 +63,11 @@ def selftest(model_type: str) -> None:
     try:
         from transformers import AutoModelForCausalLM
 
+        from .kernel_binding import reference_kernels
         from .models import cache_kwarg, output_cache
 
-        with torch.random.fork_rng(devices=[]):
+        # the tiny model runs on CPU: GPU-only kernels (fla, bound at import before 5.25) step aside
+        with torch.random.fork_rng(devices=[]), reference_kernels(adapter.module):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
             ids = torch.randint(3, 90, (1, 6))

@@ -8,7 +8,9 @@ the module global is what the layers call, so re-binding that global switches ev
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -57,6 +59,18 @@ def bind_reference_kernels(module: ModuleType, cpu: bool) -> list[str]:
             setattr(module, name, _BOUND_KERNELS.pop(key))
             changed.append(name)
     return changed
+
+
+@contextlib.contextmanager
+def reference_kernels(module: ModuleType) -> Iterator[None]:
+    """Inside the block, ``module``'s kernel-bound functions are their PyTorch references (for a
+    CPU run while a GPU kernel is bound); afterwards exactly those are put back."""
+    changed = bind_reference_kernels(module, cpu=True)
+    try:
+        yield
+    finally:
+        for name in changed:
+            setattr(module, name, _BOUND_KERNELS.pop((module.__name__, name)))
 
 
 def gpu_kernels_importable() -> bool:

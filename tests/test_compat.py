@@ -155,3 +155,36 @@ def test_a_packed_batch_is_refused_in_one_line():
     with pytest.raises(UserError, match="packed sequences") as e, torch.no_grad(), capture(model):
         model(ids, **packed)
     assert "\n" not in str(e.value)
+
+
+def test_selftest_runs_on_cpu_while_a_gpu_kernel_is_bound(monkeypatch):
+    """On a GPU machine with fla, transformers binds fla's kernel at import (before 5.25 for every
+    device): the self-test's tiny CPU model must use the PyTorch reference, and leave the kernel
+    bound afterwards for the real model."""
+    import types
+
+    from transformers.integrations.hub_kernels import use_kernel_func_from_hub_with_fallback
+
+    from staterank import kernel_binding as kb
+
+    def torch_function(fn):
+        if isinstance(fn, torch.nn.Module):  # 5.25: a kernels Func module around the wrapper
+            fn = kb._closure(type(fn).forward)["func"]
+        return kb._closure(fn).get("torch_function", fn)
+
+    def gpu_only(*a, **kw):
+        raise RuntimeError("0 active drivers")
+
+    fake = types.ModuleType("fake_gpu_pkg")
+    fake.chunk_gated_delta_rule = gpu_only
+    monkeypatch.setitem(sys.modules, "fake_gpu_pkg", fake)
+    ad = get_adapter("qwen3_next")
+    ref = torch_function(getattr(ad.module, ad.chunk_rule))
+    bound = use_kernel_func_from_hub_with_fallback("chunk_gated_delta_rule", "fake_gpu_pkg")(ref)
+    monkeypatch.setattr(ad.module, ad.chunk_rule, bound)
+    compat.selftest.cache_clear()
+    try:
+        compat.selftest("qwen3_next")
+    finally:
+        compat.selftest.cache_clear()
+    assert getattr(ad.module, ad.chunk_rule) is bound
