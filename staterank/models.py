@@ -186,6 +186,8 @@ def _summary(model: nn.Module, adapter: Adapter, cfg: Any, dtype: torch.dtype, d
         "state_bytes_per_sequence": sum(l.layout.state_bytes() for l in layers),
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
+        # as saved, before loading cast it: what an export of this model should be written in
+        "checkpoint_dtype": str(getattr(cfg, "dtype", None) or dtype).removeprefix("torch."),
         "device": str(device),
     }
 

@@ -357,3 +357,16 @@ def test_stratify_claims_spearman_interval_is_bonferroni_adjusted_over_layers():
     assert row["verdict"] == "inconclusive" and "layer 9 " in row["why"], row["why"]
     assert row["ours"]["per_layer"][4] == pytest.approx([x.mean(), x.mean() - tbon, min(x.mean() + tbon, 1.0)])
     assert row["ours"]["ci"][0] == pytest.approx(x.mean() - tbon)
+
+
+def test_the_papers_niah_number_is_not_claimed_for_other_tasks():
+    """Issue #24: the paper's NIAH numbers stood in the MQAR and multihop rows as if measured there."""
+    from staterank.probes.run import verdicts
+
+    for task, paper in (("niah", "NIAH 93.8 → 46.9"), ("mqar", "not measured for mqar (the paper's")):
+        pj = _probe_json(0.9, 0.3, 0.85, 0.8, 1e-4, 1e-4)
+        for r in pj["rows"] + pj["comparisons"]:
+            r["task"] = task
+        pj["verdicts"] = verdicts(pj, [task])
+        (row,) = [r for r in C.probe_claims(pj) if not r.get("informational")]
+        assert row["paper"].startswith(paper), row["paper"]

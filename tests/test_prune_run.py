@@ -280,3 +280,37 @@ def test_cli_sweep_grid_and_defaults(tmp_path, monkeypatch):
     assert main(common + ["--out", str(tmp_path / "sw2")]) == 0
     assert seen[0].alphas == SweepConfig().alphas and seen[0].fractions == SweepConfig().fractions
     assert seen[0].base.alpha == PruneConfig().alpha and seen[0].base.method == PruneConfig().method
+
+
+def test_a_bf16_checkpoint_pruned_on_cpu_exports_in_bf16_with_a_card(tmp_path, capsys):
+    """Issue #21: the export keeps the checkpoint's dtype (the CPU computes in fp32), reloads equal to
+    the masked model within the half-precision tolerance, carries a model card, and a tokenizer
+    config a serving stack can use; --export-dtype overrides the dtype."""
+    from safetensors import safe_open
+
+    loaded = _loaded("qwen3_next", h_k=2, h_v=8)
+    loaded.model.to(torch.bfloat16).save_pretrained(tmp_path / "src")
+    loaded.tokenizer.save_pretrained(tmp_path / "src")
+    args = ["prune", "--model", str(tmp_path / "src"), "--fraction", "0.25", "--ranking", "per_layer",
+            "--calib-tokens", "48", "--eval", "mqar", "--eval-n", "2", "--random-seeds", "1",
+            "--state-context", "16", "--decode-tokens", "2", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    model_dir = tmp_path / "run" / "model"
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    r = read_json(tmp_path / "run" / "prune.json")
+    assert r["export"]["dtype"] == "bfloat16" and r["state_measured_at"]["dtype"] == "torch.float32"
+    scale = float(np.abs(np.load(tmp_path / "run" / "masked_logits.npz")["logits"]).max())
+    # bf16 weights computed in fp32 and written back in bf16: exact, so the fp32 tolerance applies
+    assert r["check"]["max_abs_logit_diff_vs_masked"] == 0 and r["check"]["tolerance"] == pytest.approx(max(1e-4, 3e-5 * scale))
+    card = (model_dir / "README.md").read_text()
+    assert "value heads removed" in card and "AutoModelForCausalLM.from_pretrained" in card
+    assert f"| mqar | {r['accuracy']['before']['mqar']['acc']:.3f} |" in card
+    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in tok_cfg and tok_cfg["padding_side"] == "left"
+    assert main(args + ["--export-dtype", "float32", "--out", str(tmp_path / "run32")]) == 0
+    with safe_open(str(tmp_path / "run32" / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    assert main(args + ["--export-dtype", "float16", "--out", str(tmp_path / "run16")]) == 0  # rounds: half tolerance
+    r16 = read_json(tmp_path / "run16" / "prune.json")
+    assert r16["check"]["passed"] and r16["check"]["tolerance"] == pytest.approx(max(1e-4, 1e-2 * scale))

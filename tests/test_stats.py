@@ -183,3 +183,13 @@ def test_report_layer_grid_hides_unused_panels():
     assert [a.get_ylabel() for a in panels] == ["rank", "", "", "", "rank", ""]
     assert [a.get_xlabel() for a in panels] == ["", "", "", "", "token t", "token t"]
     plt.close(fig)
+
+
+def test_report_text_for_one_seed_and_plurals():
+    """Issue #24 text slips: '1 seeds' and '± 0.000' for a single seed."""
+    from staterank.report.common import plural
+    from staterank.report.prune import _mean_std
+
+    assert plural(1, "seed") == "1 seed" and plural(5, "seed") == "5 seeds"
+    assert _mean_std({"mean": 0.5, "std": 0.0, "n_seeds": 1}) == "0.500 (1 seed: no spread)"
+    assert _mean_std({"mean": 0.5, "std": 0.1, "n_seeds": 3}) == "0.500 ± 0.100 (3 seeds)"

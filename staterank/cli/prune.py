@@ -45,11 +45,13 @@ def command(args) -> int:
         tasks=tuple(names(args.eval)), eval_n=args.eval_n,
         random_seeds=args.random_seeds, state_context=args.state_context, state_batch=args.state_batch,
         decode_tokens=args.decode_tokens, export=not args.no_export, seed=args.seed, plan_file=args.plan,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, export_dtype=args.export_dtype,
     )
+    if args.no_export and args.export_dtype is not None:
+        raise UserError("--export-dtype sets the exported checkpoint's dtype; with --no-export there is none")
     if args.sweep:
         # the grid is JRNP over --alphas x --fractions (+ inverse JRNP at --alpha, + random), not exported
-        moot = given(args, "method", "fraction", "count", "bytes", "no_export")
+        moot = given(args, "method", "fraction", "count", "bytes", "no_export", "export_dtype")
         if moot:
             raise UserError(f"--sweep scores JRNP over --alphas x --fractions; {', '.join(moot)} do(es) not apply")
         d_sweep = SweepConfig()
@@ -80,6 +82,7 @@ def command(args) -> int:
 
 
 def add(sub) -> None:
+    from ..prune.config import EXPORT_DTYPES
     from ..prune.scores import METHODS
 
     p = add_parser(
@@ -109,6 +112,8 @@ def add(sub) -> None:
     p.add_argument("--state-batch", type=POS, default=1, help="batch size for state bytes (default 1)")
     p.add_argument("--decode-tokens", type=POS, default=32, help="tokens for the decode-speed measurement (default 32)")
     p.add_argument("--no-export", action="store_true", help="prune in memory only (any plan; no DIR/model/)")
+    p.add_argument("--export-dtype", default=None, choices=EXPORT_DTYPES,
+                   help="dtype of the exported checkpoint (default: the checkpoint's own, e.g. bf16 stays bf16 when pruned on CPU)")
     p.add_argument("--plan", default=None, help="apply this plan.json instead of scoring")
     p.add_argument("--sweep", action="store_true", help="sweep --alphas x --fractions (zero-ablated), Pareto plot")
     p.add_argument("--alphas", default=None, help="sweep: alphas (default 0,0.25,0.5,0.75,1)")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from .scores import Budget, get_method
 
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass
 class PruneConfig:
@@ -32,6 +34,7 @@ class PruneConfig:
     state_batch: int = 1
     decode_tokens: int = 32
     export: bool = True
+    export_dtype: str | None = None  # float32 | bfloat16 | float16; None: the checkpoint's own dtype
     check_tol: float = 1e-4  # absolute floor; the check allows max(this, 3e-5 (fp32) or 1e-2 (half) x max |logit|)
     seed: int = 0
     plan_file: str | None = None  # apply this plan instead of scoring
@@ -56,6 +59,8 @@ class PruneConfig:
             raise UserError(f"unknown ranking {self.ranking!r}; choose global or per_layer")
         if self.eval_n < 1 or self.random_seeds < 0 or self.state_context < 1 or self.state_batch < 1:
             raise UserError("eval_n, state_context, state_batch must be >= 1 and random_seeds >= 0")
+        if self.export_dtype is not None and self.export_dtype not in EXPORT_DTYPES:
+            raise UserError(f"unknown export dtype {self.export_dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
         from ..tasks import get_task
 
         for t in self.tasks:

@@ -18,6 +18,7 @@ Shapes: B batch, T tokens.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,12 +70,13 @@ def masked(model: nn.Module, plan: Plan) -> Iterator[None]:
         yield
 
 
-def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None) -> dict:
-    """Prune ``model`` IN PLACE by ``plan`` and save it with an updated config to ``out_dir``.
+def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> dict:
+    """Prune ``model`` IN PLACE by ``plan`` and save it with an updated config to ``out_dir``, in
+    ``dtype`` (the model is cast in place; default: as it is).
 
-    Returns {"path", "h_k", "h_v", "group", "key_heads_before", "key_heads_after" (all layers),
-    "key_heads_duplicated"}. The folder also gets the plan
-    (``prune_plan.json``) for provenance.
+    Returns {"path", "dtype", "h_k", "h_v", "group", "key_heads_before", "key_heads_after" (all
+    layers), "key_heads_duplicated"}. The folder also gets the plan (``prune_plan.json``) for
+    provenance, and the tokenizer as a serving stack wants it (``clean_tokenizer_config``).
     """
     plan.check_model(model)
     h_k, h_v, gp = export_shape(plan)
@@ -85,14 +87,63 @@ def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None) ->
     layouts = prune_heads(model, removed, group=gp)
     assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
     update_config(model, h_k, h_v)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        model.to(dtype)  # a bf16 checkpoint analysed in fp32 on a CPU is exported in bf16 again
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        clean_tokenizer_config(out)
     plan.save(out / "prune_plan.json")
     orig_keys = sum(lo[0] for lo in plan.facts["layouts"])
     kept_groups = sum(len(group_sizes(HeadLayout(*lo), removed[li])) for li, lo in zip(plan.layers, plan.facts["layouts"]))
-    return {"path": str(out), "h_k": h_k, "h_v": h_v, "group": gp, "key_heads_before": orig_keys,
+    return {"path": str(out), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "h_k": h_k, "h_v": h_v, "group": gp, "key_heads_before": orig_keys,
             "key_heads_after": h_k * len(layouts), "key_heads_duplicated": h_k * len(layouts) - kept_groups}
+
+
+def write_card(folder: Path, result: dict) -> None:
+    """The export's model card (README.md): what was removed and how, on what calibration, at what
+    measured cost, and how to load it, from the prune stage's own result (``prune.json``)."""
+    from ..runio import atomic_write_text
+
+    acc = result["accuracy"]
+    rows = [f"| {t} | {acc['before'][t]['acc']:.3f} | {acc['after'][t]['acc']:.3f} [{acc['after'][t]['lo']:.3f}, "
+            f"{acc['after'][t]['hi']:.3f}] | {acc['after'][t]['n']} |" for t in result["tasks"]["names"]]
+    saved = result["fraction_saved"]
+    cal = result.get("calibration") or {}
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"
+    lines = [
+        "---", "library_name: transformers", "tags: [staterank, head-pruning, linear-attention]", "---", "",
+        f"# {result['model']}, {100 * result['head_fraction_removed']:.1f} % of linear-attention value heads removed", "",
+        f"Pruned by staterank: method `{result['method']}` {json.dumps(result['params'])}, ranking "
+        f"`{result['ranking']}`, budget {json.dumps(result['budget'])}; {len(result['removed'])} of "
+        f"{result['value_heads']} value heads removed (per layer: {result['removed_per_layer']}). The heads are "
+        "listed in `prune_plan.json`; calibration: " + (json.dumps({k: cal[k] for k in ("suite", "tokens") if k in cal})
+                                                       if cal else "none (a given plan)") + ".", "",
+        "Measured by the prune stage (greedy exact match, Wilson 95 % intervals):", "",
+        "| task | before | after [95 % CI] | n |", "|---|---|---|---|", *rows, "",
+        f"Cache bytes saved at context {result['state_measured_at']['context']}, batch "
+        f"{result['state_measured_at']['batch']}: linear state {pct(saved['linear_state'])}, conv state "
+        f"{pct(saved['conv_state'])}, attention KV {pct(saved['attention_kv'])}, total {pct(saved['total'])}. "
+        f"Checked against the head-masked original: max |Δlogit| {result['check']['max_abs_logit_diff_vs_masked']:.3g} "
+        f"(tolerance {result['check']['tolerance']:.3g}).", "",
+        "Stock transformers loads it (no custom code):", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        'model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")', "```", ""]
+    atomic_write_text(folder / "README.md", "\n".join(lines))
+
+
+def clean_tokenizer_config(folder: Path) -> None:
+    """What loading here wrote into tokenizer_config.json that a user of the export must not inherit:
+    ``local_files_only`` (it would stop a hub download), and right padding (batched generation
+    needs left padding)."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg.pop("local_files_only", None)
+    cfg["padding_side"] = "left"
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,

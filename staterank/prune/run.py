@@ -48,7 +48,7 @@ from .calibrate import calibrate, calibration_contexts
 from .config import PruneConfig, SweepConfig
 from .controls import _summ, control_notes, control_plans
 from .evaluate import _plan_key, accuracy, task_items
-from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes
+from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes, write_card
 from .plan import Plan, make_plan
 from .scores import Budget, get_method, select
 from .surgery import prune_heads
@@ -146,6 +146,9 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     # 3. surgery (+ export), then everything on the pruned model
     say("surgery")
     dtype, device, device_map = _model_dtype(model), loaded.device, loaded.device_map
+    # the export is written in the checkpoint's dtype (or the one asked for), not the compute dtype
+    ckpt_dtype = (loaded.config or {}).get("checkpoint_dtype")
+    out_dtype = getattr(torch, cfg.export_dtype or ckpt_dtype or str(dtype).removeprefix("torch."))
     export_info = None
     if do_export:
         if not (run_dir / "export.json").exists():
@@ -153,7 +156,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                 import shutil
 
                 shutil.rmtree(model_dir)
-            export_info = export(model, plan, model_dir, tok)
+            export_info = export(model, plan, model_dir, tok, dtype=out_dtype)
             runio.write_json(run_dir / "export.json", export_info)
         export_info = runio.read_json(run_dir / "export.json")
         loaded.model = model = None  # free the in-place pruned copy; measure what users will load
@@ -167,7 +170,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     # tolerance is relative to the logit scale: fp32 measured 1.4e-4 on logits up to 22 (builtin model);
     # half precision is looser (untested on GPU). A surgery bug is O(1).
     scale = float(np.abs(z["logits"]).max())
-    tol = max(cfg.check_tol, (3e-5 if dtype == torch.float32 else 1e-2) * scale)
+    # 16-bit compute, or an export that rounds the weights to 16 bits (a bf16 checkpoint computed in
+    # fp32 and written back in bf16 is exact: its weights were bf16 to begin with)
+    half = dtype != torch.float32 or (do_export and out_dtype != torch.float32 and f"torch.{ckpt_dtype}" != str(out_dtype))
+    tol = max(cfg.check_tol, (1e-2 if half else 3e-5) * scale)
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
              "reloaded_with": "AutoModelForCausalLM.from_pretrained" if do_export else "in-memory surgery",
              "ids_shape": list(z["ids"].shape)}
@@ -196,6 +202,8 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         "control_notes": control_notes(head_bytes, plan),
     }
     runio.write_json(run_dir / "prune.json", result)
+    if do_export:
+        write_card(model_dir, result)
     if not check["passed"]:
         raise CheckFailed(f"pruned model differs from the masked model by {diff:.3g} > {tol:g} (see {run_dir}/prune.json)")
     return result

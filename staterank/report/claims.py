@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import runio
 from . import fmt_p
-from .common import fmt_num
+from .common import fmt_num, plural
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
         "informational": "informational"}
@@ -35,7 +35,7 @@ def _ours(o: dict) -> str:
         if lr.get("diff") is not None:
             s += f"; low − layer-matched random {lr['diff']:+.3f}"
             if lr.get("diff_ci_low") is not None:
-                s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] ({lr.get('seeds')} seeds)"
+                s += f" [{lr['diff_ci_low']:+.3f}, {lr['diff_ci_high']:+.3f}] ({plural(lr.get('seeds'), 'seed')})"
             # the p treats the seeds' mean as fixed, the interval resamples seeds too: say so, or a
             # small p beside an interval straddling 0 reads as a contradiction
             s += f" (sign-flip over items, seeds averaged: {_p(lr.get('p_holm', lr.get('p_items')))}, Holm across tasks)"

@@ -44,3 +44,8 @@ def layer_grid(plt, n: int, ylabel: str, xlabel: str = "token t", cols: int = 4)
             ax.set_xlabel(xlabel)
         panels.append(ax)
     return fig, panels
+
+
+def plural(n, word: str) -> str:
+    """'1 seed', '5 seeds' (n as given, e.g. None prints as 'None seeds')."""
+    return f"{n} {word}{'' if n == 1 else 's'}"

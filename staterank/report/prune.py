@@ -15,8 +15,14 @@ import numpy as np
 
 from .. import runio
 from ..errors import UserError
-from .common import pyplot, save
+from .common import plural, pyplot, save
 
+
+def _mean_std(s: dict) -> str:
+    """A control's accuracy over its seeds: mean ± std, or just the value for one seed (no spread)."""
+    if s["n_seeds"] == 1:
+        return f"{s['mean']:.3f} (1 seed: no spread)"
+    return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n_seeds']} seeds)"
 
 def _fmt_acc(a: dict) -> str:
     return f"{a['acc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (n={a['n']})"
@@ -103,8 +109,7 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
                                                            for k in acc["controls"]) + " |",
               "|---" * (4 + len(acc["controls"])) + "|"]
     for t in tasks:
-        ctrl = " | ".join(f"{c['summary'][t]['mean']:.3f} ± {c['summary'][t]['std']:.3f} ({c['summary'][t]['n_seeds']} seeds)"
-                          if t in c["summary"] else "—" for c in acc["controls"].values())
+        ctrl = " | ".join(_mean_std(c["summary"][t]) if t in c["summary"] else "—" for c in acc["controls"].values())
         lines.append(f"| {t} | {_fmt_acc(acc['before'][t])} | {_fmt_acc(acc['masked'][t])} | {_fmt_acc(acc['after'][t])} | {ctrl} |")
     d = r["decode"]
     pa = r.get("parameters", {})
@@ -166,7 +171,7 @@ def _render_sweep(run_dir: Path, s: dict) -> list[str]:
             xs = [np.mean([p["linear_state_bytes"] for p in rnd if p["fraction"] == f]) for f in fr]
             ys = [[p["accuracy"][t]["acc"] for p in rnd if p["fraction"] == f] for f in fr]
             ax.errorbar(xs, [np.mean(y) for y in ys], yerr=[np.std(y, ddof=1) if len(y) > 1 else 0 for y in ys],
-                        fmt="s:", color="grey", capsize=3, label=f"random (±std, {len(ys[0])} seeds)")
+                        fmt="s:", color="grey", capsize=3, label=f"random (±std, {plural(len(ys[0]), 'seed')})" if len(ys[0]) > 1 else "random (1 seed: no spread)")
         ax.plot([sb["linear_state"]], [s["accuracy_before"][t]["acc"]], "*", color="black", ms=10, label="original")
         if jr:
             x = np.array([p["linear_state_bytes"] for p in jr], float)
