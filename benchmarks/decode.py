@@ -41,6 +41,19 @@ def random_per_layer(loaded, fraction: float, seed: int) -> dict[int, list[int]]
     return out
 
 
+def random_groups(loaded, fraction: float, seed: int) -> dict[int, list[int]]:
+    """Whole GVA groups (a key head with all its value heads), round(fraction · H_k) per layer, as
+    the prune stage's key_groups ranking removes them: no key head is duplicated on export."""
+    g = np.random.default_rng(seed)
+    out = {}
+    for layer in loaded.adapter.linear_layers(loaded.model):
+        lo = layer.layout
+        k = min(lo.h_k - 1, int(round(fraction * lo.h_k)))
+        out[layer.index] = sorted(j for kh in g.choice(lo.h_k, size=k, replace=False).tolist()
+                                  for j in range(kh * lo.group, (kh + 1) * lo.group))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="builtin", help="HF id, folder or builtin (default builtin)")
@@ -48,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the loader's)")
     p.add_argument("--fraction", type=float, default=0.389, help="share of value heads removed per layer (default 0.389)")
     p.add_argument("--plan", default=None, help="a prune run's plan.json instead of random heads")
+    p.add_argument("--whole-groups", action="store_true",
+                   help="remove whole key-head groups (round(fraction·H_k) per layer, as --ranking key_groups)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes (default 1 8 32)")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per run (default 64)")
@@ -66,6 +81,9 @@ def main(argv=None) -> int:
         plan.check_model(original)
         removed = {li: list(hs) for li, hs in plan.by_layer().items()}
         what = f"the heads of {a.plan}"
+    elif a.whole_groups:
+        removed = random_groups(loaded, a.fraction, a.seed)
+        what = f"{a.fraction:g} of the key-head groups of every layer (seeded random, whole groups)"
     else:
         removed = random_per_layer(loaded, a.fraction, a.seed)
         what = f"{a.fraction:g} of the value heads of every layer (seeded random)"
@@ -98,6 +116,7 @@ def main(argv=None) -> int:
         saved = 1 - sb_p["linear_state"] / sb_o["linear_state"]
         print(f"batch {b:>4}: original {ro:9.1f} tok/s, pruned {rp:9.1f} tok/s -> {rp / ro:.2f}x; "
               f"linear state {sb_o['linear_state']:,} -> {sb_p['linear_state']:,} B ({saved:.1%} saved), "
+              f"conv state {sb_o['conv_state']:,} -> {sb_p['conv_state']:,} B, "
               f"whole cache {sb_o['total']:,} -> {sb_p['total']:,} B")
         last = (rp / ro, saved)
     print(f"decode_speedup={last[0]:.2f} state_saved={last[1]:.3f}")

@@ -252,12 +252,14 @@ def _check_model(cfg: RunConfig, loaded) -> None:
         return
     import numpy as np
 
+    from .prune.run import gva_group
     from .prune.scores import select
 
     pcfg = cfg.prune_config()
     layers = loaded.adapter.linear_layers(loaded.model)
     _at("prune", lambda: select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(),
-                                pcfg.ranking, [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers]))
+                                pcfg.ranking, [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers],
+                                gva_group(layers)))
 
 
 def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:

@@ -314,3 +314,18 @@ def test_a_bf16_checkpoint_pruned_on_cpu_exports_in_bf16_with_a_card(tmp_path, c
     assert main(args + ["--export-dtype", "float16", "--out", str(tmp_path / "run16")]) == 0  # rounds: half tolerance
     r16 = read_json(tmp_path / "run16" / "prune.json")
     assert r16["check"]["passed"] and r16["check"]["tolerance"] == pytest.approx(max(1e-4, 1e-2 * scale))
+
+
+def test_key_groups_exports_a_regular_layout_and_every_state_shrinks(tmp_path):
+    """Issue #21: per_layer can split GVA groups, so the export duplicates key heads and the conv
+    state grows; key_groups removes whole groups: fewer key heads, none duplicated, every cache smaller."""
+    r = run_prune(_loaded("qwen3_next", h_k=4, h_v=8), _cfg(ranking="key_groups", random_seeds=1), tmp_path / "run")
+    assert r["removed_per_layer"] == [2, 2, 2] and r["check"]["passed"]
+    e = r["export"]
+    assert (e["h_k"], e["h_v"], e["group"]) == (3, 6, 2) and e["key_heads_duplicated"] == 0
+    assert e["key_heads_after"] < e["key_heads_before"]
+    b, a = r["state_bytes_before"], r["state_bytes_after"]
+    assert a["linear_state"] < b["linear_state"] and a["conv_state"] < b["conv_state"]
+    plan = read_json(tmp_path / "run" / "plan.json")
+    for li, j in plan["removed"]:  # every removed head's group partner is removed too
+        assert [li, j ^ 1] in plan["removed"]

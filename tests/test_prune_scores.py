@@ -176,3 +176,23 @@ def test_a_new_scoring_method_is_one_class():
         assert m.select(_stats(), S.Budget("count", 2)) == [(0, 2), (3, 2)]  # layers 0 and 3, last head
     finally:
         S.METHODS.pop("last_head", None)
+
+
+def test_key_groups_removes_whole_groups_by_their_mean_score():
+    from staterank.prune.scores import select
+
+    # 2 layers (model indices 0 and 3), H_v = 6 in 3 groups of G = 2
+    scores = np.array([[0.9, 0.0, 0.5, 0.5, 0.1, 0.2],   # group means 0.45, 0.5, 0.15
+                       [0.0, 0.1, 0.3, 0.2, 0.8, 0.9]])  # 0.05, 0.25, 0.85
+    hb = [64, 64]
+    assert select(scores, Budget("fraction", 0.34), "key_groups", [0, 3], hb, group=2) == [(0, 2), (0, 3), (3, 4), (3, 5)]
+    assert select(scores, Budget("count", 8), "key_groups", [0, 3], hb, group=2) == [
+        (0, 2), (0, 3), (0, 0), (0, 1), (3, 4), (3, 5), (3, 2), (3, 3)]
+    assert select(scores, Budget("bytes", 200), "key_groups", [0, 3], hb, group=2)[:2] == [(0, 2), (0, 3)]
+    with pytest.raises(UserError, match="multiple of 4"):
+        select(scores, Budget("count", 2), "key_groups", [0, 3], hb, group=2)
+    with pytest.raises(UserError, match="keeps at least one"):
+        select(scores, Budget("count", 12), "key_groups", [0, 3], hb, group=2)
+    # G = 1 (Kimi, or layers of different G): single heads, the same as per_layer
+    assert select(scores, Budget("count", 2), "key_groups", [0, 3], hb, group=1) == \
+        select(scores, Budget("count", 2), "per_layer", [0, 3], hb)

@@ -13,7 +13,8 @@ EPILOG = """examples:
 
 rankings: global = one top-k over all heads (the paper's; heads per layer usually end up uneven, which
 stock transformers cannot load, so such a plan is pruned and checked in memory, not exported); per_layer = round(fraction*H) heads from every
-layer (uniform head counts: exports, and stock transformers reloads DIR/model/).
+layer (uniform head counts: exports, and stock transformers reloads DIR/model/); key_groups = whole GVA groups
+(a key head with all its value heads) from every layer: exports with a regular layout, no key head duplicated.
 """
 
 
@@ -100,8 +101,9 @@ def add(sub) -> None:
     b.add_argument("--fraction", type=SHARE, default=None, help="share of value heads to remove (default 0.389 = 7/18)")
     b.add_argument("--count", type=POS, default=None, help="number of value heads to remove")
     b.add_argument("--bytes", type=POS, default=None, help="recurrent-state bytes per sequence to free (at least)")
-    p.add_argument("--ranking", default=None, choices=["global", "per_layer"],
-                   help="global top-k (default) or the same count from every layer (exportable)")
+    p.add_argument("--ranking", default=None, choices=["global", "per_layer", "key_groups"],
+                   help="global top-k (default), the same count from every layer (exportable), or whole key-head "
+                        "groups from every layer (exportable, no key head duplicated: every state shrinks)")
     p.add_argument("--calib", default="natural", help="calibration context suite (default natural)")
     p.add_argument("--calib-tokens", type=POS, default=512, help="tokens per calibration context (default 512)")
     p.add_argument("--calib-stride", type=POS, default=8, help="measure the rank every N tokens (default 8)")

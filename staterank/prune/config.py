@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .scores import Budget, get_method
+from .scores import RANKINGS, Budget, get_method
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -55,8 +55,8 @@ class PruneConfig:
             get_method(self.method, alpha=self.alpha, seed=self.seed)
         if self.calib_suite not in SUITES:
             raise UserError(f"unknown calibration suite {self.calib_suite!r}; choose one of {', '.join(SUITES)}")
-        if self.ranking not in ("global", "per_layer"):
-            raise UserError(f"unknown ranking {self.ranking!r}; choose global or per_layer")
+        if self.ranking not in RANKINGS:
+            raise UserError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")
         if self.eval_n < 1 or self.random_seeds < 0 or self.state_context < 1 or self.state_batch < 1:
             raise UserError("eval_n, state_context, state_batch must be >= 1 and random_seeds >= 0")
         if self.export_dtype is not None and self.export_dtype not in EXPORT_DTYPES:

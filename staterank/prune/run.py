@@ -68,6 +68,13 @@ def _model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def gva_group(layers) -> int:
+    """G, value heads per key head, shared by every linear layer (1 if the layers differ: the
+    key_groups ranking then removes single heads, i.e. it is per_layer)."""
+    groups = {l.layout.group for l in layers}
+    return groups.pop() if len(groups) == 1 else 1
+
+
 # ---- the stage ------------------------------------------------------------------------------------
 def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool = False) -> dict:
     """Run (or resume) the prune stage into ``out``; returns prune.json's content. The loaded model
@@ -75,9 +82,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     cfg.validate()
     model, tok = loaded.model, loaded.tokenizer
     layers = loaded.adapter.linear_layers(model)
+    group = gva_group(layers)
     if not cfg.plan_file:  # a budget the model cannot meet fails now, before a run folder or calibration
         select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), cfg.budget(), cfg.ranking,
-               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers])
+               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers], group)
     # every input that can be wrong is read before the run folder exists
     ctx = calibration_contexts(loaded, cfg)
     given = None
@@ -101,7 +109,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         plan = given
     else:
         scorer = get_method(cfg.method, alpha=cfg.alpha, seed=cfg.seed)
-        plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking, head_bytes), model_id=loaded.spec,
+        plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking, head_bytes, group), model_id=loaded.spec,
                          method=cfg.method, params=scorer.params(), ranking=cfg.ranking,
                          budget=cfg.budget().to_dict(), scores=scorer.score(stats), calibration=calib)
     if not (run_dir / "plan.json").exists():
@@ -236,7 +244,8 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     base_acc = accuracy(model, tok, items, run_dir / "evals" / "before.json", cfg)
     for method, params, f in specs:
         scorer = get_method(method, **params)
-        plan = make_plan(model, scorer.select(stats, Budget("fraction", f), cfg.ranking, head_bytes), model_id=loaded.spec,
+        plan = make_plan(model, scorer.select(stats, Budget("fraction", f), cfg.ranking, head_bytes,
+                                              gva_group(loaded.adapter.linear_layers(model))), model_id=loaded.spec,
                          method=method, params=scorer.params(), ranking=cfg.ranking,
                          budget={"kind": "fraction", "value": f}, scores=scorer.score(stats), calibration=calib)
         if progress:

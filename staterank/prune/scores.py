@@ -15,6 +15,9 @@ Rankings:
              pruned model cannot be stored as a stock checkpoint (see ``export``).
   per_layer  the top round(fraction·H) heads of every layer (a count budget must split evenly over
              the L layers): every layer keeps the same number of heads, so the result exports.
+  key_groups whole GVA groups (a key head with all its G value heads), by the group's mean score:
+             the top round(fraction·H_k) groups of every layer. The export keeps a regular layout
+             (no key head duplicated), so every state shrinks: recurrent, conv, q/k/v projections.
 
 Selection never removes the last value head of a layer (global ranking skips it and takes the
 next head); a per-layer budget that would is an error.
@@ -40,7 +43,7 @@ import numpy as np
 from ..errors import UserError
 from ..stratify import HeadStats
 
-RANKINGS = ("global", "per_layer")
+RANKINGS = ("global", "per_layer", "key_groups")
 BUDGET_KINDS = ("fraction", "count", "bytes", "layer_counts")
 
 
@@ -90,15 +93,15 @@ class Scorer:
         return asdict(self)
 
     def select(self, stats: HeadStats, budget: Budget, ranking: str = "global",
-               head_bytes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+               head_bytes: Sequence[int] | None = None, group: int = 1) -> list[tuple[int, int]]:
         """Removed heads as (model layer index, head), highest score first. ``head_bytes`` [L] is
-        needed for byte budgets only."""
+        needed for byte budgets only; ``group`` (value heads per key head, G) for key_groups."""
         scores = np.asarray(self.score(stats), dtype=float)
         if head_bytes is None:
             if budget.kind == "bytes":
                 raise UserError("a bytes budget needs the per-head state bytes of every layer")
             head_bytes = np.zeros(len(stats.layers), dtype=np.int64)
-        return select(scores, budget, ranking, [int(i) for i in stats.layers], head_bytes)
+        return select(scores, budget, ranking, [int(i) for i in stats.layers], head_bytes, group)
 
 
 def _order(scores: np.ndarray) -> np.ndarray:
@@ -108,8 +111,9 @@ def _order(scores: np.ndarray) -> np.ndarray:
 
 
 def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[int],
-           head_bytes: Sequence[int]) -> list[tuple[int, int]]:
-    """Top-k of ``scores`` [L, H] under ``budget``; see the module docstring for the rules."""
+           head_bytes: Sequence[int], group: int = 1) -> list[tuple[int, int]]:
+    """Top-k of ``scores`` [L, H] under ``budget``; see the module docstring for the rules.
+    ``group``: G, value heads per key head (value head j reads key head j // G), for key_groups."""
     if ranking not in RANKINGS:
         raise UserError(f"unknown ranking {ranking!r}; choose one of {', '.join(RANKINGS)}")
     if not np.all(np.isfinite(scores)):
@@ -124,6 +128,8 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
         raise UserError(f"cannot free {int(budget.value)} bytes: at most {int(hb.sum() * (H - 1))} can go "
                         "while every layer keeps one head")
 
+    if ranking == "key_groups":
+        return _key_groups(scores, budget, layers, hb, int(group))
     if budget.kind == "layer_counts" or ranking == "per_layer":
         if budget.kind == "layer_counts":
             counts = [int(c) for c in budget.value]
@@ -161,6 +167,37 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
         kept[l] -= 1
         freed += int(hb[l])
         out.append((int(layers[l]), int(h)))
+    return out
+
+
+def _key_groups(scores: np.ndarray, budget: Budget, layers: Sequence[int], hb: np.ndarray,
+                group: int) -> list[tuple[int, int]]:
+    """Whole GVA groups per layer, by mean score: scores [L, H] with H = H_k · G."""
+    L, H = scores.shape
+    if group < 1 or H % group:
+        raise UserError(f"key_groups ranking needs H_v a multiple of the group size, got H_v = {H}, G = {group}")
+    n_groups = H // group
+    if budget.kind == "fraction":
+        counts = [int(round(float(budget.value) * n_groups))] * L
+    elif budget.kind == "count":
+        if int(budget.value) % (L * group):
+            raise UserError(f"key_groups ranking removes whole groups of {group} value heads from each of the {L} "
+                            f"layers: the count must be a multiple of {L * group}, got {int(budget.value)}")
+        counts = [int(budget.value) // (L * group)] * L
+    elif budget.kind == "bytes":
+        counts = [int(math.ceil(int(budget.value) / (hb.sum() * group)))] * L
+    else:
+        if any(int(c) % group for c in budget.value) or len(budget.value) != L:
+            raise UserError(f"key_groups ranking needs {L} layer counts, each a multiple of {group}")
+        counts = [int(c) // group for c in budget.value]
+    for li, c in zip(layers, counts):
+        if c >= n_groups:
+            raise UserError(f"layer {li} would lose {c} of its {n_groups} key-head groups; every layer keeps at least one")
+    out = []
+    for l, c in enumerate(counts):
+        means = scores[l].reshape(n_groups, group).mean(-1)
+        for g in _order(means[None])[:c]:
+            out += [(int(layers[l]), int(g) * group + j) for j in range(group)]
     return out
 
 
