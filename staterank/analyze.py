@@ -44,7 +44,6 @@ from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
 from .models import Loaded, cache_kwarg, output_cache, tokenize_texts, weights_fingerprint
 
-STAT_NAMES = spectra.STAT_NAMES
 DEFAULT_MAX_STATE_BYTES = 2**30
 
 
@@ -151,7 +150,7 @@ def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: flo
     if len(trace.positions()) == 0:
         raise UserError(f"no scheduled positions within the text's {T} tokens; check --stride/--positions")
     d = trace.dynamics()
-    arrays = {n: d[n][0].astype(np.float64) for n in STAT_NAMES}
+    arrays = {n: d[n][0].astype(np.float64) for n in spectra.stat_names()}
     arrays["positions"] = d["positions"].astype(np.int64)
     arrays["log_decay"] = d["log_decay"][0]
     check = {"max_output_err": trace.max_output_err, "max_state_err": trace.max_state_err, "rule_calls": trace.calls}
@@ -164,8 +163,9 @@ def _one_text(loaded: Loaded, ids: torch.Tensor, *, schedule: Schedule, eps: flo
 
 def _merge(parts: list[dict[str, np.ndarray]], layouts: list[tuple[int, int]]) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per-text arrays -> ({stat: [N, L, H, P]} on the union of positions, positions [P], bound)."""
-    one_text = [{"positions": p["positions"], **{n: p[n][None] for n in STAT_NAMES}} for p in parts]
-    stats, pos = merge_on_positions(one_text, STAT_NAMES)
+    names = spectra.stat_names()
+    one_text = [{"positions": p["positions"], **{n: p[n][None] for n in names}} for p in parts]
+    stats, pos = merge_on_positions(one_text, names)
     bounds = np.stack([spectra.rank_bound(pos, k, v) for k, v in layouts]).astype(np.int64)
     bound = bounds[0] if (bounds == bounds[0]).all() else bounds
     return stats, pos, bound
@@ -239,6 +239,8 @@ def analyze(
         "texts": [{"name": n, "sha256": _sha(b), "chars": len(b)} for n, b in zip(names, bodies)],
         "max_tokens": max_tokens, "schedule": schedule.to_dict(), "eps": eps, "keep_states": keep_states,
         "max_state_bytes": max_state_bytes, "prefill_chunk": prefill_chunk, "seed": seed,
+        # registered statistics: a resume with another set would mix texts measured differently
+        **({"extra_stats": list(spectra.EXTRA_STATS)} if spectra.EXTRA_STATS else {}),
     }
     run_dir = None
     if out is not None:
@@ -292,5 +294,5 @@ def load_dynamics(run_dir: str | Path) -> Dynamics:
     kinds = {f.name: f.type for f in TextInfo.__dataclass_fields__.values()}
     conv = {"int": int, "float": float, "str": str}
     infos = [TextInfo(**{k: conv[kinds[k]](v) for k, v in r.items()}) for r in rows]
-    return Dynamics(stats={n: z[n] for n in STAT_NAMES}, positions=z["positions"], layers=z["layers"],
+    return Dynamics(stats={n: z[n] for n in spectra.stat_names() if n in z}, positions=z["positions"], layers=z["layers"],
                     bound=z["bound"], log_decay=z["log_decay"], texts=infos, run_dir=run_dir)

@@ -131,7 +131,7 @@ class Trace:
         then [L, P]) and ``log_decay`` [B, L, H] (mean log decay per token; mean over channels
         for per-channel decay)."""
         out: dict[str, np.ndarray] = {}
-        for name in spectra.STAT_NAMES:
+        for name in spectra.stat_names():
             per_layer = [lt.stats[name].value() if lt.stats.get(name) else None for lt in self.layers]
             if any(p is None for p in per_layer):
                 raise UserError("the capture saw no tokens at the scheduled positions")

@@ -41,12 +41,12 @@ def merge_dynamics(runs: list[dict]) -> dict:
     NaN where a text has none). Layers must agree; bound [P] or [L, P] is taken on the union."""
     if len(runs) == 1:
         return runs[0]
-    from .spectra import STAT_NAMES  # lazily: spectra imports torch
+    from .spectra import stat_names  # lazily: spectra imports torch
 
     layers = runs[0]["layers"]
     if any(not np.array_equal(r["layers"], layers) for r in runs):
         raise UserError("--from-runs folders measured different layers (different models?)")
-    out, pos = merge_on_positions(runs, STAT_NAMES)
+    out, pos = merge_on_positions(runs, [n for n in stat_names() if all(n in r for r in runs)])
     b = np.zeros((len(layers), len(pos)))
     for r in runs:
         b[:, np.searchsorted(pos, r["positions"])] = np.broadcast_to(r["bound"], (len(layers), len(r["positions"])))

@@ -41,6 +41,9 @@ import torch
 
 __all__ = [
     "STAT_NAMES",
+    "EXTRA_STATS",
+    "register_stat",
+    "stat_names",
     "METHODS",
     "singular_values",
     "threshold_rank",
@@ -52,6 +55,25 @@ __all__ = [
 
 STAT_NAMES = ("threshold_rank", "entropy_rank", "stable_rank", "nuclear_norm", "frobenius_norm", "spectral_norm")
 METHODS = ("auto", "gram", "svd")
+# More statistics of a state's spectrum, by name: fn(sigma [..., N] descending fp64, fro [...], eps) ->
+# [...]. A new rank metric is one function registered from any module (``register_stat``); capture,
+# analyze (dynamics.npz) and every merge carry it beside the built-in STAT_NAMES.
+EXTRA_STATS: dict = {}
+
+
+def register_stat(name: str):
+    """Decorator: ``fn(sigma, fro, eps) -> Tensor`` becomes statistic ``name`` of every capture."""
+    def deco(fn):
+        if name in STAT_NAMES or name in ("positions", "layers", "bound", "log_decay", "texts"):
+            raise ValueError(f"{name!r} is a built-in statistic or a dynamics field")
+        EXTRA_STATS[name] = fn
+        return fn
+    return deco
+
+
+def stat_names() -> tuple[str, ...]:
+    """The built-in statistics, then the registered ones, in registration order."""
+    return STAT_NAMES + tuple(EXTRA_STATS)
 
 _U64 = float(np.finfo(np.float64).eps) / 2
 # Below this ε the Gram route's ambiguity band would swallow the threshold: use the SVD.
@@ -419,4 +441,5 @@ def spectrum_stats(S: torch.Tensor, eps: float = 1e-4, *, method: str = "auto",
         "nuclear_norm": sigma.sum(-1),
         "frobenius_norm": fro,
         "spectral_norm": s1,
+        **{name: fn(sigma, fro, eps) for name, fn in EXTRA_STATS.items()},
     }

@@ -184,3 +184,33 @@ def test_resume_with_other_weights_is_refused(tmp_path):
         next(loaded.model.parameters()).add_(1.0)
     with pytest.raises(UserError, match="other weights"):
         analyze(loaded, TEXTS, out=out, progress=False)
+
+
+def test_a_new_rank_metric_is_one_registered_function(tmp_path):
+    """A statistic registered with spectra.register_stat (anywhere: here, a test) is computed by every
+    capture, written to dynamics.npz, read back, and recorded in the run's config; it equals the
+    same function of the kept states' fp64 singular values."""
+    from staterank import spectra
+
+    @spectra.register_stat("sigma2_ratio")  # σ_2 / σ_1: how far from rank one
+    def sigma2_ratio(sigma, fro, eps):
+        s1 = sigma[..., 0]
+        return torch.where(s1 > 0, sigma[..., 1] / torch.where(s1 > 0, s1, 1), 0)
+
+    try:
+        save_tiny(tmp_path / "m", "qwen3_next", h_k=1, h_v=4, k=8, v=12)
+        loaded = load_model(str(tmp_path / "m"), device="cpu")
+        dyn = analyze(loaded, [TEXTS["long"]], keep_states=True, out=tmp_path / "run", progress=False)
+        assert read_json(tmp_path / "run" / "config.json")["config"]["extra_stats"] == ["sigma2_ratio"]
+        assert "sigma2_ratio" in read_npz(tmp_path / "run" / "dynamics.npz")
+        again = load_dynamics(tmp_path / "run").stats["sigma2_ratio"]
+        st = load_file(tmp_path / "run" / "states" / "0000.safetensors")
+        for li, layer in enumerate(dyn.layers):
+            sig = torch.linalg.svdvals(st[f"layer_{layer}"].double())  # [H, P, N]
+            want = (sig[..., 1] / sig[..., 0]).numpy()
+            np.testing.assert_allclose(again[0, li], want, rtol=1e-5, atol=1e-7)
+    finally:
+        spectra.EXTRA_STATS.pop("sigma2_ratio", None)
+    assert spectra.stat_names() == spectra.STAT_NAMES
+    with pytest.raises(ValueError, match="built-in"):
+        spectra.register_stat("threshold_rank")(sigma2_ratio)

@@ -107,7 +107,7 @@ def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, ep
     from ..capture import Schedule, capture
     from ..dynamics import merge_on_positions
     from ..models import tokenize_texts
-    from ..spectra import STAT_NAMES
+    from ..spectra import stat_names
     from ..stratify import default_positions, head_stats
 
     sched = Schedule(positions=default_positions(max_tokens, stride=8))
@@ -120,7 +120,7 @@ def measure_scores(model, tokenizer, n_texts: int = 8, max_tokens: int = 512, ep
             model(ids.to(dev), use_cache=False)
         runs.append(tr.dynamics())
     # texts may end at different lengths: align on the union of positions, NaN where absent
-    stats, pos = merge_on_positions(runs, STAT_NAMES)  # tr.dynamics(): {stat: [1, L, H, P_i]}, positions [P_i]
+    stats, pos = merge_on_positions(runs, stat_names())  # tr.dynamics(): {stat: [1, L, H, P_i]}, positions [P_i]
     dyn: dict[str, Any] = dict(stats)
     ks = [min(l.layout.k, l.layout.v) for l in (adapter or tr.adapter).linear_layers(model)]
     b = np.stack([np.minimum(pos, k) for k in ks])
