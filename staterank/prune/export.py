@@ -87,7 +87,7 @@ def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None, dt
     layouts = prune_heads(model, removed, group=gp)
     assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
     update_config(model, h_k, h_v)
-    if dtype is not None and dtype != next(model.parameters()).dtype:
+    if dtype is not None:  # a no-op when the model already is in it
         model.to(dtype)  # a bf16 checkpoint analysed in fp32 on a CPU is exported in bf16 again
     model.save_pretrained(out)
     if tokenizer is not None:
@@ -137,13 +137,15 @@ def clean_tokenizer_config(folder: Path) -> None:
     """What loading here wrote into tokenizer_config.json that a user of the export must not inherit:
     ``local_files_only`` (it would stop a hub download), and right padding (batched generation
     needs left padding)."""
+    from ..runio import read_json, write_json
+
     path = folder / "tokenizer_config.json"
     if not path.is_file():
         return
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_json(path)
     cfg.pop("local_files_only", None)
     cfg["padding_side"] = "left"
-    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, cfg)  # atomic, as every file the run writes
 
 
 def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,

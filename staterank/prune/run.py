@@ -155,8 +155,9 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     say("surgery")
     dtype, device, device_map = _model_dtype(model), loaded.device, loaded.device_map
     # the export is written in the checkpoint's dtype (or the one asked for), not the compute dtype
-    ckpt_dtype = (loaded.config or {}).get("checkpoint_dtype")
-    out_dtype = getattr(torch, cfg.export_dtype or ckpt_dtype or str(dtype).removeprefix("torch."))
+    ckpt = (loaded.config or {}).get("checkpoint_dtype")
+    src_dtype = getattr(torch, ckpt) if ckpt else dtype
+    out_dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else src_dtype
     export_info = None
     if do_export:
         if not (run_dir / "export.json").exists():
@@ -180,7 +181,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     scale = float(np.abs(z["logits"]).max())
     # 16-bit compute, or an export that rounds the weights to 16 bits (a bf16 checkpoint computed in
     # fp32 and written back in bf16 is exact: its weights were bf16 to begin with)
-    half = dtype != torch.float32 or (do_export and out_dtype != torch.float32 and f"torch.{ckpt_dtype}" != str(out_dtype))
+    half = dtype != torch.float32 or (do_export and out_dtype not in (torch.float32, src_dtype))
     tol = max(cfg.check_tol, (1e-2 if half else 3e-5) * scale)
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
              "reloaded_with": "AutoModelForCausalLM.from_pretrained" if do_export else "in-memory surgery",
