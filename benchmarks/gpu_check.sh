@@ -7,7 +7,9 @@
 #  3. issue #8: the spectra benchmark on CUDA (Grams on the GPU, eigensolves where the engine's
 #     timing puts them), then with eigensolves forced onto all CPU cores, onto the GPU (cuSOLVER;
 #     MAGMA), and all on CPU cores (batched svdvals cannot use them; the engine's workers can);
-#  4. decode throughput of a head-pruned builtin model vs the original on CUDA (benchmarks/decode.py).
+#  4. decode throughput of a head-pruned builtin model vs the original on CUDA (benchmarks/decode.py);
+#  5. probe (mean ablation: calibrated means, hooks) and stratify (with the init baseline) on CUDA.
+# STEPS="analyze_cuda prune_cuda ..." runs only the named steps (a rerun after a fix).
 # Each step has a time limit, so one slow path cannot eat the device time of the others.
 # Uses the device's own python3 (torch, transformers); no install. Each step's output goes to $OUT
 # (or /tmp/gpu_check) as a text file; a failed step does not stop the others.
@@ -16,7 +18,7 @@ set -o pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
-step() { local name=$1; shift; echo "== $name"; "$@" > "$out/$name.txt" 2>&1; echo "   rc=$? (tail:)"; tail -3 "$out/$name.txt"; }
+step() { local name=$1; shift; if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi; echo "== $name"; "$@" > "$out/$name.txt" 2>&1; echo "   rc=$? (tail:)"; tail -3 "$out/$name.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 n=$(nproc)
@@ -31,5 +33,7 @@ step spectra_cuda_device timeout 45 python3 benchmarks/spectra.py --device cuda 
 step spectra_cuda_magma timeout 30 python3 benchmarks/spectra.py --device cuda --gpu-eig magma --tokens 32 --builtin-tokens 0 --no-stats
 step spectra_cpu_all_cores timeout 45 python3 benchmarks/spectra.py --device cpu --threads "$n" --no-stats --builtin-tokens 0
 step decode_cuda timeout 45 python3 benchmarks/decode.py --device cuda --batch 1 32 --repeats 3
-cp "$runs"/a1/report.md "$out/analyze_cuda_report.md" 2>/dev/null; cp "$runs"/p1/report.md "$out/prune_cuda_report.md" 2>/dev/null
+step probe_cuda timeout 90 python3 -m staterank.cli probe --model builtin --device cuda --tasks mqar,ppl --mode mean --limit 20 --seeds 1 --groups low,high,random --out "$runs/q1" --quiet
+step stratify_cuda timeout 90 python3 -m staterank.cli stratify --model builtin --device cuda --contexts prose,math --max-tokens 256 --t-early 64 --t-late 256 --out "$runs/s1" --quiet
+cp "$runs"/a1/report.md "$out/analyze_cuda_report.md" 2>/dev/null; cp "$runs"/p1/report.md "$out/prune_cuda_report.md" 2>/dev/null; cp "$runs"/q1/report.md "$out/probe_cuda_report.md" 2>/dev/null; cp "$runs"/s1/report.md "$out/stratify_cuda_report.md" 2>/dev/null
 true

@@ -123,7 +123,7 @@ class Trace:
     def positions(self) -> np.ndarray:
         """[P] 1-based token counts at which statistics were taken (same for every layer)."""
         lt = self.layers[0]
-        return lt.positions.value().numpy() if lt.positions else np.zeros(0, dtype=np.int64)
+        return lt.positions.value().cpu().numpy() if lt.positions else np.zeros(0, dtype=np.int64)
 
     def dynamics(self) -> dict[str, np.ndarray]:
         """{stat: [B, L, H, P]} for every stat in ``spectra.STAT_NAMES``, plus ``positions`` [P],
@@ -135,7 +135,7 @@ class Trace:
             per_layer = [lt.stats[name].value() if lt.stats.get(name) else None for lt in self.layers]
             if any(p is None for p in per_layer):
                 raise UserError("the capture saw no tokens at the scheduled positions")
-            out[name] = torch.stack(per_layer, dim=1).numpy()
+            out[name] = torch.stack(per_layer, dim=1).cpu().numpy()
         pos = self.positions()
         out["positions"] = pos
         out["layers"] = np.array(self.layer_indices, dtype=np.int64)
@@ -143,7 +143,7 @@ class Trace:
         out["bound"] = bounds[0] if (bounds == bounds[0]).all() else bounds
         out["log_decay"] = torch.stack(
             [lt.log_decay_sum / max(lt.tokens, 1) for lt in self.layers], dim=1
-        ).numpy()
+        ).cpu().numpy()
         return out
 
     def states(self, layer: int) -> torch.Tensor:

@@ -227,8 +227,10 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     _check_tokenizer(tokenizer, where)
     kernels.bind_for(adapter, dev)
     try:
+        # use_kernels=False: transformers >= 5.25 otherwise fetches hub kernels (downloaded code, needing
+        # network and publisher trust) while placing a model on a GPU; a locally installed fla still runs
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code,
+            source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code, use_kernels=False,
             **({"device_map": AUTO_DEVICE} if auto else {}))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the weights of {where} (safetensors only): {_one_line(e)}") from None

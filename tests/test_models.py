@@ -352,3 +352,28 @@ def test_nan_weights_are_one_line_naming_the_tensor(tmp_path):
     out = tmp_path / "run"  # the command line: exit 2, and no run folder (analyze made a half one)
     assert main(["analyze", "--model", str(tmp_path / "m"), "--prompt", "hello", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_hub_kernels_are_never_fetched(tmp_path, monkeypatch):
+    """transformers >= 5.25 defaults to use_kernels=True and, on a GPU, downloads kernels-community/fla at
+    load (network and publisher trust; on the device machine it failed the load). Every path staterank
+    loads weights through must turn that off; on CPU the default would fetch nothing, so the flag itself is checked."""
+    from transformers import PreTrainedModel
+
+    from staterank.builtin import load_builtin
+    from staterank.prune.export import reload
+
+    seen = []
+    real = PreTrainedModel.set_use_kernels
+
+    def spy(self, use_kernels, *a, **kw):
+        seen.append(bool(use_kernels))
+        return real(self, use_kernels, *a, **kw)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", spy)
+    save_tiny(tmp_path, "qwen3_next", h_k=1, h_v=4, k=8, v=12)
+    load_model(str(tmp_path), device="cpu")
+    load_model(str(tmp_path), device="auto")
+    reload(tmp_path)
+    load_builtin(tmp_path)
+    assert seen == [False] * 4

@@ -22,7 +22,7 @@ def load_builtin(path: str | Path | None = None):
     if not (folder / "config.json").is_file():
         raise UserError(f"no model folder at {folder} (config.json missing)")
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_kernels=False)
     model.eval()
     return model, tok
 

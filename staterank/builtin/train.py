@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     previous = None
     if args.init_from:
         tok = AutoTokenizer.from_pretrained(args.init_from)
-        model = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32, use_kernels=False)
         cfg = model.config
         n_gdn = cfg.layer_types.count("linear_attention")
         prev_file = Path(args.init_from) / "training_state.json"

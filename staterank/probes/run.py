@@ -157,7 +157,7 @@ def _means(folder: Path, cfg: ProbeConfig, model, tok, adapter, calib) -> dict:
     from ..models import tokenize_texts
 
     means = calibrate_means(model, tokenize_texts(tok, calib, cfg.calib_tokens), adapter)
-    runio.write_npz(mp, **{f"L{k}": v.numpy() for k, v in means.items()})
+    runio.write_npz(mp, **{f"L{k}": v.cpu().numpy() for k, v in means.items()})
     return means
 
 

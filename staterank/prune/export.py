@@ -154,7 +154,7 @@ def reload(path: str | Path, dtype: torch.dtype | None = None, device: torch.dev
     ``device_map``: place it as the model it came from was placed (module names survive surgery)."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True,
+    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True, use_kernels=False,
                                              **({"device_map": device_map} if device_map else {}))
     if not device_map:
         m.to(device or "cpu")

@@ -144,7 +144,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         ids = torch.randint(0, vocab, (2, 64), generator=g)
         with masked(model, plan):
             ref = logits(model, ids)
-        runio.write_npz(run_dir / "masked_logits.npz", ids=ids.numpy(), logits=ref.numpy())
+        runio.write_npz(run_dir / "masked_logits.npz", ids=ids.numpy(), logits=ref.cpu().numpy())
         runio.write_json(run_dir / "before.json", {
             "state_bytes": state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed),
             "decode": decode_speed(model, new_tokens=cfg.decode_tokens, seed=cfg.seed),
