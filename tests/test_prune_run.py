@@ -329,3 +329,11 @@ def test_key_groups_exports_a_regular_layout_and_every_state_shrinks(tmp_path):
     plan = read_json(tmp_path / "run" / "plan.json")
     for li, j in plan["removed"]:  # every removed head's group partner is removed too
         assert [li, j ^ 1] in plan["removed"]
+    lay = r["layout"]
+    assert lay["engine_compatible"] and lay["key_heads"] == [12, 9] and lay["key_heads_duplicated"] == 0
+    # the group-matched control removes random whole groups, as many per layer: the plan's layout exactly
+    assert "group_matched" in r["accuracy"]["controls"]
+    ctrl = read_json(tmp_path / "run" / "baselines" / "group_matched_0.json")
+    assert ctrl["summary"]["per_layer"] == plan["summary"]["per_layer"] and ctrl["ranking"] == "key_groups"
+    for li, j in ctrl["removed"]:
+        assert [li, j ^ 1] in ctrl["removed"]

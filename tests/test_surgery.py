@@ -175,3 +175,22 @@ def test_regrouping_with_nothing_removed_keeps_the_model(family, h_k, h_v, gp):
             assert (lo.h_v, lo.group, lo.h_k) == (h_v, gp, h_v // gp)
         # other matrix shapes, other fp32 summation orders: ~1e-7 here
         torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=1e-5)
+
+
+def test_implied_layout_says_what_each_plan_exports_and_engines_serve():
+    """prune.json's ``layout``, checked against what the surgery really builds (issue #21)."""
+    from staterank.prune.export import implied_layout
+
+    model = _model("qwen3_next", 2, 4)  # G = 2: value heads {0, 1} read key head 0, {2, 3} key head 1
+    whole = implied_layout(_plan(model, [(li, h) for li in LINEAR for h in (0, 1)]))
+    assert whole["key_heads"] == [6, 3] and whole["value_heads"] == [12, 6] and whole["key_heads_duplicated"] == 0
+    assert whole["exportable"] and whole["engine_compatible"] and whole["why"] is None
+    split = implied_layout(_plan(model, [(li, 0) for li in LINEAR]))  # groups keep 1 and 2: G' = 1
+    assert split["group"] == 1 and split["key_heads"] == [6, 9] and split["key_heads_duplicated"] == 3
+    assert split["engine_compatible"]  # regular, at the price of duplicated key heads
+    uneven = implied_layout(_plan(model, [(0, 1), (1, 0), (1, 3)]))
+    assert not uneven["exportable"] and not uneven["engine_compatible"] and "value heads per layer" in uneven["why"]
+    for removed, lay in (([(li, h) for li in LINEAR for h in (0, 1)], whole), ([(li, 0) for li in LINEAR], split)):
+        m = _model("qwen3_next", 2, 4)
+        built = prune_heads(m, _plan(m, removed).by_layer(), group=lay["group"])
+        assert [(lo.h_k, lo.h_v) for lo in built.values()] == [(p["h_k"], p["h_v"]) for p in lay["per_layer"]]

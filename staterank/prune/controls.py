@@ -17,22 +17,28 @@ def control_plans(loaded: Loaded, stats: HeadStats, head_bytes: np.ndarray, plan
     """Random controls for ``plan`` (issue #9), one per seed, each matched to what the plan
     actually removed (not to the budget asked for: a ``--plan`` file has its own):
     count_matched — as many heads, anywhere; layer_matched — as many in each layer;
-    byte_matched — at least as many recurrent-state bytes, anywhere. Each kind draws from its own
-    seed stream, so two kinds never share a random plan by construction."""
+    byte_matched — at least as many recurrent-state bytes, anywhere; and for a key_groups plan
+    group_matched — as many whole key groups (a key head with all its value heads) in each layer, so the
+    control has the plan's layout, key heads and conv state too. Each kind draws from its own seed
+    stream, so two kinds never share a random plan by construction."""
     kinds = {
-        "count_matched": Budget("count", len(plan.removed)),
-        "layer_matched": Budget("layer_counts", tuple(plan.counts())),
-        "byte_matched": Budget("bytes", plan.removed_state_bytes()),
+        "count_matched": (Budget("count", len(plan.removed)), "global"),
+        "layer_matched": (Budget("layer_counts", tuple(plan.counts())), "global"),
+        "byte_matched": (Budget("bytes", plan.removed_state_bytes()), "global"),
     }
+    groups = {hv // hk for hk, hv, _, _ in plan.facts["layouts"]}
+    group = groups.pop() if len(groups) == 1 else 1
+    if plan.ranking == "key_groups" and group > 1:
+        kinds["group_matched"] = (Budget("layer_counts", tuple(plan.counts())), "key_groups")
     out: dict[str, list[Plan]] = {}
-    for k, (kind, b) in enumerate(kinds.items()):
+    for k, (kind, (b, ranking)) in enumerate(kinds.items()):
         out[kind] = []
         for s in range(cfg.random_seeds):
             seed = 1000 + 100_000 * k + s
             sc = get_method("random", seed=seed)
-            out[kind].append(make_plan(loaded.model, sc.select(stats, b, "global", head_bytes), model_id=loaded.spec,
+            out[kind].append(make_plan(loaded.model, sc.select(stats, b, ranking, head_bytes, group), model_id=loaded.spec,
                                        method="random", params={"seed": seed, "control": kind},
-                                       ranking="global", budget=b.to_dict(), scores=sc.score(stats),
+                                       ranking=ranking, budget=b.to_dict(), scores=sc.score(stats),
                                        calibration=plan.calibration))
     return out
 

@@ -37,13 +37,45 @@ from .surgery import common_group, group_sizes, prune_heads
 
 def export_shape(plan: Plan) -> tuple[int, int, int]:
     """(H_k', H_v', G') a stock config can describe for ``plan``; UserError if there is none."""
-    kept = plan.kept_h_v()
-    if len(set(kept)) != 1:
-        raise UserError(f"plan keeps {kept} value heads per layer; stock transformers needs the same count in "
-                        "every layer to load it: use --ranking per_layer (or --no-export to evaluate it in memory)")
+    lay = implied_layout(plan)
+    if not lay["exportable"]:
+        raise UserError(f"plan keeps {plan.kept_h_v()} value heads per layer; stock transformers needs the same count in "
+                        "every layer to load it: use --ranking per_layer or key_groups (or --no-export to evaluate it in memory)")
+    first = lay["per_layer"][0]
+    return first["h_k"], first["h_v"], first["group"]
+
+
+def implied_layout(plan: Plan) -> dict:
+    """What ``plan`` means for the checkpoint and for serving engines (prune.json's ``layout``).
+
+    Per layer the (H_k', H_v', G') surgery builds; key heads before/after (a key head duplicated to keep
+    a uniform G' costs q/k parameters and conv state); ``exportable``: stock transformers can describe
+    it (equal H_v' in every layer); ``engine_compatible``: vLLM and SGLang can serve it too, as they
+    size GDN state from one global head count (equal H_k' and H_v' in every layer, H_v' a multiple of
+    H_k'); ``why``: the first reason it is not."""
     removed = plan.by_layer()
-    gp = common_group([HeadLayout(*lo) for lo in plan.facts["layouts"]], [removed[li] for li in plan.layers])
-    return kept[0] // gp, kept[0], gp
+    layouts = [HeadLayout(*lo) for lo in plan.facts["layouts"]]
+    gp = common_group(layouts, [removed[li] for li in plan.layers])
+    per_layer = []
+    for li, lo in zip(plan.layers, layouts):
+        h_v, kept_groups = lo.h_v - len(removed[li]), len(group_sizes(lo, removed[li]))
+        # each surviving key group becomes c_g / G' key heads: copies beyond the first are duplicates
+        per_layer.append({"layer": li, "h_k": h_v // gp, "h_v": h_v, "group": gp,
+                          "key_heads_removed": lo.h_k - kept_groups, "key_heads_duplicated": h_v // gp - kept_groups})
+    hv = {p["h_v"] for p in per_layer}
+    hk = {p["h_k"] for p in per_layer}
+    why = None
+    if len(hv) != 1:
+        why = f"the plan keeps {[p['h_v'] for p in per_layer]} value heads per layer; stock configs hold one count"
+    elif len(hk) != 1:
+        why = f"the plan keeps {[p['h_k'] for p in per_layer]} key heads per layer; engines size state from one count"
+    elif any(p["h_v"] % p["h_k"] for p in per_layer):
+        why = "H_v' is not a multiple of H_k'"
+    return {"per_layer": per_layer, "group": gp,
+            "key_heads": [sum(lo.h_k for lo in layouts), sum(p["h_k"] for p in per_layer)],
+            "value_heads": [sum(lo.h_v for lo in layouts), sum(p["h_v"] for p in per_layer)],
+            "key_heads_duplicated": sum(p["key_heads_duplicated"] for p in per_layer),
+            "exportable": len(hv) == 1, "engine_compatible": why is None, "why": why}
 
 
 def _configs(model: nn.Module) -> list:
@@ -94,10 +126,10 @@ def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None, dt
         tokenizer.save_pretrained(out)
         clean_tokenizer_config(out)
     plan.save(out / "prune_plan.json")
-    orig_keys = sum(lo[0] for lo in plan.facts["layouts"])
-    kept_groups = sum(len(group_sizes(HeadLayout(*lo), removed[li])) for li, lo in zip(plan.layers, plan.facts["layouts"]))
-    return {"path": str(out), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "h_k": h_k, "h_v": h_v, "group": gp, "key_heads_before": orig_keys,
-            "key_heads_after": h_k * len(layouts), "key_heads_duplicated": h_k * len(layouts) - kept_groups}
+    lay = implied_layout(plan)
+    return {"path": str(out), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "h_k": h_k, "h_v": h_v,
+            "group": gp, "key_heads_before": lay["key_heads"][0], "key_heads_after": lay["key_heads"][1],
+            "key_heads_duplicated": lay["key_heads_duplicated"]}
 
 
 def write_card(folder: Path, result: dict) -> None:

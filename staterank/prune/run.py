@@ -48,7 +48,7 @@ from .calibrate import calibrate, calibration_contexts
 from .config import PruneConfig, SweepConfig
 from .controls import _summ, control_notes, control_plans
 from .evaluate import _plan_key, accuracy, task_items
-from .export import decode_speed, export, export_shape, logits, masked, reload, state_bytes, write_card
+from .export import decode_speed, export, export_shape, implied_layout, logits, masked, reload, state_bytes, write_card
 from .plan import Plan, make_plan
 from .scores import Budget, get_method, select
 from .surgery import prune_heads
@@ -208,6 +208,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                      "controls": {k: {"per_seed": v, "summary": _summ(v)} for k, v in acc_controls.items()}},
         "tasks": {"names": list(cfg.tasks), "n": cfg.eval_n, "seed": cfg.eval_seed},
         "calibration": plan.calibration, "export": export_info, "not_exported": not_exported, "check": check,
+        "layout": implied_layout(plan),
         "control_notes": control_notes(head_bytes, plan),
     }
     runio.write_json(run_dir / "prune.json", result)
