@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/decode.py [--model builtin --fraction 0.389 --batch 1 8 32 --device cpu]
     .venv/bin/python benchmarks/decode.py --plan runs/demo/prune/plan.json
+    .venv/bin/python benchmarks/decode.py --model qwen3_next-shaped --fraction 0.25 --whole-groups --batch 1 32
 
 The paper's pruning saves recurrent state (38.9 % at 7/18 of the heads); whether that buys decode
 speed depends on the hardware and the batch (state reads grow with the batch, weights do not). This
@@ -12,6 +13,11 @@ greedy decoding alone (the prompt's prefill untimed, ``prune.export.decode_rate`
 alternating original and pruned on every repeat so machine load hits both alike. Per batch size:
 median tokens/s of each, the ratio, and the state bytes the cache actually holds. The last line:
 ``decode_speedup=<x> state_saved=<y>`` at the largest batch. Shapes: B batch.
+
+``--model qwen3_next-shaped``: a random model with Qwen3-Next-80B's Gated DeltaNet widths (hidden 2048,
+H_k = 16 key heads, H_v = 32 value heads, K = V = 128, conv kernel 4), 3 GDN layers + 1 attention layer,
+a dense MLP of 4096 in place of the MoE, vocabulary 8192: the layer shapes where pruning's speed is
+decided, at a size a CPU can decode.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from staterank.models import load_model  # noqa: E402
+from staterank.adapters import get_adapter  # noqa: E402
+from staterank.models import Loaded, load_model  # noqa: E402
 from staterank.prune.export import decode_rate, state_bytes  # noqa: E402
 from staterank.prune.plan import Plan  # noqa: E402
 from staterank.prune.surgery import common_group, prune_heads  # noqa: E402
@@ -54,9 +61,21 @@ def random_groups(loaded, fraction: float, seed: int) -> dict[int, list[int]]:
     return out
 
 
+SHAPED = "qwen3_next-shaped"
+
+
+def qwen3_next_shaped(seed: int = 0) -> Loaded:
+    """Random weights, Qwen3-Next's GDN widths (see the module docstring), fp32, eval mode."""
+    from staterank.testing import char_tokenizer, tiny_model
+
+    m = tiny_model("qwen3_next", seed, h_k=16, h_v=32, k=128, v=128, vocab=8192, hidden=2048,
+                   layers=("linear_attention",) * 3 + ("full_attention",))
+    return Loaded(model=m, tokenizer=char_tokenizer(), adapter=get_adapter(m), spec=SHAPED, source="random")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="builtin", help="HF id, folder or builtin (default builtin)")
+    p.add_argument("--model", default="builtin", help=f"HF id, folder, builtin (default) or {SHAPED}")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the loader's)")
     p.add_argument("--fraction", type=float, default=0.389, help="share of value heads removed per layer (default 0.389)")
@@ -73,7 +92,12 @@ def main(argv=None) -> int:
     if not 0 <= a.fraction < 1 or min(a.batch + [a.prompt, a.new_tokens, a.repeats, a.threads]) < 1:
         p.error("--fraction in [0, 1); batch sizes, --prompt, --new-tokens, --repeats, --threads >= 1")
     torch.set_num_threads(a.threads)
-    loaded = load_model(a.model, device=a.device, dtype=a.dtype)
+    if a.model == SHAPED:
+        loaded = qwen3_next_shaped(a.seed)
+        loaded.model.to(device=a.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                        dtype=getattr(torch, a.dtype) if a.dtype else None)
+    else:
+        loaded = load_model(a.model, device=a.device, dtype=a.dtype)
     original = loaded.model
     layers = loaded.adapter.linear_layers(original)
     if a.plan:

@@ -283,7 +283,9 @@ def prune_claims(q: dict) -> list[dict]:
     for task in before:
         b, a = before[task], after.get(task, {})
         cs = {k: (v.get("summary") or {}).get(task) for k, v in ctrl.items()}
-        lm = cs.get("layer_matched") or cs.get("count_matched")
+        # the closest match first: a key_groups plan's group-matched control has its layout exactly
+        matched = next((k for k in ("group_matched", "layer_matched", "count_matched") if cs.get(k)), None)
+        lm = cs.get(matched) if matched else None
         iv = _seed_interval(lm)
         need = KEPT * b["acc"] if b.get("acc") is not None else None
         ours = {"method": method, "state_saved": saved, "paper_state_saved": 0.389,
@@ -291,7 +293,7 @@ def prune_claims(q: dict) -> list[dict]:
                 "after": a.get("acc"), "after_ci": [a.get("lo"), a.get("hi")], "n": a.get("n"),
                 "kept_criterion": f"after >= {KEPT:g} x before = {_f(need)}",
                 "random_controls": {k: (v or {}).get("mean") for k, v in cs.items()},
-                "layer_matched_seed_ci": list(iv) if iv else None}
+                "layer_matched_seed_ci": list(iv) if iv else None, "matched_control": matched}
         # The control is a mean over random plans whose accuracies spread widely (one plan may keep
         # everything, the next nothing): its t interval over seeds, not its mean, must clear JRNP's CI.
         if _no_skill(task, b.get("acc"), b.get("lo")):

@@ -203,6 +203,19 @@ def test_prune_claim_holds_when_every_random_plan_is_worse():
     assert "Joint Rank-Norm Pruning" in row["claim"]
 
 
+def test_prune_claim_of_a_key_groups_plan_is_judged_by_its_group_matched_control():
+    """A whole-group plan's closest control removes random whole groups (its layout exactly): that one
+    decides, not the layer-matched one, and the report names it."""
+    from staterank.prune.run import _summ
+    from staterank.report.claims import _ours
+
+    q = _prune_json([0.30, 0.28, 0.33, 0.31, 0.29], after=0.6, before=0.62)  # layer-matched alone: the claim fails
+    q["accuracy"]["controls"]["group_matched"] = {"summary": _summ([{"t": {"acc": a}} for a in (0.05, 0.02, 0.04, 0.03)])}
+    (row,) = C.prune_claims(q)
+    assert row["verdict"] == "holds" and row["ours"]["matched_control"] == "group_matched", row["why"]
+    assert "group-matched over seeds" in _ours(row["ours"])
+
+
 def test_prune_claim_needs_accuracy_kept():
     """Beating random removal is not enough: the paper claims accuracy largely kept."""
     (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.9))

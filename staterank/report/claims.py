@@ -44,7 +44,8 @@ def _ours(o: dict) -> str:
         rc = o.get("random_controls") or {}
         ctrl = ", ".join(f"{k} {_f(v)}" for k, v in rc.items() if v is not None)
         if o.get("layer_matched_seed_ci"):
-            ctrl += " (layer-matched over seeds [{}, {}])".format(*(_f(x) for x in o["layer_matched_seed_ci"]))
+            which = (o.get("matched_control") or "layer_matched").replace("_", "-")
+            ctrl += " ({} over seeds [{}, {}])".format(which, *(_f(x) for x in o["layer_matched_seed_ci"]))
         return (f"state −{_f(100 * o['state_saved'], 1) if o.get('state_saved') is not None else '—'} %; acc {_f(o.get('before'))} → "
                 f"{_f(o.get('after'))} [{_f((o.get('after_ci') or [None])[0])}, {_f((o.get('after_ci') or [None, None])[1])}]; random: {ctrl}")
     return ", ".join(f"{k} {_f(v)}" for k, v in o.items() if not isinstance(v, (list, dict)))
