@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"staterank: error: {e}", file=sys.stderr)
+        if getattr(e, "echo", True):  # False: another torchrun rank failed and reports it itself
+            print(f"staterank: error: {e}", file=sys.stderr)
         return 2
     except VerificationFailed as e:
         print(f"staterank: check failed: {e}", file=sys.stderr)
