@@ -1,6 +1,6 @@
 """Speed-up of the builtin probe over 2 CPU processes (torchrun, gloo) against 1, in one run.
 
-    .venv/bin/python benchmarks/distributed.py [--tasks mqar --limit 32 --seeds 2 --batch-size 4]
+    .venv/bin/python benchmarks/distributed.py [--tasks mqar --limit 16 --seeds 2 --batch-size 4]
 
 Each configuration runs the same probe (the builtin model, low / high / random groups, scores
 calibrated on rank 0) into a fresh folder: 1 process with 1 thread, 1 process with 2 threads (what
@@ -57,7 +57,7 @@ def _run(cmd: list[str], threads: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="mqar", help="one probe task (default mqar)")
-    p.add_argument("--limit", type=int, default=32, help="items of the task (default 32)")
+    p.add_argument("--limit", type=int, default=16, help="items of the task (default 16)")
     p.add_argument("--seeds", type=int, default=2, help="random-control seeds (default 2)")
     p.add_argument("--batch-size", type=int, default=4, help="items per forward (default 4)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

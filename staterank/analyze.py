@@ -23,6 +23,10 @@ Run folder (``out``), written by ``runio.new_run_dir`` and never overwritten:
   texts/NNNN.npz     per-text partial results: a rerun of the same command skips finished texts
   states/NNNN.safetensors   (keep_states) layer_<i>: [H, P_i, K, V] fp32, positions: [P_i]
 
+Under torchrun (``distributed``) text i is rank i % world size's: each rank writes its own
+texts/NNNN.npz, rank 0 makes the folder and writes the merged files, and a resume skips the texts
+any rank finished.
+
 Shapes: N texts, L linear-attention layers, H value heads, P positions, K key dim, V value dim.
 """
 

@@ -13,6 +13,8 @@ Run folder (resumable; a folder holding another config is never touched):
 This module alone writes the folder. The parts: ``config`` (ProbeConfig), ``scores`` (per-head
 scores, measured or read), ``measure`` (conditions × tasks → item rows), ``itemlog``
 (items.jsonl, resume), ``results`` (probe.json: intervals, tests, comparisons, verdicts).
+Under torchrun the batches are shared out (``measure``), each rank logging to items.rank<r>.jsonl
+until rank 0 merges them into items.jsonl; rank 0 alone writes the rest.
 Shapes: L linear layers, H value heads.
 """
 

@@ -26,6 +26,10 @@ Sweep (:func:`run_sweep`): α × fraction with per-layer or global ranking, ever
 zero-ablated; the linear recurrent state after pruning is measured once on the original and scaled
 by kept/total heads, which the surgery tests show is exact (state is [B, H_v, K, V]).
 
+Under torchrun the calibration texts and every evaluation's batches are shared out over the ranks
+(``analyze``, ``evaluate.accuracy``); rank 0 alone writes the folder, measures state bytes and decode
+speed and exports (the other ranks reload its export to evaluate their share).
+
 Modules: config.py (PruneConfig, SweepConfig), calibrate.py (per-head statistics), evaluate.py
 (task items, cached accuracies), controls.py (random controls); this module alone owns the run
 folder and re-exports their public names.
