@@ -148,3 +148,26 @@ def test_two_ranks_give_the_files_of_one_process_and_a_killed_probe_resumes(tmp_
     items = (two / "probe" / "items.jsonl").read_text().replace('"correct": true', '"correct": false', 1)
     (two / "probe" / "items.jsonl").write_text(items)
     assert _differences(one, two) == ["probe/items.jsonl"]
+
+
+def test_device_choice_follows_the_ranks_gpu_group(monkeypatch):
+    """--device cuda / auto under torchrun with 2 ranks on a node of 8 (simulated) GPUs: rank 1 takes
+    GPUs 4-7; accelerate's map may use only those (and a half share of host RAM)."""
+    import torch
+
+    from staterank import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (80 * 2**30 + i, 80 * 2**30))
+    for k, v in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    assert models.rank_gpus() == [4, 5, 6, 7]
+    assert models.resolve_device("cuda") == torch.device("cuda", 4) == models.resolve_device(None)
+    assert models.resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index is kept
+    kw = models.auto_device_map_kwargs()
+    assert kw["device_map"] == "auto" and sorted(k for k in kw["max_memory"] if k != "cpu") == [4, 5, 6, 7]
+    assert kw["max_memory"][5] == 80 * 2**30 + 5 and kw["max_memory"]["cpu"] > 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert models.rank_gpus() is None and models.auto_device_map_kwargs() == {"device_map": "auto"}
