@@ -32,6 +32,7 @@ T = TypeVar("T")
 ENV_TIMEOUT = "STATERANK_DIST_TIMEOUT"
 ENV_BACKEND = "STATERANK_DIST_BACKEND"
 DEFAULT_TIMEOUT_S = 1800.0
+_alone = False  # rank 0 is inside on_main's function
 
 
 class RankFailed(UserError):
@@ -151,6 +152,8 @@ def exchange(value: Any = None, error: BaseException | None = None) -> list:
         if error is not None:
             raise error
         return [value]
+    if _alone:  # the other ranks are not inside on_main's function: they would never answer
+        raise RuntimeError("a collective inside distributed.on_main's function would deadlock")
     import torch.distributed as dist
 
     payload = ("error", f"{type(error).__name__}: {_one_line(error)}" if not isinstance(error, UserError)
@@ -184,7 +187,18 @@ def on_main(fn: Callable[[], T]) -> T:
     r = world()
     if r.size == 1:
         return fn()
-    return each(fn if r.main else (lambda: None))[0]
+    if not r.main:
+        return each(lambda: None)[0]
+
+    def alone():
+        global _alone
+        _alone = True
+        try:
+            return fn()
+        finally:
+            _alone = False
+
+    return each(alone)[0]
 
 
 def barrier() -> None:

@@ -55,6 +55,10 @@ _FAILING = textwrap.dedent("""
     from staterank.errors import UserError
     r = D.world()
     try:
+        D.on_main(D.barrier)  # a collective only rank 0 reaches: refused, not a deadlock
+    except Exception as e:
+        print(f"rank {r.rank} nested {type(e).__name__}: {e}", flush=True)
+    try:
         D.each(lambda: (_ for _ in ()).throw(UserError("no such text")) if r.rank == 1 else 1)
     except UserError as e:
         print(f"rank {r.rank} {type(e).__name__} echo={getattr(e, 'echo', True)}: {e}", flush=True)
@@ -77,6 +81,8 @@ def test_a_failing_rank_is_reported_once_and_a_dead_rank_cannot_hang_the_others(
     procs = [subprocess.Popen([sys.executable, "-c", _FAILING], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert "rank 0 nested RuntimeError: a collective inside distributed.on_main" in outs[0]
+    assert "rank 1 nested RankFailed: rank 0 of 2 failed: RuntimeError: a collective inside" in outs[1]
     assert "rank 1 UserError echo=True: no such text" in outs[1]
     assert "rank 0 RankFailed echo=False: rank 1 of 2 failed: no such text" in outs[0]
     lost = [l for l in outs[0].splitlines() if l.startswith("rank 0 after")]
