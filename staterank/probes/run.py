@@ -113,7 +113,9 @@ def run_probe(loaded, cfg: ProbeConfig) -> Path:
         return folder
 
     folder = distributed.on_main(start)
-    means = distributed.on_main(lambda: _means(folder, cfg, model, tok, adapter, calib)) if cfg.mode == "mean" else None
+    # sent on the host: a CUDA tensor would unpickle onto rank 0's GPU (ablate moves them to the model's)
+    means = distributed.on_main(lambda: {k: v.cpu() for k, v in _means(folder, cfg, model, tok, adapter, calib).items()}
+                                ) if cfg.mode == "mean" else None
 
     rank = distributed.world()
     log = ItemLog(folder / "items.jsonl", None if rank.size == 1 else folder / f"items.rank{rank.rank}.jsonl")
