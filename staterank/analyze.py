@@ -23,6 +23,10 @@ Run folder (``out``), written by ``runio.new_run_dir`` and never overwritten:
   texts/NNNN.npz     per-text partial results: a rerun of the same command skips finished texts
   states/NNNN.safetensors   (keep_states) layer_<i>: [H, P_i, K, V] fp32, positions: [P_i]
 
+Under torchrun (``distributed``) text i is rank i % world size's: each rank writes its own
+texts/NNNN.npz, rank 0 makes the folder and writes the merged files, and a resume skips the texts
+any rank finished.
+
 Shapes: N texts, L linear-attention layers, H value heads, P positions, K key dim, V value dim.
 """
 
@@ -38,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runio, spectra
+from . import distributed, runio, spectra
 from .capture import Schedule, capture
 from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
@@ -243,31 +247,48 @@ def analyze(
         **({"extra_stats": list(spectra.EXTRA_STATS)} if spectra.EXTRA_STATS else {}),
     }
     run_dir = None
-    if out is not None:
-        run_dir = runio.new_run_dir(out, config, weights=weights_fingerprint(loaded.model))
-        if (run_dir / "dynamics.npz").exists():
+    if out is not None:  # rank 0 makes (or resumes) the folder; under torchrun every rank writes its texts there
+
+        def make():
+            d = runio.new_run_dir(out, config, weights=weights_fingerprint(loaded.model))
+            return d, (d / "dynamics.npz").exists()
+
+        run_dir, finished = distributed.on_main(make)
+        if finished:
             return load_dynamics(run_dir)
 
     layers = loaded.adapter.linear_layers(loaded.model)
     layouts = [(l.layout.k, l.layout.v) for l in layers]
+    rank = distributed.world()
+    progress = progress and rank.main
+
+    def my_texts() -> dict[int, tuple[dict, dict]]:
+        """{text index: (arrays, check)} of this rank's texts (all of them in one process)."""
+        done = {}
+        mine = [(i, names[i], ids[i]) for i in range(len(names)) if distributed.owns(i, rank)]
+        for i, name, x in tqdm(mine, desc="texts", unit="text", disable=not progress, file=sys.stderr):
+            part_path = run_dir / "texts" / f"{i:04d}.npz" if run_dir else None
+            if part_path is not None and part_path.exists():  # finished earlier, by any rank
+                arrays = runio.read_npz(part_path)
+                check = {k: arrays.pop(k).item() for k in ("max_output_err", "max_state_err", "rule_calls")}
+            else:
+                with tqdm(total=x.shape[1], desc=name, unit="tok", leave=False, disable=not progress,
+                          file=sys.stderr) as bar:
+                    arrays, check, states = _one_text(loaded, x, schedule=schedule, eps=eps, keep_states=keep_states,
+                                                      max_state_bytes=max_state_bytes, prefill_chunk=prefill_chunk,
+                                                      bar=bar)
+                if run_dir is not None:
+                    if keep_states:  # states first: a partial file means this text is complete
+                        _write_states(run_dir / "states" / f"{i:04d}.safetensors", states)
+                    runio.write_npz(part_path, **arrays, **{k: np.asarray(v) for k, v in check.items()})
+                del states
+            done[i] = (arrays, check)
+        return done
+
+    merged = {i: v for part in distributed.each(my_texts) for i, v in part.items()}
     parts, infos = [], []
-    text_bar = tqdm(list(zip(names, ids)), desc="texts", unit="text", disable=not progress, file=sys.stderr)
-    for i, (name, x) in enumerate(text_bar):
-        part_path = run_dir / "texts" / f"{i:04d}.npz" if run_dir else None
-        if part_path is not None and part_path.exists():
-            arrays = runio.read_npz(part_path)
-            check = {k: arrays.pop(k).item() for k in ("max_output_err", "max_state_err", "rule_calls")}
-        else:
-            with tqdm(total=x.shape[1], desc=name, unit="tok", leave=False, disable=not progress,
-                      file=sys.stderr) as bar:
-                arrays, check, states = _one_text(loaded, x, schedule=schedule, eps=eps, keep_states=keep_states,
-                                                  max_state_bytes=max_state_bytes, prefill_chunk=prefill_chunk,
-                                                  bar=bar)
-            if run_dir is not None:
-                if keep_states:  # states first: a partial file means this text is complete
-                    _write_states(run_dir / "states" / f"{i:04d}.safetensors", states)
-                runio.write_npz(part_path, **arrays, **{k: np.asarray(v) for k, v in check.items()})
-            del states
+    for i, (name, x) in enumerate(zip(names, ids)):
+        arrays, check = merged[i]
         parts.append(arrays)
         infos.append(TextInfo(name=name, n_tokens=int(x.shape[1]), sha256=_sha(bodies[i]),
                               n_positions=len(arrays["positions"]), max_output_err=float(check["max_output_err"]),
@@ -276,9 +297,13 @@ def analyze(
     dyn = Dynamics(stats=stats, positions=pos, layers=np.array([l.index for l in layers], dtype=np.int64),
                    bound=bound, log_decay=np.stack([p["log_decay"] for p in parts]), texts=infos, run_dir=run_dir)
     if run_dir is not None:
-        runio.atomic_write_text(run_dir / "heads.csv", _csv(head_table(dyn)))
-        runio.atomic_write_text(run_dir / "texts.csv", _csv([asdict(t) for t in infos]))
-        runio.write_npz(run_dir / "dynamics.npz", **dyn.arrays())  # last: its presence marks the run done
+
+        def write():
+            runio.atomic_write_text(run_dir / "heads.csv", _csv(head_table(dyn)))
+            runio.atomic_write_text(run_dir / "texts.csv", _csv([asdict(t) for t in infos]))
+            runio.write_npz(run_dir / "dynamics.npz", **dyn.arrays())  # last: its presence marks the run done
+
+        distributed.on_main(write)
     return dyn
 
 

@@ -71,17 +71,45 @@ class Loaded:
 AUTO_DEVICE = "auto"  # spread the model over all GPUs (and CPU if it must) with accelerate's device map
 
 
+def rank_gpus() -> list[int] | None:
+    """Under torchrun with several processes on this node, the GPUs this rank holds (consecutive
+    blocks of GPUs / LOCAL_WORLD_SIZE, ``distributed.gpu_group``); None with one process per node."""
+    from .distributed import env_rank, gpu_group
+
+    r = env_rank()
+    if r.local_size == 1 or not torch.cuda.is_available():
+        return None
+    return gpu_group(r.local_rank, r.local_size, torch.cuda.device_count())
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device a model goes to; for "auto", the primary one (cuda if available)."""
+    """The device a model goes to; for "auto", the primary one (cuda if available). Under torchrun
+    an unnumbered "cuda" (or auto) is the first GPU of this rank's group (``rank_gpus``)."""
     if device is None or device == AUTO_DEVICE:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"bad --device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA, but torch sees no CUDA device")
-    return dev
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise UserError(f"bad --device {device!r}: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for CUDA, but torch sees no CUDA device")
+    gpus = rank_gpus() if dev.type == "cuda" and dev.index is None else None
+    return torch.device("cuda", gpus[0]) if gpus else dev
+
+
+def auto_device_map_kwargs() -> dict:
+    """from_pretrained's placement for ``--device auto``: all GPUs, or under torchrun only this
+    rank's group, with host RAM shared among the node's ranks for what does not fit."""
+    gpus = rank_gpus()
+    if gpus is None:
+        return {"device_map": AUTO_DEVICE}
+    import psutil
+
+    from .distributed import env_rank
+
+    cpu = psutil.virtual_memory().available // env_rank().local_size
+    return {"device_map": AUTO_DEVICE, "max_memory": {**{g: torch.cuda.mem_get_info(g)[0] for g in gpus}, "cpu": cpu}}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -231,7 +259,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
         # network and publisher trust) while placing a model on a GPU; a locally installed fla still runs
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code, use_kernels=False,
-            **({"device_map": AUTO_DEVICE} if auto else {}))
+            **(auto_device_map_kwargs() if auto else {}))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the weights of {where} (safetensors only): {_one_line(e)}") from None
     except _safetensor_error() as e:

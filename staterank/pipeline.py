@@ -273,9 +273,17 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
     from .data import prose_files
 
     prose_files(cfg.data_dir)  # every stage reads prose (contexts, scores, calibration): missing data fails here
-    folder = runio.new_run_dir(out, {"stage": "run", **cfg.to_dict()})
-    if not (folder / "run.yaml").exists():
-        runio.atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def make():  # under torchrun rank 0 alone makes the folder; each stage shards its own work
+        d = runio.new_run_dir(out, {"stage": "run", **cfg.to_dict()})
+        if not (d / "run.yaml").exists():
+            runio.atomic_write_text(d / "run.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return d
+
+    from . import distributed
+
+    folder = distributed.on_main(make)
+    say = say if distributed.world().main else (lambda m: None)
     say(f"model {cfg.model}: {loaded.config.get('model_type')}, {len(loaded.adapter.linear_layers(loaded.model))} linear-attention layers")
 
     def stratify_stage():
@@ -315,5 +323,5 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
 
     from .claims import write_claims
 
-    write_claims(folder)
+    distributed.on_main(lambda: write_claims(folder))
     return folder

@@ -8,6 +8,7 @@ line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UserError, VerificationFailed
@@ -73,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        from ..distributed import env_rank
+
+        if env_rank().rank != 0:  # under torchrun rank 0 speaks for all (errors still go to each stderr)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"staterank: error: {e}", file=sys.stderr)
+        if getattr(e, "echo", True):  # False: another torchrun rank failed and reports it itself
+            print(f"staterank: error: {e}", file=sys.stderr)
         return 2
     except VerificationFailed as e:
         print(f"staterank: check failed: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import distributed
 from . import groups as G
 from .ablate import ablate
 from .itemlog import ItemLog
@@ -35,27 +36,44 @@ def conditions(space: G.HeadSpace, groups: Sequence[str], n: int, seeds: int, se
     return conds
 
 
+def _todo_items(cond: str, items: list, single_limit: int | None) -> list:
+    return items[: single_limit] if cond.startswith(SINGLE) and single_limit else items
+
+
+def item_order(task_items: list, conds: dict[str, G.Group], single_limit: int | None) -> list[tuple[str, str, str]]:
+    """(task, condition, item id) in the order one process measures (and logs) them."""
+    return [(task.name, cond, it.id) for task, items in task_items for cond in conds
+            for it in _todo_items(cond, items, single_limit)]
+
+
 def measure(model, tok, task_items: list, conds: dict[str, G.Group], log: ItemLog, *, mode: str,
             means=None, adapter=None, batch_size: int = 16, single_limit: int | None = None,
             progress: bool = True) -> None:
     """Run every (task, items) of ``task_items`` under every condition, ``batch_size`` items at a
     time, appending each batch's rows to ``log``; single-head conditions run the first
-    ``single_limit`` items (all when None)."""
+    ``single_limit`` items (all when None).
+
+    Batches are cut from the full item list (a resumed run skips finished items inside them), so a
+    batch holds the same items whoever runs it; under torchrun batch b of the whole run (counted over
+    tasks and conditions) is rank b % world size's (``distributed.owns``)."""
+    rank = distributed.world()
+    step = max(1, batch_size)
+    b = -1
     for task, items in task_items:
         for cond, group in conds.items():
-            if cond.startswith(SINGLE):
-                todo_items = items[: single_limit] if single_limit else items
-            else:
-                todo_items = items
+            todo_items = _todo_items(cond, items, single_limit)
             done = log.done(task.name, cond)
-            todo = [it for it in todo_items if it.id not in done]
-            if not todo:
+            mine = []
+            for s in range(0, len(todo_items), step):
+                b += 1
+                left = [it for it in todo_items[s:s + step] if it.id not in done]
+                if left and distributed.owns(b, rank):
+                    mine.append(left)
+            if not mine:
                 continue
             if progress:
-                print(f"[probe] {task.name} / {cond}: {len(todo)} items", flush=True)
-            step = max(1, batch_size)
+                print(f"[probe] {task.name} / {cond}: {sum(map(len, mine))} items", flush=True)
             with ablate(model, group, mode, means=means, adapter=adapter):
-                for s in range(0, len(todo), step):
-                    batch = todo[s:s + step]
+                for batch in mine:
                     res = task.run(model, tok, batch)
                     log.append([{"task": task.name, "condition": cond, **r} for r in res])

@@ -13,6 +13,8 @@ Run folder (resumable; a folder holding another config is never touched):
 This module alone writes the folder. The parts: ``config`` (ProbeConfig), ``scores`` (per-head
 scores, measured or read), ``measure`` (conditions × tasks → item rows), ``itemlog``
 (items.jsonl, resume), ``results`` (probe.json: intervals, tests, comparisons, verdicts).
+Under torchrun the batches are shared out (``measure``), each rank logging to items.rank<r>.jsonl
+until rank 0 merges them into items.jsonl; rank 0 alone writes the rest.
 Shapes: L linear layers, H value heads.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .. import runio
+from .. import distributed, runio
 from ..errors import UserError
 from ..stats import Z95, mcnemar  # re-exported
 from ..stats import sign_flip_p as _sign_flip_p
@@ -34,7 +36,7 @@ from . import groups as G
 from .ablate import calibrate_means
 from .config import ProbeConfig
 from .itemlog import ItemLog, task_spec
-from .measure import BASE, SINGLE, conditions, measure
+from .measure import BASE, SINGLE, conditions, item_order, measure
 from .results import accuracy_row, compare, perplexity_row, seed_aggregate, summarize, verdicts
 from .scores import HeadScores, calibration_texts, measure_scores
 
@@ -76,7 +78,9 @@ def run_probe(loaded, cfg: ProbeConfig) -> Path:
     from ..models import weights_fingerprint
 
     weights = weights_fingerprint(model)
-    folder = runio.new_run_dir(out, config, weights=weights) if out.exists() and any(out.iterdir()) else None
+    # under torchrun rank 0 alone makes (or resumes) the folder and writes its files; the items are sharded
+    folder = distributed.on_main(
+        lambda: runio.new_run_dir(out, config, weights=weights) if out.exists() and any(out.iterdir()) else None)
     scores_saved = folder is not None and (folder / "scores.json").exists()
 
     # scores -> groups (written once; a resumed run reads them back so groups never change)
@@ -93,32 +97,51 @@ def run_probe(loaded, cfg: ProbeConfig) -> Path:
         elif cfg.scores is not None:
             hs = HeadScores.read(cfg.scores)
         else:
-            hs = measure_scores(model, tok, cfg.calib_texts, cfg.calib_tokens, adapter=adapter, texts=calib)
+            hs = distributed.on_main(lambda: measure_scores(model, tok, cfg.calib_texts, cfg.calib_tokens,
+                                                            adapter=adapter, texts=calib))
     if hs is not None and hs.layers != list(space.layers):
         raise UserError(f"scores are for layers {hs.layers}; the model's linear layers are {list(space.layers)}")
     conds = conditions(space, cfg.groups, n, cfg.seeds, cfg.seed, None if hs is None else hs.norm_rank,
                        cfg.single_head)
 
-    if folder is None:
-        folder = runio.new_run_dir(out, config, weights=weights)
-    if hs is not None and not scores_saved:
-        runio.write_json(folder / "scores.json", hs.to_dict())
-    _write_groups(folder, space, n, conds)
-    means = _means(folder, cfg, model, tok, adapter, calib) if cfg.mode == "mean" else None
+    def start(folder=folder):
+        if folder is None:
+            folder = runio.new_run_dir(out, config, weights=weights)
+        if hs is not None and not scores_saved:
+            runio.write_json(folder / "scores.json", hs.to_dict())
+        _write_groups(folder, space, n, conds)
+        return folder
 
-    log = ItemLog(folder / "items.jsonl")
-    measure(model, tok, task_items, conds, log, mode=cfg.mode, means=means, adapter=adapter,
-            batch_size=cfg.batch_size, single_limit=cfg.single_limit, progress=cfg.progress)
+    folder = distributed.on_main(start)
+    # sent on the host: a CUDA tensor would unpickle onto rank 0's GPU (ablate moves them to the model's)
+    means = distributed.on_main(lambda: {k: v.cpu() for k, v in _means(folder, cfg, model, tok, adapter, calib).items()}
+                                ) if cfg.mode == "mean" else None
+
+    rank = distributed.world()
+    log = ItemLog(folder / "items.jsonl", None if rank.size == 1 else folder / f"items.rank{rank.rank}.jsonl")
+
+    def run_mine():
+        measure(model, tok, task_items, conds, log, mode=cfg.mode, means=means, adapter=adapter,
+                batch_size=cfg.batch_size, single_limit=cfg.single_limit, progress=cfg.progress)
+        return log.added
+
+    for rows in distributed.each(run_mine):  # every rank's new rows; then items.jsonl as one process writes it
+        log.add(rows)
+    distributed.on_main(lambda: log.consolidate(item_order(task_items, conds, cfg.single_limit)))
     lm_results = _lm_eval(folder, cfg, loaded, conds, means) if cfg.lm_eval_tasks else {}
-    summary, csv_rows = summarize(log, task_objects, conds, hs, space, n)
-    if csv_rows:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(csv_rows[0]))
-        w.writeheader()
-        w.writerows(csv_rows)
-        runio.atomic_write_text(folder / "single_head.csv", buf.getvalue())
-    summary["lm_eval"] = lm_results
-    runio.write_json(folder / "probe.json", summary)
+
+    def finish():
+        summary, csv_rows = summarize(log, task_objects, conds, hs, space, n)
+        if csv_rows:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(csv_rows[0]))
+            w.writeheader()
+            w.writerows(csv_rows)
+            runio.atomic_write_text(folder / "single_head.csv", buf.getvalue())
+        summary["lm_eval"] = lm_results
+        runio.write_json(folder / "probe.json", summary)
+
+    distributed.on_main(finish)
     return folder
 
 
@@ -166,18 +189,24 @@ def _lm_eval(folder: Path, cfg: ProbeConfig, loaded, conds: dict, means) -> dict
     (a resumed run reads the finished ones back)."""
     from .lmeval import lm_eval_probe
 
-    out = {}
-    for cond, group in conds.items():
-        if cond.startswith(SINGLE):
-            continue
-        f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
-        if not f.exists():
-            if cfg.progress:
-                print(f"[probe] lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}", flush=True)
-            runio.write_json(f, lm_eval_probe(loaded, cfg.lm_eval_tasks, group, mode=cfg.mode, means=means,
-                                              limit=cfg.lm_eval_limit, data_dir=cfg.data_dir))
-        out[cond] = runio.read_json(f)
-    return out
+    names = [c for c in conds if not c.startswith(SINGLE)]
+
+    def mine():  # under torchrun condition i is rank i % world size's
+        out = {}
+        for i, cond in enumerate(names):
+            if not distributed.owns(i):
+                continue
+            f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
+            if not f.exists():
+                if cfg.progress:
+                    print(f"[probe] lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}", flush=True)
+                runio.write_json(f, lm_eval_probe(loaded, cfg.lm_eval_tasks, conds[cond], mode=cfg.mode, means=means,
+                                                  limit=cfg.lm_eval_limit, data_dir=cfg.data_dir))
+            out[cond] = runio.read_json(f)
+        return out
+
+    got = {k: v for part in distributed.each(mine) for k, v in part.items()}
+    return {c: got[c] for c in names}
 
 
 __all__ = ["BASE", "SINGLE", "Z95", "HeadScores", "ItemLog", "ProbeConfig", "accuracy_row", "calibration_texts",

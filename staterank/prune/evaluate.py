@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 from pathlib import Path
 
-from .. import runio
+from .. import distributed, runio
 from .config import PruneConfig
 from .export import masked
 from .plan import Plan
@@ -40,20 +41,31 @@ def _plan_key(plan: Plan | None) -> str:
 def accuracy(model, tokenizer, items: dict[str, list], path: Path | None, cfg: PruneConfig,
              plan: Plan | None = None) -> dict:
     """{task: {acc, lo, hi, n, k}} of ``model`` (zero-ablated by ``plan`` if given); cached at ``path``."""
-    from ..tasks.evaluate import accuracy_ci, evaluate
+    from ..tasks.evaluate import accuracy_ci, evaluate, length_batches
 
     if path is not None and path.exists():
         return runio.read_json(path)["accuracy"]
+
+    def mine() -> dict[tuple[str, int], dict]:
+        """{(task, item index): row} of this rank's batches: the batches one process decodes
+        (``length_batches``), batch b of this call being rank b % world size's (all in one process)."""
+        got, b = {}, -1
+        with masked(model, plan) if plan is not None and plan.removed else contextlib.nullcontext():
+            for name, its in items.items():
+                for batch in length_batches([len(tokenizer(it.prompt)["input_ids"]) for it in its]):
+                    b += 1
+                    if distributed.owns(b):
+                        rows = evaluate(model, tokenizer, [its[i] for i in batch], max_new_tokens=cfg.max_new_tokens)
+                        got.update({(name, i): r for i, r in zip(batch, rows)})
+        return got
+
+    done = {k: v for part in distributed.each(mine) for k, v in part.items()}
     res, rows_all = {}, {}
     for name, its in items.items():
-        if plan is not None and plan.removed:
-            with masked(model, plan):
-                rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
-        else:
-            rows = evaluate(model, tokenizer, its, max_new_tokens=cfg.max_new_tokens)
+        rows = [done[(name, i)] for i in range(len(its))]
         acc, lo, hi = accuracy_ci([r["correct"] for r in rows])
         res[name] = {"acc": acc, "lo": lo, "hi": hi, "n": len(rows), "k": sum(r["correct"] for r in rows)}
         rows_all[name] = rows
     if path is not None:
-        runio.write_json(path, {"accuracy": res, "rows": rows_all})
+        distributed.on_main(lambda: runio.write_json(path, {"accuracy": res, "rows": rows_all}))
     return res

@@ -26,6 +26,10 @@ Sweep (:func:`run_sweep`): α × fraction with per-layer or global ranking, ever
 zero-ablated; the linear recurrent state after pruning is measured once on the original and scaled
 by kept/total heads, which the surgery tests show is exact (state is [B, H_v, K, V]).
 
+Under torchrun the calibration texts and every evaluation's batches are shared out over the ranks
+(``analyze``, ``evaluate.accuracy``); rank 0 alone writes the folder, measures state bytes and decode
+speed and exports (the other ranks reload its export to evaluate their share).
+
 Modules: config.py (PruneConfig, SweepConfig), calibrate.py (per-head statistics), evaluate.py
 (task items, cached accuracies), controls.py (random controls); this module alone owns the run
 folder and re-exports their public names.
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import runio
+from .. import distributed, runio
 from ..errors import UserError, VerificationFailed
 from ..models import Loaded, weights_fingerprint
 from ..tasks import items_digest
@@ -93,8 +97,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         given = Plan.load(cfg.plan_file)
         given.check_model(model)
     items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
-    run_dir = runio.new_run_dir(out, {"stage": "prune", "model": loaded.spec, **asdict(cfg), "items": items_digest(items)},
-                                weights=weights_fingerprint(model))
+    # under torchrun rank 0 alone makes the folder and writes its files; analyze and accuracy shard their work
+    run_dir = distributed.on_main(lambda: runio.new_run_dir(
+        out, {"stage": "prune", "model": loaded.spec, **asdict(cfg), "items": items_digest(items)},
+        weights=weights_fingerprint(model)))
     if (run_dir / "prune.json").exists():
         done = runio.read_json(run_dir / "prune.json")
         if not done["check"]["passed"]:
@@ -112,8 +118,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         plan = make_plan(model, scorer.select(stats, cfg.budget(), cfg.ranking, head_bytes, group), model_id=loaded.spec,
                          method=cfg.method, params=scorer.params(), ranking=cfg.ranking,
                          budget=cfg.budget().to_dict(), scores=scorer.score(stats), calibration=calib)
-    if not (run_dir / "plan.json").exists():
-        plan.save(run_dir / "plan.json")
+    distributed.on_main(lambda: None if (run_dir / "plan.json").exists() else plan.save(run_dir / "plan.json"))
     # Stock transformers loads only equal head counts in every layer: a plan it cannot describe (the
     # paper's global top-k usually) is pruned in memory and checked there, and prune.json says why.
     not_exported = None
@@ -125,10 +130,14 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
                             "loads only equal counts; pruned in memory instead (--ranking per_layer exports)")
     do_export = cfg.export and not_exported is None
     controls = control_plans(loaded, stats, head_bytes, plan, cfg)
-    for kind, plans in controls.items():
-        for i, p in enumerate(plans):
-            if not (run_dir / "baselines" / f"{kind}_{i}.json").exists():
-                p.save(run_dir / "baselines" / f"{kind}_{i}.json")
+
+    def save_controls():
+        for kind, plans in controls.items():
+            for i, p in enumerate(plans):
+                if not (run_dir / "baselines" / f"{kind}_{i}.json").exists():
+                    p.save(run_dir / "baselines" / f"{kind}_{i}.json")
+
+    distributed.on_main(save_controls)
 
     # 2. everything that needs the original model (cached: a resumed run after surgery reads it back)
     ev = run_dir / "evals"
@@ -138,7 +147,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     acc_masked = accuracy(model, tok, items, ev / f"masked_{_plan_key(plan)}.json", cfg, plan)
     acc_controls = {kind: [accuracy(model, tok, items, ev / f"masked_{_plan_key(p)}.json", cfg, p) for p in plans]
                     for kind, plans in controls.items()}
-    if not (run_dir / "before.json").exists():
+
+    def measure_before():  # rank 0 only: decode speed is a timing, the others would disturb it
+        if (run_dir / "before.json").exists():
+            return
         g = torch.Generator().manual_seed(cfg.seed)
         vocab = int(model.get_input_embeddings().num_embeddings)
         ids = torch.randint(0, vocab, (2, 64), generator=g)
@@ -149,6 +161,8 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
             "state_bytes": state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed),
             "decode": decode_speed(model, new_tokens=cfg.decode_tokens, seed=cfg.seed),
             "parameters": sum(p.numel() for p in model.parameters())})
+
+    distributed.on_main(measure_before)
     before = runio.read_json(run_dir / "before.json")
 
     # 3. surgery (+ export), then everything on the pruned model
@@ -160,13 +174,16 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     out_dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else src_dtype
     export_info = None
     if do_export:
-        if not (run_dir / "export.json").exists():
-            if model_dir.exists():  # an export that died half-way: redo it
-                import shutil
 
-                shutil.rmtree(model_dir)
-            export_info = export(model, plan, model_dir, tok, dtype=out_dtype)
-            runio.write_json(run_dir / "export.json", export_info)
+        def export_once():
+            if not (run_dir / "export.json").exists():
+                if model_dir.exists():  # an export that died half-way: redo it
+                    import shutil
+
+                    shutil.rmtree(model_dir)
+                runio.write_json(run_dir / "export.json", export(model, plan, model_dir, tok, dtype=out_dtype))
+
+        distributed.on_main(export_once)  # every rank then reloads what rank 0 wrote
         export_info = runio.read_json(run_dir / "export.json")
         loaded.model = model = None  # free the in-place pruned copy; measure what users will load
         pruned = reload(model_dir, dtype=dtype, device=device, device_map=device_map)
@@ -188,6 +205,19 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
              "ids_shape": list(z["ids"].shape)}
     say("evaluating the pruned model")
     acc_after = accuracy(pruned, tok, items, ev / ("after_export.json" if do_export else "after_memory.json"), cfg)
+    result = distributed.on_main(lambda: _summary(loaded, cfg, plan, before, pruned, dtype, acc_before, acc_masked,
+                                                  acc_controls, acc_after, export_info, not_exported, check, head_bytes,
+                                                  run_dir, model_dir, do_export))
+    if not check["passed"]:
+        if not distributed.world().main:  # rank 0 reports it
+            raise distributed.RankFailed(f"the pruned model failed its check (see {run_dir}/prune.json)")
+        raise CheckFailed(f"pruned model differs from the masked model by {diff:.3g} > {tol:g} (see {run_dir}/prune.json)")
+    return result
+
+
+def _summary(loaded, cfg, plan, before, pruned, dtype, acc_before, acc_masked, acc_controls, acc_after, export_info,
+             not_exported, check, head_bytes, run_dir, model_dir, do_export) -> dict:
+    """prune.json (and the model card) from the measurements; state bytes and decode speed of the pruned model."""
     sb_after = state_bytes(pruned, cfg.state_batch, cfg.state_context, cfg.seed)
     dec_after = decode_speed(pruned, new_tokens=cfg.decode_tokens, seed=cfg.seed)
     sb_before = before["state_bytes"]
@@ -214,8 +244,6 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     runio.write_json(run_dir / "prune.json", result)
     if do_export:
         write_card(model_dir, result)
-    if not check["passed"]:
-        raise CheckFailed(f"pruned model differs from the masked model by {diff:.3g} > {tol:g} (see {run_dir}/prune.json)")
     return result
 
 
@@ -233,8 +261,9 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
     cfg.validate()
     model, tok = loaded.model, loaded.tokenizer
     items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
-    run_dir = runio.new_run_dir(out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc),
-                                      "items": items_digest(items)}, weights=weights_fingerprint(loaded.model))
+    run_dir = distributed.on_main(lambda: runio.new_run_dir(
+        out, {"stage": "prune_sweep", "model": loaded.spec, **asdict(sc), "items": items_digest(items)},
+        weights=weights_fingerprint(loaded.model)))
     if (run_dir / "sweep.json").exists():
         return runio.read_json(run_dir / "sweep.json")
     stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
@@ -263,5 +292,5 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
               "calibration": calib, "points": points,
               "note": "zero-ablated evaluation; linear_state_bytes = measured original × the share of K·V state "
                       "bytes the plan keeps (each layer's heads weighted by their own K·V)"}
-    runio.write_json(run_dir / "sweep.json", result)
+    distributed.on_main(lambda: runio.write_json(run_dir / "sweep.json", result))
     return result

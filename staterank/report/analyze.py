@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import runio
 from ..analyze import head_table, load_dynamics
-from .common import layer_grid, pyplot, save
+from .common import layer_grid, main_rank_only, pyplot, save
 
 
 def _layouts(layouts: list[dict]) -> str:
@@ -41,6 +41,7 @@ def _mean_over_texts(x: np.ndarray) -> np.ndarray:
         return np.nanmean(x, axis=0)
 
 
+@main_rank_only
 def render(run_dir: str | Path) -> Path:
     """Write the figures and report.md into ``run_dir``; returns the report path."""
     run_dir = Path(run_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import runio
 from . import fmt_p
-from .common import fmt_num, plural
+from .common import fmt_num, main_rank_only, plural
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
         "informational": "informational"}
@@ -74,6 +74,7 @@ def _rules(text: str) -> list[str]:
     return ["Verdict rules:", "", *[f"- {i}" for i in items]] if items else []
 
 
+@main_rank_only
 def render(folder: str | Path) -> Path:
     folder = Path(folder)
     c = runio.read_json(folder / "claims.json")

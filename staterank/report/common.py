@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 from ..stats import fmt_num  # noqa: F401  (the one number formatter; library code such as claims uses it from stats)
+
+
+def main_rank_only(render):
+    """Under torchrun rank 0 alone draws a run's figures and report.md; the other ranks return
+    where it goes (``run_dir/report.md``) without writing."""
+
+    @functools.wraps(render)
+    def wrapped(run_dir, *args, **kwargs):
+        from ..distributed import env_rank
+
+        if env_rank().rank != 0:
+            return Path(run_dir) / "report.md"
+        return render(run_dir, *args, **kwargs)
+
+    return wrapped
 
 
 def pyplot():

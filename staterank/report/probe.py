@@ -15,7 +15,7 @@ from .. import runio
 from ..errors import UserError
 from . import fmt_p
 from .common import fmt_num as _f
-from .common import pyplot, save
+from .common import main_rank_only, pyplot, save
 
 _p = fmt_p
 
@@ -111,6 +111,7 @@ def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
     return "single_head.png"
 
 
+@main_rank_only
 def render(run_dir: str | Path) -> Path:
     """Write ``report.md`` (and figures) for the probe run in ``run_dir``; returns its path."""
     run = Path(run_dir)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import runio
 from ..errors import UserError
-from .common import plural, pyplot, save
+from .common import main_rank_only, plural, pyplot, save
 
 
 def _mean_std(s: dict) -> str:
@@ -190,6 +190,7 @@ def _render_sweep(run_dir: Path, s: dict) -> list[str]:
             *front_rows, "", "![pareto](pareto.png)", ""]
 
 
+@main_rank_only
 def render(run_dir: str | Path) -> Path:
     """Write figures and report.md for a prune run and/or sweep in ``run_dir``; returns report.md."""
     run_dir = Path(run_dir)

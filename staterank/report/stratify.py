@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import runio
 from .common import fmt_num as _f
-from .common import layer_grid, pyplot, save
+from .common import layer_grid, main_rank_only, pyplot, save
 
 COLORS = {"low": "tab:blue", "high": "tab:orange", "none": "tab:gray"}
 
@@ -118,6 +118,7 @@ def _row(name: str, paper: str, ours, init, extra: str = "", nd: int = 3) -> str
     return f"| {name} | {paper} | {_f(ours, nd)}{extra} | {_f(init, nd)} | {_f(d, nd)} |"
 
 
+@main_rank_only
 def render(run_dir: str | Path) -> Path:
     """Write the figures and report.md into ``run_dir``; returns the report path."""
     run = Path(run_dir)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import distributed
 from ..dynamics import merge_dynamics
 from ..errors import UserError
 from ..initmodel import INIT_GATES, auto_init_gates, init_copy
@@ -170,8 +171,13 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
     positions = default_positions(cfg.max_tokens, cfg.stride, cfg.t_early, cfg.t_late)
     config = {"stage": "stratify", "model": loaded.spec, "source": loaded.source, "model_config": loaded.config,
               "contexts": names, "contexts_hash": suite_hash(contexts), **asdict(cfg), "init_gates_used": gates}
-    run = new_run_dir(out, config)
-    write_json(run / "contexts.json", [c.to_dict() for c in contexts])
+
+    def make():  # rank 0 alone makes the folder (under torchrun); analyze shards the contexts over the ranks
+        d = new_run_dir(out, config)
+        write_json(d / "contexts.json", [c.to_dict() for c in contexts])
+        return d
+
+    run = distributed.on_main(make)
     texts = {c.name: c.text for c in contexts}
     kw = dict(max_tokens=cfg.max_tokens, schedule=Schedule(positions=positions), eps=cfg.eps, progress=progress)
     t0 = time.time()
@@ -191,7 +197,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
             "rule": cfg.rule, "init_gates": gates, "init_gates_reason": why}
     if not cfg.init:
         meta["init_reason"] = "--no-init"
-    summarise(run, dyn, dyn_init, cfg, meta)
+    distributed.on_main(lambda: summarise(run, dyn, dyn_init, cfg, meta))
     return Path(run)
 
 
@@ -213,11 +219,11 @@ def stratify_from_runs(folders: list, out, cfg: StratifyConfig | None = None, in
     dyn_init = _from_analyze(init_folders) if init_folders else None
     if dyn_init is not None and [str(x) for x in dyn_init["texts"]] != names:
         raise UserError("the initialisation runs measured other texts than the model runs")
-    run = new_run_dir(out, config)
+    run = distributed.on_main(lambda: new_run_dir(out, config))
     meta = {"model": None, "from_runs": config["from_runs"], "rule": cfg.rule,
             "init_gates": "from --init-runs" if init_folders else None,
             "init_reason": "--from-runs without --init-runs: no initialisation baseline"}
-    summarise(run, dyn, dyn_init, cfg, meta)
+    distributed.on_main(lambda: summarise(run, dyn, dyn_init, cfg, meta))
     return Path(run)
 
 

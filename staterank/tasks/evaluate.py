@@ -22,21 +22,25 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     """Greedy continuation of every prompt (decoded text, special tokens dropped)."""
     model.eval()
     enc = [tokenizer(p)["input_ids"] for p in prompts]
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(enc):
-        groups[len(ids)].append(i)
     outs: list[str] = [""] * len(prompts)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    for _, idx in sorted(groups.items()):
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            x = torch.tensor([enc[i] for i in chunk], dtype=torch.long, device=model.device)
-            y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                               do_sample=False, eos_token_id=eos, pad_token_id=pad)
-            for r, i in enumerate(chunk):
-                outs[i] = tokenizer.decode(y[r, x.shape[1]:], skip_special_tokens=True)
+    for chunk in length_batches([len(ids) for ids in enc], batch_size):
+        x = torch.tensor([enc[i] for i in chunk], dtype=torch.long, device=model.device)
+        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                           do_sample=False, eos_token_id=eos, pad_token_id=pad)
+        for r, i in enumerate(chunk):
+            outs[i] = tokenizer.decode(y[r, x.shape[1]:], skip_special_tokens=True)
     return outs
+
+
+def length_batches(lengths: list[int], batch_size: int = 16) -> list[list[int]]:
+    """The batches ``greedy_continuations`` decodes, as prompt indices: prompts of one token length,
+    at most ``batch_size`` each, shortest first (a batch passed alone is decoded exactly so)."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        groups[n].append(i)
+    return [idx[s:s + batch_size] for _, idx in sorted(groups.items()) for s in range(0, len(idx), batch_size)]
 
 
 def evaluate(model, tokenizer, items: list[Item], max_new_tokens: int = 8, batch_size: int = 16) -> list[dict]:
