@@ -247,9 +247,20 @@ class _Capturer:
                           atol=1e-4 if tight else 2e-2, rtol=1e-3 if tight else 2e-2)
         tr.max_output_err = max(tr.max_output_err, err)
         if state is not None:
-            rtol = 1e-3 if state.device.type == "cpu" else 1e-2
-            serr = _head_check("state differs", state.float(), rep_state, head_dim=1, atol=1e-4, rtol=rtol)
+            serr = _head_check("state differs", state.float(), rep_state, head_dim=1, atol=1e-4,
+                               rtol=state_rtol(out.dtype, state.device))
             tr.max_state_err = max(tr.max_state_err, serr)
+
+
+def state_rtol(dtype: torch.dtype, device: torch.device) -> float:
+    """Relative bound (of a head's magnitude) on final state vs replay. fp32 on CPU: the same reference
+    arithmetic. fp32 on a GPU: TF32 in fla's chunked kernels. 16-bit inputs: fla keeps its per-chunk
+    states in the input dtype, so rounding accumulates over chunks (measured on an H200, fla 0.6.0,
+    bf16, builtin model, 512 tokens: 1.17 % on one head, which a 1 % bound refused). A wrong layout,
+    decay or GVA map is off by the order of the head's magnitude."""
+    if dtype != torch.float32:
+        return 5e-2
+    return 1e-3 if device.type == "cpu" else 1e-2
 
 
 def _fingerprint(state: torch.Tensor) -> torch.Tensor:
