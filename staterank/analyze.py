@@ -31,14 +31,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import runio, spectra
+from . import progress, runio, spectra
 from .capture import Schedule, capture
 from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
@@ -216,15 +215,14 @@ def analyze(
     prefill_chunk: int = 256,
     seed: int = 0,
     out: str | Path | None = None,
-    progress: bool = True,
 ) -> Dynamics:
     """Rank dynamics of every linear-attention value head over ``texts`` (list: named text0, ...).
 
     max_tokens truncates each text; prefill_chunk is the segment fed per forward (states are the
     same as one prefill, up to fp32 round-off); max_state_bytes caps kept states per text.
     With ``out``, writes (or resumes) one run folder; a finished folder is read back, not redone.
+    Progress bars (texts, tokens) go through ``staterank.progress``.
     """
-    from tqdm.auto import tqdm
 
     if eps <= 0:
         raise UserError(f"--eps must be > 0, got {eps}")
@@ -251,15 +249,14 @@ def analyze(
     layers = loaded.adapter.linear_layers(loaded.model)
     layouts = [(l.layout.k, l.layout.v) for l in layers]
     parts, infos = [], []
-    text_bar = tqdm(list(zip(names, ids)), desc="texts", unit="text", disable=not progress, file=sys.stderr)
+    text_bar = progress.bar(list(zip(names, ids)), desc="texts", unit="text")
     for i, (name, x) in enumerate(text_bar):
         part_path = run_dir / "texts" / f"{i:04d}.npz" if run_dir else None
         if part_path is not None and part_path.exists():
             arrays = runio.read_npz(part_path)
             check = {k: arrays.pop(k).item() for k in ("max_output_err", "max_state_err", "rule_calls")}
         else:
-            with tqdm(total=x.shape[1], desc=name, unit="tok", leave=False, disable=not progress,
-                      file=sys.stderr) as bar:
+            with progress.bar(total=x.shape[1], desc=name, unit="tok", leave=False) as bar:
                 arrays, check, states = _one_text(loaded, x, schedule=schedule, eps=eps, keep_states=keep_states,
                                                   max_state_bytes=max_state_bytes, prefill_chunk=prefill_chunk,
                                                   bar=bar)

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..progress import set_quiet
+
+    set_quiet(getattr(args, "quiet", False))  # the one progress switch (staterank.progress)
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
 

@@ -47,7 +47,7 @@ def command(args) -> int:
     dyn = analyze(
         loaded, texts, max_tokens=args.max_tokens, schedule=Schedule(stride=args.stride, log=args.log_positions),
         eps=args.eps, keep_states=args.keep_states, max_state_bytes=int(args.max_state_mb * 2**20),
-        prefill_chunk=args.prefill_chunk, seed=args.seed, out=args.out, progress=not args.quiet,
+        prefill_chunk=args.prefill_chunk, seed=args.seed, out=args.out,
     )
     report = render(dyn.run_dir)
     print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report}")

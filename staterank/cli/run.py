@@ -19,7 +19,7 @@ def command(a) -> int:
     if a.stages:
         overrides.append(f"stages=[{a.stages}]")
     cfg = RunConfig.load(a.config, overrides)
-    folder = run(cfg, a.out, progress=not a.quiet)
+    folder = run(cfg, a.out)
     report = render(folder)
     print_claims(folder)
     print(f"\nreport: {report}")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..progress import say
 from . import groups as G
 from .ablate import ablate
 from .itemlog import ItemLog
@@ -36,8 +37,7 @@ def conditions(space: G.HeadSpace, groups: Sequence[str], n: int, seeds: int, se
 
 
 def measure(model, tok, task_items: list, conds: dict[str, G.Group], log: ItemLog, *, mode: str,
-            means=None, adapter=None, batch_size: int = 16, single_limit: int | None = None,
-            progress: bool = True) -> None:
+            means=None, adapter=None, batch_size: int = 16, single_limit: int | None = None) -> None:
     """Run every (task, items) of ``task_items`` under every condition, ``batch_size`` items at a
     time, appending each batch's rows to ``log``; single-head conditions run the first
     ``single_limit`` items (all when None)."""
@@ -51,8 +51,7 @@ def measure(model, tok, task_items: list, conds: dict[str, G.Group], log: ItemLo
             todo = [it for it in todo_items if it.id not in done]
             if not todo:
                 continue
-            if progress:
-                print(f"[probe] {task.name} / {cond}: {len(todo)} items", flush=True)
+            say(f"probe: {task.name} / {cond}: {len(todo)} items")
             step = max(1, batch_size)
             with ablate(model, group, mode, means=means, adapter=adapter):
                 for s in range(0, len(todo), step):

@@ -26,6 +26,7 @@ import torch
 
 from .. import runio
 from ..errors import UserError
+from ..progress import say
 from ..stats import Z95, mcnemar  # re-exported
 from ..stats import sign_flip_p as _sign_flip_p
 from ..stats import wilson_interval as wilson
@@ -41,7 +42,7 @@ from .scores import HeadScores, calibration_texts, measure_scores
 _task_spec = task_spec  # the name before the split (#19)
 
 
-def probe(loaded, tasks=ProbeConfig.tasks, groups=ProbeConfig.groups, **options) -> Path:
+def probe(loaded, tasks=None, groups=None, **options) -> Path:
     """Run the probe into run folder ``out`` (resumes a folder holding the same config); the
     keyword arguments are ``ProbeConfig``'s fields (``out`` required). Returns the folder.
 
@@ -49,11 +50,15 @@ def probe(loaded, tasks=ProbeConfig.tasks, groups=ProbeConfig.groups, **options)
     used when present). Every input (tasks and their data, groups, the scores file, calibration
     prose) is checked before the run folder is created, so a failed start leaves no folder behind.
     """
-    return run_probe(loaded, ProbeConfig(tasks=tasks, groups=groups, **options))
+    given = {k: v for k, v in (("tasks", tasks), ("groups", groups)) if v is not None}
+    return run_probe(loaded, ProbeConfig(**given, **options))
 
 
 def run_probe(loaded, cfg: ProbeConfig) -> Path:
     """``probe`` with its settings in one ``ProbeConfig``."""
+    cfg.validate()
+    if cfg.out is None:
+        raise UserError("probe needs out= (the run folder)")
     model, tok = loaded.model, loaded.tokenizer
     from ..adapters import get_adapter
 
@@ -108,7 +113,7 @@ def run_probe(loaded, cfg: ProbeConfig) -> Path:
 
     log = ItemLog(folder / "items.jsonl")
     measure(model, tok, task_items, conds, log, mode=cfg.mode, means=means, adapter=adapter,
-            batch_size=cfg.batch_size, single_limit=cfg.single_limit, progress=cfg.progress)
+            batch_size=cfg.batch_size, single_limit=cfg.single_limit)
     lm_results = _lm_eval(folder, cfg, loaded, conds, means) if cfg.lm_eval_tasks else {}
     summary, csv_rows = summarize(log, task_objects, conds, hs, space, n)
     if csv_rows:
@@ -172,8 +177,7 @@ def _lm_eval(folder: Path, cfg: ProbeConfig, loaded, conds: dict, means) -> dict
             continue
         f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
         if not f.exists():
-            if cfg.progress:
-                print(f"[probe] lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}", flush=True)
+            say(f"probe: lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}")
             runio.write_json(f, lm_eval_probe(loaded, cfg.lm_eval_tasks, group, mode=cfg.mode, means=means,
                                               limit=cfg.lm_eval_limit, data_dir=cfg.data_dir))
         out[cond] = runio.read_json(f)

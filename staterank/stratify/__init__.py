@@ -45,6 +45,7 @@ Definitions (documented in ``report.md`` as well):
 
 from ..dynamics import merge_dynamics
 from ..initmodel import INIT_GATES, MEMORYLESS_DECAY, auto_init_gates, init_copy, own_init_decay
+from .config import StratifyConfig
 from .consistency import (
                           PAPER,
                           bimodality_coefficient,
@@ -56,7 +57,7 @@ from .consistency import (
                           stratify_stats,
 )
 from .heads import RULES, Classes, HeadStats, classify, head_stats, two_means
-from .stage import StratifyConfig, default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs, summarise
+from .stage import default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs, summarise
 
 __all__ = [
     "PAPER", "RULES", "INIT_GATES", "MEMORYLESS_DECAY", "HeadStats", "Classes", "StratifyConfig",
