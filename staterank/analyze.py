@@ -42,8 +42,32 @@ from .capture import Schedule, capture
 from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
 from .models import Loaded, cache_kwarg, output_cache, tokenize_texts, weights_fingerprint
+from .options import EPS, MIB, POS, check_fields, opt
 
-DEFAULT_MAX_STATE_BYTES = 2**30
+
+@dataclass
+class AnalyzeConfig:
+    """The options of ``analyze`` (each declared once: ``staterank.options``); ``kwargs()`` are its
+    keyword arguments, whose defaults are these."""
+
+    max_tokens: int | None = opt(None, POS, "truncate each text to N tokens (default: all)")
+    stride: int = opt(1, POS, "measure every N-th token (default 1: all)", group="schedule")
+    log_positions: bool = opt(False, None, "measure at t = 1, 2, 4, 8, ... only", group="schedule")
+    eps: float = opt(1e-4, EPS, "relative threshold ε of the rank")
+    keep_states: bool = opt(False, None, "also write the measured states as safetensors (states/NNNN.safetensors)")
+    max_state_mb: float = opt(1024, MIB, "refuse to keep more than this many MiB of states per text")
+    prefill_chunk: int = opt(256, POS, "tokens per forward through the cache; bounds activation memory")
+
+    def validate(self, prefix: str = "") -> None:
+        check_fields(self, prefix)
+
+    def kwargs(self) -> dict:
+        return dict(max_tokens=self.max_tokens, schedule=Schedule(stride=self.stride, log=self.log_positions),
+                    eps=self.eps, keep_states=self.keep_states, max_state_bytes=int(self.max_state_mb * 2**20),
+                    prefill_chunk=self.prefill_chunk)
+
+
+DEFAULT_MAX_STATE_BYTES = int(AnalyzeConfig.max_state_mb * 2**20)
 
 
 @dataclass
@@ -209,10 +233,10 @@ def analyze(
     *,
     max_tokens: int | None = None,
     schedule: Schedule = Schedule(),
-    eps: float = 1e-4,
+    eps: float = AnalyzeConfig.eps,
     keep_states: bool = False,
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
-    prefill_chunk: int = 256,
+    prefill_chunk: int = AnalyzeConfig.prefill_chunk,
     seed: int = 0,
     out: str | Path | None = None,
 ) -> Dynamics:

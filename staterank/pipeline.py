@@ -23,7 +23,7 @@ from . import runio
 from .configtypes import coerce, field_types, unwrap_optional
 from .data import check_given, read_user_text
 from .errors import UserError
-from .options import options
+from .options import options, section
 from .probes.config import ProbeConfig
 from .progress import say
 from .prune.config import PruneConfig
@@ -34,15 +34,14 @@ from .stratify.config import StratifyConfig
 PIPELINE: dict[str, dict[str, Any]] = {
     "stratify": {},  # the stage defaults: suite default, 2048 tokens, stride 4, two_cluster, init baseline
     "probe": {
-        "tasks": ["niah", "mqar", "multihop"],  # the three recall tasks of the paper's probes
-        "groups": ["low", "high", "random", "layer_random"],
-        "fraction": 7 / 18,  # the paper's pruning ratio
-        "limit": 64, "single_head": True, "single_limit": 24,  # single-head costs on a budget
+        "tasks": ["niah", "mqar", "multihop"],  # three recall tasks (the probe command alone: niah)
+        "fraction": 7 / 18,  # the paper's ratio, recorded as such (the command leaves it to groups.DEFAULT_FRACTION)
+        "limit": 64, "single_head": True, "single_limit": 24,  # per-head costs too, on fewer items
     },
     "prune": {
-        "fraction": 7 / 18,
+        "fraction": 7 / 18,  # exactly 7/18 (the command's default is 0.389)
         "ranking": "per_layer",  # exportable: stock transformers reloads the pruned checkpoint
-        "tasks": ["niah", "mqar", "multihop"],
+        "tasks": ["niah", "mqar", "multihop"],  # the probe's tasks (the prune command alone: mqar, niah)
     },
 }
 
@@ -183,14 +182,6 @@ def _is_str_field(key: str) -> bool:
     return tp is not None and unwrap_optional(tp)[0] is str
 
 
-def _at(section: str, check) -> None:
-    """Run a stage's own check; its one-line error names the config section."""
-    try:
-        check()
-    except UserError as e:
-        raise UserError(f"{section}: {e}") from None
-
-
 def _check_model(cfg: RunConfig, loaded) -> None:
     """The checks that need the model, made before the run folder exists: the pruning budget must be
     one this model can meet (the same ``select`` run_prune calls before its own folder)."""
@@ -203,9 +194,9 @@ def _check_model(cfg: RunConfig, loaded) -> None:
 
     pcfg = cfg.prune_config()
     layers = loaded.adapter.linear_layers(loaded.model)
-    _at("prune", lambda: select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(),
-                                pcfg.ranking, [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers],
-                                gva_group(layers)))
+    with section("prune."):
+        select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(), pcfg.ranking,
+               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers], gva_group(layers))
 
 
 def run(cfg: RunConfig, out: str | Path) -> Path:
@@ -237,7 +228,8 @@ def run(cfg: RunConfig, out: str | Path) -> Path:
 
         p = cfg.probe
         scores = folder / "stratify" / "stratify.json"
-        say(f"probe: tasks {p.tasks}, groups {p.groups}, fraction {p.fraction:.3f}, {p.seeds} seeds")
+        size = "the default share" if p.fraction is None else f"fraction {p.fraction:.3f}"
+        say(f"probe: tasks {p.tasks}, groups {p.groups}, {size}, {p.seeds} seeds")
         run_probe(loaded, cfg.probe_config(folder / "probe", scores if scores.exists() else None))
 
     def prune_stage():  # prunes ``loaded`` in place: it must stay the last stage

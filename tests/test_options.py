@@ -8,8 +8,9 @@ import logging
 import pytest
 
 from staterank import progress
+from staterank.analyze import AnalyzeConfig
 from staterank.cli import build_parser
-from staterank.cli.common import Parser, _is_list, add_options, config_from
+from staterank.cli.common import Parser, add_options, config_from, is_list_option
 from staterank.configtypes import coerce, field_types
 from staterank.errors import UserError
 from staterank.options import NONNEG, POS, UNIT, check_fields, default_of, flag_of, opt, options
@@ -54,7 +55,7 @@ def test_a_field_is_a_flag_a_yaml_key_and_a_check():
 
 
 @pytest.mark.parametrize("command,classes", [
-    ("stratify", [StratifyConfig]), ("probe", [ProbeConfig]), ("prune", [PruneConfig, SweepConfig])])
+    ("analyze", [AnalyzeConfig]), ("stratify", [StratifyConfig]), ("probe", [ProbeConfig]), ("prune", [PruneConfig, SweepConfig])])
 def test_every_config_option_is_its_commands_flag(command, classes):
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser = sub.choices[command]
@@ -64,7 +65,7 @@ def test_every_config_option_is_its_commands_flag(command, classes):
             if not f.metadata["cli"]:
                 continue
             action = flags[flag_of(f)]
-            if not isinstance(default_of(f), bool) and not _is_list(cls, f.name):
+            if not isinstance(default_of(f), bool) and not is_list_option(cls, f.name):
                 assert action.type is f.metadata["type"], (command, f.name)
             assert action.default in (None, False)  # "given" is knowable; the field holds the default
     assert parser.format_help()  # renders (mutually exclusive groups are not empty)
@@ -95,3 +96,40 @@ def test_progress_is_one_switch(capsys):
         assert list(progress.bar(range(3))) == [0, 1, 2] and progress.bar(range(1)).disable
     assert "hidden" not in capsys.readouterr().err
     assert logging.getLogger("staterank").isEnabledFor(logging.INFO)  # restored after the block
+
+
+# What `make demo` (staterank run on the builtin model) records and hands each stage, as before the
+# options were declared once (d9ba5b8): a run folder made then still resumes, and the numbers are the same.
+DEMO_RUN = {
+    "model": "builtin", "seed": 0, "device": None, "dtype": None, "data_dir": None,
+    "stages": ["stratify", "probe", "prune"],
+    "stratify": {"suite": "default", "max_tokens": 2048, "stride": 4, "rule": "two_cluster", "init": True,
+                 "t_early": 128, "t_late": 2048},
+    "probe": {"tasks": ["niah", "mqar", "multihop"], "groups": ["low", "high", "random", "layer_random"],
+              "fraction": 7 / 18, "seeds": 5, "limit": 64, "mode": "zero", "single_head": True, "single_limit": 24,
+              "niah_lengths": None, "niah_depths": None},
+    "prune": {"method": "jrnp", "alpha": 0.5, "fraction": 7 / 18, "ranking": "per_layer",
+              "tasks": ["niah", "mqar", "multihop"], "eval_n": 100, "random_seeds": 5, "calib_suite": "natural",
+              "calib_tokens": 512, "state_context": 2048},
+}
+DEMO_STRATIFY = {"rule": "two_cluster", "threshold": None, "t_early": 128, "t_late": 2048, "max_tokens": 2048,
+                 "stride": 4, "init": True, "init_gates": "auto", "init_seed": 0, "eps": 1e-4}
+DEMO_PRUNE = {"method": "jrnp", "alpha": 0.5, "fraction": 7 / 18, "count": None, "bytes": None, "ranking": "per_layer",
+              "calib_suite": "natural", "calib_tokens": 512, "calib_stride": 8, "tasks": ("niah", "mqar", "multihop"),
+              "eval_n": 100, "eval_seed": 10**9, "max_new_tokens": 8, "random_seeds": 5, "state_context": 2048,
+              "state_batch": 1, "decode_tokens": 32, "export": True, "export_dtype": None, "check_tol": 1e-4, "seed": 0,
+              "plan_file": None, "data_dir": None}
+DEMO_PROBE = {"out": "OUT", "tasks": ["niah", "mqar", "multihop"], "groups": ["low", "high", "random", "layer_random"],
+              "fraction": 7 / 18, "count": None, "seeds": 5, "seed": 0, "limit": 64, "mode": "zero", "single_head": True,
+              "single_limit": 24, "scores": None, "batch_size": 16, "data_dir": None, "niah_lengths": None,
+              "niah_depths": None, "max_new_tokens": None, "n_shot": 0, "calib_texts": 8, "calib_tokens": 512,
+              "task_objects": None, "lm_eval_tasks": [], "lm_eval_limit": None}
+
+
+def test_the_demo_config_is_what_it_was():
+    cfg = RunConfig.load(None)
+    assert cfg.to_dict() == DEMO_RUN
+    assert cfg.stratify_config().record() == DEMO_STRATIFY
+    assert dataclasses.asdict(cfg.prune_config()) == DEMO_PRUNE
+    probe = {f.name: _norm(getattr(cfg.probe_config("OUT"), f.name)) for f in dataclasses.fields(ProbeConfig)}
+    assert probe == DEMO_PROBE

@@ -1,15 +1,14 @@
-"""What the subcommand modules share: the parser class, checked argument types, the common options,
-and small helpers. Internal to the command line (the library never imports it)."""
+"""What the subcommand modules share: the parser class, the common options, the flags of a stage
+config (``add_options``, ``config_from``: see staterank.options and docs/adding-an-option.md) and
+small helpers. Internal to the command line (the library never imports it)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import typing
 
 from ..configtypes import coerce, field_types, unwrap_optional
-from ..errors import UserError
-from ..options import EPS, FLOAT, MIB, NONNEG, POS, SHARE, SHARE1, UNIT, default_of, flag_of, options  # noqa: F401
+from ..options import NONNEG, POS, default_of, flag_of, options
 
 
 class Parser(argparse.ArgumentParser):
@@ -17,10 +16,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# the checked types live with the option declarations (staterank.options); re-exported for the commands
-eps = EPS
 
 
 def add_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -48,7 +43,7 @@ def add_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> 
         if default is not None and "(default" not in help:
             help = f"{help} (default {shown})"
         where.add_argument(flag, default=None, help=help, metavar=m["metavar"], choices=m["choices"],
-                           type=None if _is_list(cls, f.name) else m["type"])
+                           type=None if is_list_option(cls, f.name) else m["type"])
 
 
 def config_from(cls, args, **fixed):
@@ -66,25 +61,16 @@ def config_from(cls, args, **fixed):
             continue
         if isinstance(default_of(f), bool):  # a switch: --no-init sets init False, --single-head True
             kw[f.name] = not flag.startswith("--no-")
-        elif _is_list(cls, f.name):
+        elif is_list_option(cls, f.name):
             kw[f.name] = coerce(flag, v, types[f.name])
         else:
             kw[f.name] = v
     return cls(**kw)
 
 
-def _is_list(cls, name: str) -> bool:
+def is_list_option(cls, name: str) -> bool:
+    """Whether field ``name`` of ``cls`` holds a list (one comma-separated string on the command line)."""
     return typing.get_origin(unwrap_optional(field_types(cls)[name])[0]) in (list, tuple)
-
-
-def floats(s: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated numbers, got {s!r}") from None
-    if not all(math.isfinite(x) for x in out):
-        raise UserError(f"expected finite numbers, got {s!r}")
-    return out
 
 
 def names(s: str) -> list[str]:

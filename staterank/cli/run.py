@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import NONNEG, POS, add_parser
+from ..options import NONNEG, POS
+from .common import add_parser
 
 
 def command(a) -> int:

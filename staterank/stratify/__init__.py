@@ -6,9 +6,9 @@ decay → rank, each beside the same architecture at initialisation.
     summary = stratify_stats(dyn, names)     # every statistic of stratify.json for one model
     run = run_stratify(loaded, contexts, out)  # the stage: analyze model and init, write the run folder
 
-Modules: ``heads`` (per-head summaries, classes), ``consistency`` (the statistics), both pure
-functions of the dynamics; ``stage`` (run folder, stratify.json, heads.csv), the only one that
-touches files. The model at initialisation is built by ``staterank.initmodel``, and dynamics of
+Modules: ``config`` (StratifyConfig, every option declared once), ``heads`` (per-head summaries,
+classes), ``consistency`` (the statistics), both pure functions of the dynamics; ``stage`` (run
+folder, stratify.json, heads.csv), the only one that touches files. The model at initialisation is built by ``staterank.initmodel``, and dynamics of
 several runs are merged by ``staterank.dynamics``.
 
 ``dyn`` is what ``analyze`` / ``capture`` produce for N contexts: ``threshold_rank`` and
