@@ -23,7 +23,7 @@ from . import runio
 from .configtypes import coerce, field_types, unwrap_optional
 from .data import check_given, read_user_text
 from .errors import UserError
-from .options import options, section
+from .options import NONNEG, check_fields, opt, options, section
 from .probes.config import ProbeConfig
 from .progress import say
 from .prune.config import PruneConfig
@@ -60,12 +60,12 @@ def section_keys(name: str) -> list[str]:
 
 @dataclass
 class RunConfig:
-    model: str = "builtin"
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    data_dir: str | None = None
-    stages: list[str] = field(default_factory=lambda: ["stratify", "probe", "prune"])
+    model: str = opt("builtin", None, "HF id, local folder, 'builtin' or 'negative-control'")
+    seed: int = opt(0, NONNEG, "random seed")
+    device: str | None = opt(None, None, "torch device")
+    dtype: str | None = opt(None, None, "float32 | bfloat16 | float16")
+    data_dir: str | None = opt(None, None, "local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
+    stages: list[str] = opt(["stratify", "probe", "prune"], None, "comma-separated subset of stratify,probe,prune")
     # each section IS the stage's config: its run=True fields are the YAML keys, PIPELINE its defaults
     stratify: StratifyConfig = field(default_factory=_section("stratify"))
     probe: ProbeConfig = field(default_factory=_section("probe"))
@@ -140,8 +140,7 @@ class RunConfig:
             raise UserError(f"stages is empty; choose from {', '.join(self.STAGES)}")
         if not self.model:
             raise UserError("model is empty: give an HF id, a local folder, 'builtin' or 'negative-control'")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        check_fields(self)
         check_given(self.data_dir)
         self.stratify_config().validate("stratify.")
         self.probe_config(None).validate("probe.")

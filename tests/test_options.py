@@ -88,8 +88,11 @@ def test_pipeline_sections_are_the_stage_configs_with_stated_overrides():
     assert cfg.prune.ranking == "per_layer" and PruneConfig().ranking == "global"
 
 
-def test_progress_is_one_switch(capsys):
-    progress.say("stage: step one")
+def test_progress_is_one_switch(capsys, tmp_path):
+    from staterank.cli import main
+
+    assert main(["stratify", "--quiet", "--max-tokens", "1", "--out", str(tmp_path / "r")]) == 2  # refused, quietly
+    progress.say("stage: step one")  # --quiet held for that command only
     assert "stage: step one" in capsys.readouterr().err
     with progress.quiet():
         progress.say("hidden")

@@ -8,8 +8,10 @@ line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
+from .. import progress
 from ..errors import UserError, VerificationFailed
 from . import analyze, ls, probe, prune, run, stratify
 from .common import Parser
@@ -62,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from ..progress import set_quiet
-
-    set_quiet(getattr(args, "quiet", False))  # the one progress switch (staterank.progress)
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
 
@@ -76,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
+        # --quiet: the one progress switch (staterank.progress), for this command only
+        with progress.quiet() if getattr(args, "quiet", False) else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except UserError as e:
         print(f"staterank: error: {e}", file=sys.stderr)
         return 2
