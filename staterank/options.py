@@ -80,11 +80,14 @@ def opt(default: Any = None, type: Checked | None = None, help: str = "", *, fla
     """A config field with its option facts (``dataclasses.field`` metadata).
 
     ``default``: the stage's default (a list or tuple is copied per instance). ``type``: a Checked
-    type, applied to each item of a list. ``help``: the --help text ("(default X)" is added).
-    ``flag``: the command-line flag when not ``--`` + the name with dashes; ``--no-NAME`` for a bool
-    that defaults to True. ``choices``: the allowed values. ``run``: a key of ``staterank run``'s
-    section. ``cli=False``: no flag (set by the caller: seeds, paths). ``record=False``: not written
-    to the stage's config.json (it only describes inputs recorded otherwise).
+    type, applied to each item of a list. ``help``: the --help text ("(default X)" is added unless
+    it says its default itself; a callable is called when the parser is built, for registries that
+    grow). ``flag``: the command-line flag when not ``--NAME`` (dashes for underscores), or
+    ``--no-NAME`` for a bool that defaults to True (its help says what the flag does).
+    ``choices``: the allowed values. ``group``: flags of one group are mutually exclusive. ``run``:
+    a key of ``staterank run``'s section of this stage. ``cli=False``: no flag (the caller sets it:
+    the run's seed, data folder, output folder). ``record=False``: not written to the stage's
+    config.json (it only describes inputs recorded otherwise).
     """
     meta = {"type": type, "help": help, "flag": flag, "choices": choices, "group": group, "run": run, "cli": cli,
             "record": record, "metavar": metavar}
@@ -108,7 +111,10 @@ def default_of(f: dataclasses.Field):
 
 
 def flag_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    """The field's command-line flag: as declared, else --NAME (--no-NAME for a switch that is on by default)."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    return ("--no-" if default_of(f) is True else "--") + f.name.replace("_", "-")
 
 
 def check_fields(cfg, prefix: str = "") -> None:

@@ -27,7 +27,7 @@ class Toy:
     count: int | None = opt(None, NONNEG, "a count", group="g")
     xs: list[int] = opt((1, 2), POS, "items")
     mode: str = opt("a", None, "a mode", choices=("a", "b"))
-    keep: bool = opt(True, None, "drop it", flag="--no-keep")
+    keep: bool = opt(True, None, "drop it")  # on by default: the flag is --no-keep
     seed: int = opt(0, None, cli=False)
 
 

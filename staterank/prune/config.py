@@ -38,7 +38,7 @@ class PruneConfig:
     state_context: int = opt(2048, POS, "context length for state bytes", run=True)
     state_batch: int = opt(1, POS, "batch size for state bytes")
     decode_tokens: int = opt(32, POS, "tokens for the decode-speed measurement")
-    export: bool = opt(True, None, "prune in memory only (any plan; no DIR/model/)", flag="--no-export")
+    export: bool = opt(True, None, "prune in memory only (any plan; no DIR/model/)")
     export_dtype: str | None = opt(None, None, "dtype of the exported checkpoint (default: the checkpoint's own, e.g. "
                                    "bf16 stays bf16 when pruned on CPU)", choices=EXPORT_DTYPES)
     # absolute floor; the check allows max(this, 3e-5 (fp32) or 1e-2 (half) x max |logit|)

@@ -24,7 +24,7 @@ class StratifyConfig:
     t_late: int = opt(2048, POS, "late position (shorter contexts use their last)", run=True)
     max_tokens: int = opt(2048, POS, "tokens per context", run=True)
     stride: int = opt(4, POS, "measure every STRIDE-th token, plus t-early, t-late, last", run=True)
-    init: bool = opt(True, None, "skip the same-architecture-at-initialisation baseline", flag="--no-init", run=True)
+    init: bool = opt(True, None, "skip the same-architecture-at-initialisation baseline", run=True)
     init_gates: str = opt("auto", None, "gate init of the baseline: model (its own _init_weights), fla (FLA/Mamba-style), "
                           "auto = model unless that init is memoryless (median decay < 0.5 per token, as "
                           "transformers' Qwen3-Next/Qwen3.5 init), then fla", choices=INIT_GATES)
