@@ -39,7 +39,7 @@ def worker(a) -> int:
     distributed.barrier()
     t = time.perf_counter()
     probe(loaded, tasks=[a.tasks], groups=["low", "high", "random"], out=a.out, seeds=a.seeds, limit=a.limit,
-          batch_size=a.batch_size, calib_texts=2, calib_tokens=256, progress=False)
+          batch_size=a.batch_size, calib_texts=2, calib_tokens=256)
     dt = time.perf_counter() - t
     if distributed.world().main:
         print(json.dumps({"seconds": dt}), flush=True)

@@ -35,20 +35,43 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import distributed, runio, spectra
+from . import distributed, progress, runio, spectra
 from .capture import Schedule, capture
 from .dynamics import last_finite, merge_on_positions
 from .errors import UserError
 from .models import Loaded, cache_kwarg, output_cache, tokenize_texts, weights_fingerprint
+from .options import EPS, MIB, POS, check_fields, opt
 
-DEFAULT_MAX_STATE_BYTES = 2**30
+
+@dataclass
+class AnalyzeConfig:
+    """The options of ``analyze`` (each declared once: ``staterank.options``); ``kwargs()`` are its
+    keyword arguments, whose defaults are these."""
+
+    max_tokens: int | None = opt(None, POS, "truncate each text to N tokens (default: all)")
+    stride: int = opt(1, POS, "measure every N-th token (default 1: all)", group="schedule")
+    log_positions: bool = opt(False, None, "measure at t = 1, 2, 4, 8, ... only", group="schedule")
+    eps: float = opt(1e-4, EPS, "relative threshold ε of the rank")
+    keep_states: bool = opt(False, None, "also write the measured states as safetensors (states/NNNN.safetensors)")
+    max_state_mb: float = opt(1024, MIB, "refuse to keep more than this many MiB of states per text")
+    prefill_chunk: int = opt(256, POS, "tokens per forward through the cache; bounds activation memory")
+
+    def validate(self, prefix: str = "") -> None:
+        check_fields(self, prefix)
+
+    def kwargs(self) -> dict:
+        return dict(max_tokens=self.max_tokens, schedule=Schedule(stride=self.stride, log=self.log_positions),
+                    eps=self.eps, keep_states=self.keep_states, max_state_bytes=int(self.max_state_mb * 2**20),
+                    prefill_chunk=self.prefill_chunk)
+
+
+DEFAULT_MAX_STATE_BYTES = int(AnalyzeConfig.max_state_mb * 2**20)
 
 
 @dataclass
@@ -214,21 +237,20 @@ def analyze(
     *,
     max_tokens: int | None = None,
     schedule: Schedule = Schedule(),
-    eps: float = 1e-4,
+    eps: float = AnalyzeConfig.eps,
     keep_states: bool = False,
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
-    prefill_chunk: int = 256,
+    prefill_chunk: int = AnalyzeConfig.prefill_chunk,
     seed: int = 0,
     out: str | Path | None = None,
-    progress: bool = True,
 ) -> Dynamics:
     """Rank dynamics of every linear-attention value head over ``texts`` (list: named text0, ...).
 
     max_tokens truncates each text; prefill_chunk is the segment fed per forward (states are the
     same as one prefill, up to fp32 round-off); max_state_bytes caps kept states per text.
     With ``out``, writes (or resumes) one run folder; a finished folder is read back, not redone.
+    Progress bars (texts, tokens) go through ``staterank.progress``.
     """
-    from tqdm.auto import tqdm
 
     if eps <= 0:
         raise UserError(f"--eps must be > 0, got {eps}")
@@ -260,20 +282,18 @@ def analyze(
     layers = loaded.adapter.linear_layers(loaded.model)
     layouts = [(l.layout.k, l.layout.v) for l in layers]
     rank = distributed.world()
-    progress = progress and rank.main
 
     def my_texts() -> dict[int, tuple[dict, dict]]:
         """{text index: (arrays, check)} of this rank's texts (all of them in one process)."""
         done = {}
         mine = [(i, names[i], ids[i]) for i in range(len(names)) if distributed.owns(i, rank)]
-        for i, name, x in tqdm(mine, desc="texts", unit="text", disable=not progress, file=sys.stderr):
+        for i, name, x in progress.bar(mine, desc="texts", unit="text"):
             part_path = run_dir / "texts" / f"{i:04d}.npz" if run_dir else None
             if part_path is not None and part_path.exists():  # finished earlier, by any rank
                 arrays = runio.read_npz(part_path)
                 check = {k: arrays.pop(k).item() for k in ("max_output_err", "max_state_err", "rule_calls")}
             else:
-                with tqdm(total=x.shape[1], desc=name, unit="tok", leave=False, disable=not progress,
-                          file=sys.stderr) as bar:
+                with progress.bar(total=x.shape[1], desc=name, unit="tok", leave=False) as bar:
                     arrays, check, states = _one_text(loaded, x, schedule=schedule, eps=eps, keep_states=keep_states,
                                                       max_state_bytes=max_state_bytes, prefill_chunk=prefill_chunk,
                                                       bar=bar)

@@ -12,9 +12,8 @@ never overwritten.
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +23,53 @@ from . import runio
 from .configtypes import coerce, field_types, unwrap_optional
 from .data import check_given, read_user_text
 from .errors import UserError
+from .options import NONNEG, check_fields, opt, options, section
+from .probes.config import ProbeConfig
+from .progress import say
+from .prune.config import PruneConfig
+from .stratify.config import StratifyConfig
+
+# The pipeline's documented overrides of the stage defaults (each stage config declares its options once:
+# staterank.options). Everything else is the stage's own default.
+PIPELINE: dict[str, dict[str, Any]] = {
+    "stratify": {},  # the stage defaults: suite default, 2048 tokens, stride 4, two_cluster, init baseline
+    "probe": {
+        "tasks": ["niah", "mqar", "multihop"],  # three recall tasks (the probe command alone: niah)
+        "fraction": 7 / 18,  # the paper's ratio, recorded as such (the command leaves it to groups.DEFAULT_FRACTION)
+        "limit": 64, "single_head": True, "single_limit": 24,  # per-head costs too, on fewer items
+    },
+    "prune": {
+        "fraction": 7 / 18,  # exactly 7/18 (the command's default is 0.389)
+        "ranking": "per_layer",  # exportable: stock transformers reloads the pruned checkpoint
+        "tasks": ["niah", "mqar", "multihop"],  # the probe's tasks (the prune command alone: mqar, niah)
+    },
+}
 
 
-@dataclass
-class StratifySection:
-    suite: str = "default"
-    max_tokens: int = 2048
-    stride: int = 4
-    rule: str = "two_cluster"
-    init: bool = True
-    # the paper compares t=128 with t=2048; shorter contexts clamp both (stratify.json says so)
-    t_early: int = 128
-    t_late: int = 2048
+_STAGE_CONFIGS = {"stratify": StratifyConfig, "probe": ProbeConfig, "prune": PruneConfig}
 
 
-@dataclass
-class ProbeSection:
-    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar", "multihop"])
-    groups: list[str] = field(default_factory=lambda: ["low", "high", "random", "layer_random"])
-    fraction: float = 7 / 18
-    seeds: int = 5
-    limit: int | None = 64
-    mode: str = "zero"
-    single_head: bool = True
-    single_limit: int | None = 24
-    niah_lengths: list[int] | None = None
-    niah_depths: list[float] | None = None
+def _section(name: str):
+    return lambda: _STAGE_CONFIGS[name](**PIPELINE[name])
 
 
-@dataclass
-class PruneSection:
-    method: str = "jrnp"
-    alpha: float = 0.5
-    fraction: float = 7 / 18
-    ranking: str = "per_layer"
-    tasks: list[str] = field(default_factory=lambda: ["niah", "mqar", "multihop"])
-    eval_n: int = 100
-    random_seeds: int = 5
-    calib_suite: str = "natural"
-    calib_tokens: int = 512
-    state_context: int = 2048
+def section_keys(name: str) -> list[str]:
+    """The YAML keys of section ``name``: its stage config's fields marked ``run=True``."""
+    return [f.name for f in options(_STAGE_CONFIGS[name]) if f.metadata["run"]]
 
 
 @dataclass
 class RunConfig:
-    model: str = "builtin"
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    data_dir: str | None = None
-    stages: list[str] = field(default_factory=lambda: ["stratify", "probe", "prune"])
-    stratify: StratifySection = field(default_factory=StratifySection)
-    probe: ProbeSection = field(default_factory=ProbeSection)
-    prune: PruneSection = field(default_factory=PruneSection)
+    model: str = opt("builtin", None, "HF id, local folder, 'builtin' or 'negative-control'")
+    seed: int = opt(0, NONNEG, "random seed")
+    device: str | None = opt(None, None, "torch device")
+    dtype: str | None = opt(None, None, "float32 | bfloat16 | float16")
+    data_dir: str | None = opt(None, None, "local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
+    stages: list[str] = opt(["stratify", "probe", "prune"], None, "comma-separated subset of stratify,probe,prune")
+    # each section IS the stage's config: its run=True fields are the YAML keys, PIPELINE its defaults
+    stratify: StratifyConfig = field(default_factory=_section("stratify"))
+    probe: ProbeConfig = field(default_factory=_section("probe"))
+    prune: PruneConfig = field(default_factory=_section("prune"))
 
     STAGES = ("stratify", "probe", "prune")
 
@@ -90,16 +83,16 @@ class RunConfig:
         for k, v in d.items():
             if k not in hints:
                 raise UserError(f"unknown config key {k!r}; known: {', '.join(sorted(hints))}")
-            if k in _SECTIONS:
+            if k in cls.STAGES:
                 if v is None:
                     v = {}
                 if not isinstance(v, dict):
                     raise UserError(f"config section {k!r} must be a mapping")
-                sub = field_types(_SECTIONS[k])
-                bad = [x for x in v if x not in sub]
+                keys, sub = section_keys(k), field_types(_STAGE_CONFIGS[k])
+                bad = [x for x in v if x not in keys]
                 if bad:
-                    raise UserError(f"unknown key {k}.{bad[0]}; known: {', '.join(sorted(sub))}")
-                kw[k] = _SECTIONS[k](**{x: coerce(f"{k}.{x}", y, sub[x]) for x, y in v.items()})
+                    raise UserError(f"unknown key {k}.{bad[0]}; known: {', '.join(sorted(keys))}")
+                kw[k] = _STAGE_CONFIGS[k](**{**PIPELINE[k], **{x: coerce(f"{k}.{x}", y, sub[x]) for x, y in v.items()}})
             else:
                 kw[k] = coerce(k, v, hints[k])
         cfg = cls(**kw)
@@ -140,11 +133,6 @@ class RunConfig:
     def validate(self) -> None:
         """Every check the stages would make on their own configs, made now: a bad option must fail
         before the run folder exists (it cannot be corrected in place later)."""
-        from .contexts import SUITES
-        from .probes import groups as G
-        from .probes.ablate import MODES
-        from .probes.tasks import make_task
-
         bad = [s for s in self.stages if s not in self.STAGES]
         if bad:
             raise UserError(f"unknown stage {bad[0]!r}; stages are {', '.join(self.STAGES)}")
@@ -152,73 +140,33 @@ class RunConfig:
             raise UserError(f"stages is empty; choose from {', '.join(self.STAGES)}")
         if not self.model:
             raise UserError("model is empty: give an HF id, a local folder, 'builtin' or 'negative-control'")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        check_fields(self)
         check_given(self.data_dir)
-        for name, f in (("probe.fraction", self.probe.fraction), ("prune.fraction", self.prune.fraction)):
-            if not 0 < f < 1:
-                raise UserError(f"{name} must be in (0, 1), got {f}")
-        if not 0 <= self.prune.alpha <= 1:
-            raise UserError(f"prune.alpha must be in [0, 1], got {self.prune.alpha}")
+        self.stratify_config().validate("stratify.")
+        self.probe_config(None).validate("probe.")
+        self.prune_config().validate("prune.")
 
-        # stratify: the suite, then the StratifyConfig the stage builds, checked by its own validate
-        s = self.stratify
-        if s.suite not in SUITES:
-            raise UserError(f"unknown stratify.suite {s.suite!r}; choose one of {', '.join(SUITES)}")
-        if s.stride < 1:
-            raise UserError(f"stratify.stride must be >= 1, got {s.stride}")
-        _at("stratify", lambda: self.stratify_config().validate())
-
-        # probe: each task as the stage makes it (names, limit, NIAH grid), the groups and seeds
-        p = self.probe
-        if not p.tasks:
-            raise UserError("probe.tasks is empty")
-        for key, v in (("probe.limit", p.limit), ("probe.single_limit", p.single_limit)):
-            if v is not None and v < 1:
-                raise UserError(f"{key} must be >= 1 (or null for all items), got {v}")
-        if p.seeds < 1:
-            raise UserError(f"probe.seeds must be >= 1, got {p.seeds}")
-        if p.mode not in MODES:
-            raise UserError(f"unknown probe.mode {p.mode!r}; choose one of {', '.join(MODES)}")
-        if p.niah_lengths is not None and any(n < 1 for n in p.niah_lengths):
-            raise UserError(f"probe.niah_lengths must be >= 1 tokens each, got {p.niah_lengths}")
-        niah = ["niah"] if "niah" not in p.tasks and (p.niah_lengths or p.niah_depths) else []
-        for t in [*p.tasks, *niah]:  # a NIAH grid is checked even when niah is not (yet) among the tasks
-            _at("probe", lambda t=t: make_task(t, limit=p.limit, seed=self.seed, data_dir=self.data_dir,
-                                               niah_lengths=p.niah_lengths, niah_depths=p.niah_depths))
-        _at("probe", lambda: G.check_kinds(p.groups, p.seeds))
-
-        # prune: the PruneConfig the stage builds, checked by its own validate (suite, method, budget...)
-        q = self.prune
-        if q.calib_tokens < 1:
-            raise UserError(f"prune.calib_tokens must be >= 1, got {q.calib_tokens}")
-        _at("prune", lambda: self.prune_config().validate())
-
-    def stratify_config(self):
-        """The stratify stage's StratifyConfig (t_late clamped to max_tokens, t_early below it)."""
-        from .stratify import StratifyConfig
-
+    def stratify_config(self) -> StratifyConfig:
+        """The stratify stage's config: t_late clamped to max_tokens, t_early below it, the run's seed."""
         s = self.stratify
         t_late = min(s.t_late, s.max_tokens)
-        return StratifyConfig(rule=s.rule, max_tokens=s.max_tokens, stride=s.stride, init=s.init,
-                              t_early=min(s.t_early, t_late // 2), t_late=t_late, init_seed=self.seed)
+        return replace(s, t_early=min(s.t_early, t_late // 2), t_late=t_late, init_seed=self.seed)
 
-    def prune_config(self):
-        """The prune stage's PruneConfig."""
-        from .prune.run import PruneConfig
+    def probe_config(self, out, scores=None) -> ProbeConfig:
+        """The probe stage's config, writing to ``out``, with the run's seed and data."""
+        return replace(self.probe, out=out, scores=scores, seed=self.seed, data_dir=self.data_dir)
 
-        q = self.prune
-        return PruneConfig(method=q.method, alpha=q.alpha, fraction=q.fraction, ranking=q.ranking,
-                           tasks=tuple(q.tasks), eval_n=q.eval_n, random_seeds=q.random_seeds,
-                           calib_suite=q.calib_suite, calib_tokens=q.calib_tokens, state_context=q.state_context,
-                           seed=self.seed, data_dir=self.data_dir)
+    def prune_config(self) -> PruneConfig:
+        """The prune stage's config, with the run's seed and data."""
+        return replace(self.prune, tasks=tuple(self.prune.tasks), seed=self.seed, data_dir=self.data_dir)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
-
-
-_SECTIONS = {"stratify": StratifySection, "probe": ProbeSection, "prune": PruneSection}
+        """What run.yaml and config.json hold: the top-level keys and each section's YAML keys."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.STAGES}
+        for name in self.STAGES:
+            sec = getattr(self, name)
+            d[name] = {k: getattr(sec, k) for k in section_keys(name)}
+        return json.loads(json.dumps(d))  # lists, not tuples: YAML- and JSON-safe
 
 
 def _first_line(e: Exception) -> str:
@@ -228,21 +176,9 @@ def _first_line(e: Exception) -> str:
 def _is_str_field(key: str) -> bool:
     """Whether dotted ``key`` names a (possibly optional) str field."""
     *parents, leaf = key.split(".")
-    cls = RunConfig if not parents else _SECTIONS.get(parents[0]) if len(parents) == 1 else None
+    cls = RunConfig if not parents else _STAGE_CONFIGS.get(parents[0]) if len(parents) == 1 else None
     tp = field_types(cls).get(leaf) if cls is not None else None
     return tp is not None and unwrap_optional(tp)[0] is str
-
-
-def _at(section: str, check) -> None:
-    """Run a stage's own check; its one-line error names the config section."""
-    try:
-        check()
-    except UserError as e:
-        raise UserError(f"{section}: {e}") from None
-
-
-def _say(msg: str) -> None:
-    print(f"[staterank run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _check_model(cfg: RunConfig, loaded) -> None:
@@ -257,16 +193,15 @@ def _check_model(cfg: RunConfig, loaded) -> None:
 
     pcfg = cfg.prune_config()
     layers = loaded.adapter.linear_layers(loaded.model)
-    _at("prune", lambda: select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(),
-                                pcfg.ranking, [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers],
-                                gva_group(layers)))
+    with section("prune."):
+        select(np.zeros((len(layers), max(l.layout.h_v for l in layers))), pcfg.budget(), pcfg.ranking,
+               [l.index for l in layers], [l.layout.k * l.layout.v * 4 for l in layers], gva_group(layers))
 
 
-def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
+def run(cfg: RunConfig, out: str | Path) -> Path:
     """Run (or resume) the whole pipeline into ``out``; returns the run folder."""
     from .models import load_model
 
-    say = _say if progress else (lambda m: None)
     cfg.validate()  # a RunConfig built by hand is checked as one from load() is
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)  # bad --model: no folder left behind
     _check_model(cfg, loaded)
@@ -283,7 +218,6 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
     from . import distributed
 
     folder = distributed.on_main(make)
-    say = say if distributed.world().main else (lambda m: None)
     say(f"model {cfg.model}: {loaded.config.get('model_type')}, {len(loaded.adapter.linear_layers(loaded.model))} linear-attention layers")
 
     def stratify_stage():
@@ -293,25 +227,23 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> Path:
         s = cfg.stratify
         say(f"stratify: suite {s.suite!r}, {s.max_tokens} tokens per context, init baseline {s.init}")
         ctx = suite(s.suite, tokens=s.max_tokens, tokenizer=loaded.tokenizer, seed=cfg.seed, data=cfg.data_dir)
-        run_stratify(loaded, ctx, folder / "stratify", cfg.stratify_config(), log=say, progress=progress)
+        run_stratify(loaded, ctx, folder / "stratify", cfg.stratify_config())
 
     def probe_stage():
-        from .probes.run import probe
+        from .probes.run import run_probe
 
         p = cfg.probe
         scores = folder / "stratify" / "stratify.json"
-        say(f"probe: tasks {p.tasks}, groups {p.groups}, fraction {p.fraction:.3f}, {p.seeds} seeds")
-        probe(loaded, p.tasks, p.groups, out=folder / "probe", fraction=p.fraction, seeds=p.seeds, seed=cfg.seed,
-              limit=p.limit, mode=p.mode, single_head=p.single_head, single_limit=p.single_limit,
-              scores=scores if scores.exists() else None, data_dir=cfg.data_dir,
-              niah_lengths=p.niah_lengths, niah_depths=p.niah_depths, progress=progress)
+        size = "the default share" if p.fraction is None else f"fraction {p.fraction:.3f}"
+        say(f"probe: tasks {p.tasks}, groups {p.groups}, {size}, {p.seeds} seeds")
+        run_probe(loaded, cfg.probe_config(folder / "probe", scores if scores.exists() else None))
 
     def prune_stage():  # prunes ``loaded`` in place: it must stay the last stage
         from .prune.run import run_prune
 
         q = cfg.prune
         say(f"prune: {q.method} (alpha {q.alpha}) at fraction {q.fraction:.3f}, {q.ranking} ranking")
-        run_prune(loaded, cfg.prune_config(), folder / "prune", progress=progress)
+        run_prune(loaded, cfg.prune_config(), folder / "prune")
 
     for name, stage in (("stratify", stratify_stage), ("probe", probe_stage), ("prune", prune_stage)):
         if name not in cfg.stages:

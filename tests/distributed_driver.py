@@ -74,8 +74,8 @@ def analyze(out: Path) -> None:
 
     loaded = _loaded("qwen3_next", char_tokenizer())
     texts = {f"t{i}": "".join(chr(33 + (i * 7 + j * 13) % 90) for j in range(40 + 9 * i)) for i in range(3)}
-    analyze(loaded, texts, schedule=Schedule(stride=4), out=out / "analyze", progress=False)  # 3 texts: 2 + 1
-    analyze(loaded, {"only": texts["t0"]}, out=out / "analyze1", progress=False)  # rank 1 has nothing to do
+    analyze(loaded, texts, schedule=Schedule(stride=4), out=out / "analyze")  # 3 texts: 2 + 1
+    analyze(loaded, {"only": texts["t0"]}, out=out / "analyze1")  # rank 1 has nothing to do
 
 
 def stratify(out: Path) -> None:
@@ -85,7 +85,7 @@ def stratify(out: Path) -> None:
     tok = char_tokenizer()
     loaded = _loaded("qwen3_5", tok)
     cfg = StratifyConfig(max_tokens=64, stride=8, t_early=16, t_late=64, init_gates="model")
-    run_stratify(loaded, suite("natural", tokens=64, tokenizer=tok), out / "stratify", cfg, log=lambda m: None)
+    run_stratify(loaded, suite("natural", tokens=64, tokenizer=tok), out / "stratify", cfg)
 
 
 def probe(out: Path, kill_after: int | None = None) -> None:
@@ -101,7 +101,7 @@ def probe(out: Path, kill_after: int | None = None) -> None:
     task = NextToken(model, _kill_after=kill_after)
     loaded = Loaded(model=model, tokenizer=None, adapter=get_adapter(model), spec="tiny", source="memory", config={})
     probe(loaded, task_objects=[task], groups=["low", "random"], out=out / "probe", count=2, seeds=2, scores=hs,
-          batch_size=2, single_head=True, single_limit=3, progress=False)
+          batch_size=2, single_head=True, single_limit=3)
     r = distributed.world()
     (out / f"calls.rank{r.rank}.json").write_text(json.dumps(task._calls))
 
@@ -123,7 +123,9 @@ def main() -> int:
     ap.add_argument("--kill-after", type=int)
     a = ap.parse_args()
     from staterank.errors import UserError
+    from staterank.progress import set_quiet
 
+    set_quiet()
     try:
         for s in a.stages.split(","):
             if s == "probe":

@@ -47,7 +47,7 @@ def test_ranks_equal_fp64_ranks_of_cache_states(case, tmp_path):
     save_tiny(tmp_path / "m", family, **kw)
     loaded = load_model(str(tmp_path / "m"), device="cpu")
     # prefill_chunk=16: the long text spans several forwards through the cache
-    analyze(loaded, TEXTS, eps=EPS, prefill_chunk=16, out=tmp_path / "run", progress=False)
+    analyze(loaded, TEXTS, eps=EPS, prefill_chunk=16, out=tmp_path / "run")
     z = read_npz(tmp_path / "run" / "dynamics.npz")
     ids = [loaded.tokenizer(t, return_tensors="pt")["input_ids"] for t in TEXTS.values()]
     T = [x.shape[1] for x in ids]
@@ -75,7 +75,7 @@ def test_stride_schedule_and_keep_states(tmp_path):
     loaded = load_model(str(tmp_path / "m"), device="cpu")
     text = TEXTS["long"]
     dyn = analyze(loaded, [text], schedule=Schedule(stride=5), keep_states=True, prefill_chunk=7,
-                  out=tmp_path / "run", progress=False)
+                  out=tmp_path / "run")
     T = loaded.tokenizer(text, return_tensors="pt")["input_ids"].shape[1]
     assert list(dyn.positions) == list(range(5, T + 1, 5))
     st = load_file(tmp_path / "run" / "states" / "0000.safetensors")
@@ -99,14 +99,13 @@ def test_state_memory_limit(tmp_path):
     save_tiny(tmp_path / "m", "qwen3_next")
     loaded = load_model(str(tmp_path / "m"), device="cpu")
     with pytest.raises(UserError, match="memory limit"):
-        analyze(loaded, [TEXTS["long"]], keep_states=True, max_state_bytes=1000, progress=False)
+        analyze(loaded, [TEXTS["long"]], keep_states=True, max_state_bytes=1000)
 
 
 def test_run_folder_contents_and_reader(tmp_path):
     save_tiny(tmp_path / "m", "qwen3_5", h_k=2, h_v=8, k=12, v=8)
     loaded = load_model(str(tmp_path / "m"), device="cpu")
-    dyn = analyze(loaded, TEXTS, max_tokens=30, schedule=Schedule(log=True), seed=3, out=tmp_path / "run",
-                  progress=False)
+    dyn = analyze(loaded, TEXTS, max_tokens=30, schedule=Schedule(log=True), seed=3, out=tmp_path / "run")
     run = tmp_path / "run"
     z = read_npz(run / "dynamics.npz")
     assert set(z) == {"threshold_rank", "entropy_rank", "stable_rank", "nuclear_norm", "frobenius_norm",
@@ -130,16 +129,16 @@ def test_run_folder_contents_and_reader(tmp_path):
         np.testing.assert_array_equal(back.arrays()[k], v)
     assert back.texts == dyn.texts and back.texts[0].max_output_err < 1e-4
     # a finished folder is read back, not recomputed
-    again = analyze(loaded, TEXTS, max_tokens=30, schedule=Schedule(log=True), seed=3, out=run, progress=False)
+    again = analyze(loaded, TEXTS, max_tokens=30, schedule=Schedule(log=True), seed=3, out=run)
     assert again.texts == dyn.texts
     with pytest.raises(UserError, match="different config"):
-        analyze(loaded, TEXTS, max_tokens=31, out=run, progress=False)
+        analyze(loaded, TEXTS, max_tokens=31, out=run)
 
 
 def test_resume_skips_finished_texts(tmp_path, monkeypatch):
     save_tiny(tmp_path / "m", "qwen3_next")
     loaded = load_model(str(tmp_path / "m"), device="cpu")
-    clean = analyze(loaded, TEXTS, progress=False)
+    clean = analyze(loaded, TEXTS)
     real = an._one_text
     calls = []
 
@@ -151,11 +150,11 @@ def test_resume_skips_finished_texts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(an, "_one_text", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        analyze(loaded, TEXTS, out=tmp_path / "run", progress=False)
+        analyze(loaded, TEXTS, out=tmp_path / "run")
     assert (tmp_path / "run" / "texts" / "0000.npz").exists() and not (tmp_path / "run" / "dynamics.npz").exists()
     calls.clear()
     monkeypatch.setattr(an, "_one_text", lambda *a, **k: calls.append(1) or real(*a, **k))
-    resumed = analyze(loaded, TEXTS, out=tmp_path / "run", progress=False)
+    resumed = analyze(loaded, TEXTS, out=tmp_path / "run")
     assert len(calls) == 1  # only the unfinished text ran again
     for k, v in clean.arrays().items():
         np.testing.assert_array_equal(resumed.arrays()[k], v)
@@ -166,11 +165,11 @@ def test_bad_inputs(tmp_path):
     loaded = load_model(str(tmp_path / "m"), device="cpu")
     for texts, msg in [([], "no texts"), (["ok", ""], "empty"), ({"a": "  "}, "empty")]:
         with pytest.raises(UserError, match=msg):
-            analyze(loaded, texts, progress=False)
+            analyze(loaded, texts)
     with pytest.raises(UserError, match="eps"):
-        analyze(loaded, ["ok"], eps=0, progress=False)
+        analyze(loaded, ["ok"], eps=0)
     with pytest.raises(UserError, match="no scheduled positions"):
-        analyze(loaded, ["ok"], schedule=Schedule(stride=50), progress=False)
+        analyze(loaded, ["ok"], schedule=Schedule(stride=50))
 
 
 def test_resume_with_other_weights_is_refused(tmp_path):
@@ -178,12 +177,12 @@ def test_resume_with_other_weights_is_refused(tmp_path):
     save_tiny(tmp_path / "m", "qwen3_next")
     loaded = load_model(str(tmp_path / "m"), device="cpu")
     out = tmp_path / "run"
-    analyze(loaded, TEXTS, out=out, progress=False)
-    analyze(loaded, TEXTS, out=out, progress=False)  # same weights: resumes
+    analyze(loaded, TEXTS, out=out)
+    analyze(loaded, TEXTS, out=out)  # same weights: resumes
     with torch.no_grad():
         next(loaded.model.parameters()).add_(1.0)
     with pytest.raises(UserError, match="other weights"):
-        analyze(loaded, TEXTS, out=out, progress=False)
+        analyze(loaded, TEXTS, out=out)
 
 
 def test_a_new_rank_metric_is_one_registered_function(tmp_path):
@@ -200,7 +199,7 @@ def test_a_new_rank_metric_is_one_registered_function(tmp_path):
     try:
         save_tiny(tmp_path / "m", "qwen3_next", h_k=1, h_v=4, k=8, v=12)
         loaded = load_model(str(tmp_path / "m"), device="cpu")
-        dyn = analyze(loaded, [TEXTS["long"]], keep_states=True, out=tmp_path / "run", progress=False)
+        dyn = analyze(loaded, [TEXTS["long"]], keep_states=True, out=tmp_path / "run")
         assert read_json(tmp_path / "run" / "config.json")["config"]["extra_stats"] == ["sigma2_ratio"]
         assert "sigma2_ratio" in read_npz(tmp_path / "run" / "dynamics.npz")
         again = load_dynamics(tmp_path / "run").stats["sigma2_ratio"]

@@ -75,7 +75,7 @@ def test_probe_rows_controls_and_single_head(tmp_path):
     loaded, hs = _setup()
     task = NextToken(loaded.model)
     folder = probe(loaded, groups=["low", "high", "random", "layer_random", "byte_random"], out=tmp_path / "p",
-                   count=3, seeds=2, scores=hs, single_head=True, task_objects=[task], batch_size=4, progress=False)
+                   count=3, seeds=2, scores=hs, single_head=True, task_objects=[task], batch_size=4)
     pj = json.loads((folder / "probe.json").read_text())
     rows = {r["condition"]: r for r in pj["rows"]}
     assert rows["base"]["accuracy"] == 1.0 and rows["base"]["n"] == 10
@@ -126,7 +126,7 @@ def test_probe_rows_controls_and_single_head(tmp_path):
 
 def test_kill_and_resume_loses_and_repeats_nothing(tmp_path):
     loaded, hs = _setup()
-    kw = dict(groups=["low", "random"], out=tmp_path / "p", count=2, seeds=2, scores=hs, batch_size=1, progress=False)
+    kw = dict(groups=["low", "random"], out=tmp_path / "p", count=2, seeds=2, scores=hs, batch_size=1)
     t1 = NextToken(loaded.model, _fail_after=17)
     with pytest.raises(KeyboardInterrupt):
         probe(loaded, task_objects=[t1], **kw)
@@ -151,7 +151,7 @@ def test_resume_with_other_items_under_the_same_ids_is_refused(tmp_path, monkeyp
     import staterank.tasks as T
 
     loaded, hs = _setup()
-    kw = dict(groups=["low"], out=tmp_path / "p", count=2, seeds=1, scores=hs, batch_size=1, progress=False)
+    kw = dict(groups=["low"], out=tmp_path / "p", count=2, seeds=1, scores=hs, batch_size=1)
     probe(loaded, task_objects=[NextToken(loaded.model)], **kw)
     changed = NextToken(loaded.model)
     changed._ans = [a + 1 for a in changed._ans]  # same ids x0..x9, other answers
@@ -174,7 +174,7 @@ def test_torn_last_line_is_redone(tmp_path):
 
 def test_other_config_in_same_folder_is_refused(tmp_path):
     loaded, hs = _setup()
-    kw = dict(out=tmp_path / "p", scores=hs, task_objects=[NextToken(loaded.model, n=3)], progress=False)
+    kw = dict(out=tmp_path / "p", scores=hs, task_objects=[NextToken(loaded.model, n=3)])
     probe(loaded, groups=["low"], count=2, **kw)
     with pytest.raises(UserError, match="different config"):
         probe(loaded, groups=["low"], count=3, **kw)
@@ -188,7 +188,7 @@ def test_mean_mode_runs_and_differs_from_zero(tmp_path):
     outs = {}
     for mode in ("zero", "mean"):
         f = probe(loaded, groups=["low"], count=4, scores=hs, mode=mode, out=tmp_path / mode, calib_texts=2,
-                  calib_tokens=32, task_objects=[NextToken(loaded.model, n=6)], progress=False)
+                  calib_tokens=32, task_objects=[NextToken(loaded.model, n=6)])
         outs[mode] = {(r["condition"], r["id"]): r["pred"] for r in _lines(f)}
     assert all(outs["zero"][k] == outs["mean"][k] for k in outs["zero"] if k[0] == "base")
     # the calibrated means are used: mean ablation is not zero ablation in disguise (tiny random
@@ -301,7 +301,7 @@ def test_task_whose_data_is_missing_fails_before_a_run_folder_exists(tmp_path):
 
     with pytest.raises(UserError, match="gsm8k"):
         probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
-              task_objects=[NoData(loaded.model, n=3)], progress=False)
+              task_objects=[NoData(loaded.model, n=3)])
     assert not (tmp_path / "p").exists()
 
 
@@ -315,7 +315,7 @@ def test_missing_lm_eval_fails_before_a_run_folder_exists(tmp_path, monkeypatch)
     loaded, hs = _setup()
     with pytest.raises(UserError, match="lm-evaluation-harness"):
         probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=hs,
-              task_objects=[NextToken(loaded.model, n=3)], lm_eval_tasks=["gsm8k_local"], progress=False)
+              task_objects=[NextToken(loaded.model, n=3)], lm_eval_tasks=["gsm8k_local"])
     assert not (tmp_path / "p").exists()
 
 
@@ -330,7 +330,7 @@ def test_bad_scores_file_is_one_line_and_leaves_no_folder(tmp_path, content):
     f = tmp_path / "scores.json"
     if content is not None:
         f.write_bytes(content)
-    kw = dict(groups=["low"], count=2, out=tmp_path / "p", progress=False)
+    kw = dict(groups=["low"], count=2, out=tmp_path / "p")
     with pytest.raises(UserError, match="scores") as e:
         probe(loaded, scores=f, task_objects=[NextToken(loaded.model, n=3)], **kw)
     assert "\n" not in str(e.value)
@@ -346,7 +346,7 @@ def test_scores_for_other_layers_leave_no_folder(tmp_path):
     f.write_text(json.dumps({**hs.to_dict(), "layers": [7, 8, 9][:len(hs.layers)]}, default=lambda a: a.tolist()))
     with pytest.raises(UserError, match="layers"):
         probe(loaded, groups=["low"], count=2, out=tmp_path / "p", scores=f,
-              task_objects=[NextToken(loaded.model, n=3)], progress=False)
+              task_objects=[NextToken(loaded.model, n=3)])
     assert not (tmp_path / "p").exists()
 
 
@@ -354,9 +354,9 @@ def test_negative_seed_is_a_user_error_and_leaves_no_folder(tmp_path):
     loaded, hs = _setup()
     with pytest.raises(UserError, match="seed"):
         probe(loaded, groups=["random"], count=2, seed=-1, out=tmp_path / "p", task_objects=[NextToken(loaded.model, n=3)],
-              progress=False)
+              )
     with pytest.raises(UserError, match="seed"):
-        probe(loaded, tasks=["arith"], groups=["random"], count=2, seed=-1, out=tmp_path / "p", progress=False)
+        probe(loaded, tasks=["arith"], groups=["random"], count=2, seed=-1, out=tmp_path / "p")
     assert not (tmp_path / "p").exists()
 
 
@@ -366,7 +366,7 @@ def test_missing_data_dir_is_refused_before_a_folder_exists(tmp_path):
     # measured scores and mean calibration read prose from --data-dir: a missing one is an error, not the default
     for kw in ({"groups": ["low"]}, {"groups": ["random"], "mode": "mean"}, {"groups": ["random"], "tasks": ["ppl"]}):
         with pytest.raises(UserError, match="absent"):
-            probe(loaded, count=2, data_dir=absent, out=tmp_path / "p", progress=False,
+            probe(loaded, count=2, data_dir=absent, out=tmp_path / "p",
                   **({"task_objects": [NextToken(loaded.model, n=3)]} if "tasks" not in kw else {}), **kw)
         assert not (tmp_path / "p").exists()
 
@@ -381,7 +381,7 @@ def test_calibration_prose_comes_from_the_data_dir(tmp_path):
     loaded, hs = _setup()
     loaded.tokenizer = byte_tokenizer()
     loaded.model.resize_token_embeddings(len(loaded.tokenizer))
-    kw = dict(groups=["low"], count=2, calib_texts=2, calib_tokens=32, progress=False)
+    kw = dict(groups=["low"], count=2, calib_texts=2, calib_tokens=32)
     a = probe(loaded, out=tmp_path / "a", task_objects=[NextToken(loaded.model, n=2)], **kw)
     b = probe(loaded, out=tmp_path / "b", task_objects=[NextToken(loaded.model, n=2)], data_dir=tmp_path / "d", **kw)
     ra, rb = (json.loads((f / "scores.json").read_text())["mean_rank"] for f in (a, b))

@@ -275,7 +275,7 @@ def test_cli_sweep_grid_and_defaults(tmp_path, monkeypatch):
     import staterank.report.prune as report_mod
 
     seen = []
-    monkeypatch.setattr(run_mod, "run_sweep", lambda loaded, sc, out, progress=False: seen.append(sc) or {"points": []})
+    monkeypatch.setattr(run_mod, "run_sweep", lambda loaded, sc, out: seen.append(sc) or {"points": []})
     monkeypatch.setattr(report_mod, "render", lambda out: str(out))
     assert main(common + ["--out", str(tmp_path / "sw2")]) == 0
     assert seen[0].alphas == SweepConfig().alphas and seen[0].fractions == SweepConfig().fractions

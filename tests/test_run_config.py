@@ -52,10 +52,10 @@ def _refused(tmp_path, capsys, *sets, extra=(), match=None):
     ("probe.mode=bogus", "unknown probe.mode 'bogus'"),
     ("probe.niah_depths=[2]", "[0, 1]"),  # checked even when niah is not among the tasks
     ("probe.niah_lengths=[0]", ">= 1"),
-    ("stratify.rule=bogus", "unknown rule 'bogus'"),
+    ("stratify.rule=bogus", "unknown stratify.rule 'bogus'"),  # one choices check for CLI, YAML, library
     ("stratify.stride=0", "stratify.stride must be >= 1"),
     ("stratify.t_early=0", "t_early"),
-    ("prune.ranking=bogus", "unknown ranking 'bogus'"),
+    ("prune.ranking=bogus", "unknown prune.ranking 'bogus'"),
     ("prune.tasks=[bogus]", "unknown task 'bogus'"),
     ("prune.eval_n=0", "eval_n"),
     ("prune.random_seeds=-1", "random_seeds"),

@@ -329,8 +329,7 @@ def test_init_baseline_of_an_untrained_model_reproduces_its_own_statistics(tmp_p
     tok = char_tokenizer()
     model = tiny_model("qwen3_5", 3, memory_gates=False, h_k=4, h_v=8, k=16, v=16)
     cfg = st.StratifyConfig(max_tokens=160, stride=8, t_early=32, t_late=160, init_gates="model", init_seed=3)
-    run = st.run_stratify(_loaded(model, tok), suite("natural", tokens=160, tokenizer=tok), tmp_path / "s", cfg,
-                          log=lambda m: None)
+    run = st.run_stratify(_loaded(model, tok), suite("natural", tokens=160, tokenizer=tok), tmp_path / "s", cfg)
     s = strict_json(run / "stratify.json")
     i = s["init_baseline"]
     for k in ("spearman_t_early_t_late", "cosine_rank", "cosine_nuclear", "spearman_contexts", "label_agreement",

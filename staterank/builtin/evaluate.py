@@ -101,7 +101,7 @@ def analysis_summary(model_dir, tokens: int = 1024, seed: int = 0) -> dict:
     out = {"tokens": tokens, "texts": sorted(texts), "eps": 1e-4}
 
     def ranks(ld) -> dict:
-        return _rank_summary(head_stats(analyze(ld, texts, max_tokens=tokens, progress=False).arrays()))
+        return _rank_summary(head_stats(analyze(ld, texts, max_tokens=tokens).arrays()))
 
     out["trained"] = ranks(loaded)
     from transformers import AutoModelForCausalLM

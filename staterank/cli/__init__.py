@@ -8,9 +8,11 @@ line on stderr and exit code 2 (never a traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
+from .. import progress
 from ..errors import UserError, VerificationFailed
 from . import analyze, ls, probe, prune, run, stratify
 from .common import Parser
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if env_rank().rank != 0:  # under torchrun rank 0 speaks for all (errors still go to each stderr)
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-        return int(args.func(args) or 0)
+        # --quiet: the one progress switch (staterank.progress), for this command only
+        with progress.quiet() if getattr(args, "quiet", False) else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except UserError as e:
         if getattr(e, "echo", True):  # False: another torchrun rank failed and reports it itself
             print(f"staterank: error: {e}", file=sys.stderr)

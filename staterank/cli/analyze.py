@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import MIB, POS, add_common, add_parser, eps, load
+from .common import add_common, add_options, add_parser, config_from, load
 
 EPILOG = """examples:
   staterank analyze --model builtin --prompt "The quick brown fox jumps over the lazy dog." --out runs/a1
@@ -38,23 +38,21 @@ def read_texts(args) -> dict[str, str]:
 
 
 def command(args) -> int:
-    from ..analyze import analyze
-    from ..capture import Schedule
+    from ..analyze import AnalyzeConfig, analyze
     from ..report.analyze import render
 
+    cfg = config_from(AnalyzeConfig, args)
+    cfg.validate()
     texts = read_texts(args)  # check inputs before loading a model
-    loaded = load(args)
-    dyn = analyze(
-        loaded, texts, max_tokens=args.max_tokens, schedule=Schedule(stride=args.stride, log=args.log_positions),
-        eps=args.eps, keep_states=args.keep_states, max_state_bytes=int(args.max_state_mb * 2**20),
-        prefill_chunk=args.prefill_chunk, seed=args.seed, out=args.out, progress=not args.quiet,
-    )
+    dyn = analyze(load(args), texts, **cfg.kwargs(), seed=args.seed, out=args.out)
     report = render(dyn.run_dir)
     print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report}")
     return 0
 
 
 def add(sub) -> None:
+    from ..analyze import AnalyzeConfig
+
     p = add_parser(
         sub, "analyze", help="per-head state rank and norms over tokens, for one model and a few texts",
         description="Capture every linear-attention layer's recurrent state after each token and record, per value "
@@ -65,17 +63,7 @@ def add(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="analyze this string")
     src.add_argument("--text", nargs="+", metavar="FILE", help="analyze these UTF-8 text files (one forward each)")
-    p.add_argument("--max-tokens", type=POS, default=None, help="truncate each text to N tokens (default: all)")
-    sched = p.add_mutually_exclusive_group()
-    sched.add_argument("--stride", type=POS, default=1, help="measure every N-th token (default 1: all)")
-    sched.add_argument("--log-positions", action="store_true", help="measure at t = 1, 2, 4, 8, ... only")
-    p.add_argument("--eps", type=eps, default=1e-4, help="relative threshold ε of the rank (default 1e-4)")
-    p.add_argument("--keep-states", action="store_true",
-                   help="also write the measured states as safetensors (states/NNNN.safetensors)")
-    p.add_argument("--max-state-mb", type=MIB, default=1024,
-                   help="refuse to keep more than this many MiB of states per text (default 1024)")
-    p.add_argument("--prefill-chunk", type=POS, default=256,
-                   help="tokens per forward through the cache; bounds activation memory (default 256)")
+    add_options(p, AnalyzeConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

@@ -1,12 +1,20 @@
-"""What the subcommand modules share: the parser class, checked argument types, the common options,
-and small helpers. Internal to the command line (the library never imports it)."""
+"""What the subcommand modules share: the parser class, the common options, the flags of a stage
+config (``add_options``, ``config_from``: see staterank.options and docs/adding-an-option.md) and
+small helpers. Internal to the command line (the library never imports it)."""
 
 from __future__ import annotations
 
 import argparse
-import math
+import typing
 
-from ..errors import UserError
+from ..configtypes import coerce, field_types, unwrap_optional
+from ..options import EPS, FLOAT, MIB, NONNEG, POS, SHARE, SHARE1, UNIT, Checked, default_of, flag_of, options
+
+# The checked types are declared in staterank.options; these names stay importable from here for
+# commands written before (they declare flags by hand: port them to add_options, docs/adding-an-option.md).
+checked, eps = Checked, EPS
+__all__ = ["EPS", "FLOAT", "MIB", "NONNEG", "POS", "SHARE", "SHARE1", "UNIT", "Parser", "add_common", "add_options",
+           "add_parser", "checked", "config_from", "eps", "given", "is_list_option", "load", "names"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -16,47 +24,59 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-_INT_MAX = 2**63 - 1  # torch seeds and tensor sizes are 64-bit
+def add_options(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per ``opt`` field of config class ``cls`` (``staterank.options``), in field order:
+    its checked type (items of a list field are checked after parsing, by ``config_from``), choices,
+    help with the stage default. Every flag defaults to None (False for a switch), so that what the
+    user gave is knowable (``given``); ``config_from`` fills in the dataclass defaults."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in options(cls):
+        m = f.metadata
+        if not m["cli"] or f.name in skip:
+            continue
+        where = p
+        if m["group"]:
+            if m["group"] not in groups:
+                groups[m["group"]] = p.add_mutually_exclusive_group()
+            where = groups[m["group"]]
+        default = default_of(f)
+        help = m["help"]() if callable(m["help"]) else m["help"]
+        flag = flag_of(f)
+        if isinstance(default, bool):
+            where.add_argument(flag, action="store_true", help=help)
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        if default is not None and "(default" not in help:
+            help = f"{help} (default {shown})"
+        where.add_argument(flag, default=None, help=help, metavar=m["metavar"], choices=m["choices"],
+                           type=None if is_list_option(cls, f.name) else m["type"])
 
 
-def checked(kind, ok, what):
-    """An argparse type: ``kind`` (int or float) that is finite, fits 64 bits, and passes ``ok``
-    (described as ``what`` in the one-line refusal)."""
-    def parse(text: str):
-        try:
-            x = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if kind is float and not math.isfinite(x):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if kind is int and abs(x) > _INT_MAX:
-            raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {text}")
-        if not ok(x):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return x
-    return parse
+def config_from(cls, args, **fixed):
+    """A ``cls`` from the flags ``add_options`` made (those not given keep the field defaults) and
+    ``fixed`` fields (seed, paths); comma-separated lists are parsed to the field's item type. Not
+    validated: the stage calls ``validate()``."""
+    kw = dict(fixed)
+    types = field_types(cls)
+    for f in options(cls):
+        if not f.metadata["cli"] or f.name in kw:
+            continue
+        flag = flag_of(f)
+        v = getattr(args, flag[2:].replace("-", "_"), None)
+        if v is None or v is False:
+            continue
+        if isinstance(default_of(f), bool):  # a switch: --no-init sets init False, --single-head True
+            kw[f.name] = not flag.startswith("--no-")
+        elif is_list_option(cls, f.name):
+            kw[f.name] = coerce(flag, v, types[f.name])
+        else:
+            kw[f.name] = v
+    return cls(**kw)
 
 
-# Checked while parsing, before a model (minutes for a real checkpoint) is loaded: every numeric
-# option takes one of these (tests/test_cli_inputs.py walks them all with 0, -1, nan, inf, 1e308, 2**64).
-POS = checked(int, lambda x: x >= 1, ">= 1")
-NONNEG = checked(int, lambda x: x >= 0, ">= 0")
-FLOAT = checked(float, lambda x: True, "a number")  # finite; ranges are checked where they are known
-UNIT = checked(float, lambda x: 0 <= x <= 1, "in [0, 1]")
-SHARE = checked(float, lambda x: 0 < x < 1, "in (0, 1)")  # a share of heads to remove: some, not all
-SHARE1 = checked(float, lambda x: 0 < x <= 1, "in (0, 1]")
-MIB = checked(float, lambda x: 0 < x <= 2**30, "in (0, 2**30] MiB")
-eps = checked(float, lambda x: 0 < x < 1, "in (0, 1)")  # σ_i > ε·σ_1 with ε >= 1 counts nothing
-
-
-def floats(s: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated numbers, got {s!r}") from None
-    if not all(math.isfinite(x) for x in out):
-        raise UserError(f"expected finite numbers, got {s!r}")
-    return out
+def is_list_option(cls, name: str) -> bool:
+    """Whether field ``name`` of ``cls`` holds a list (one comma-separated string on the command line)."""
+    return typing.get_origin(unwrap_optional(field_types(cls)[name])[0]) in (list, tuple)
 
 
 def names(s: str) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import NONNEG, POS, SHARE1, add_common, add_parser, floats, load, names
+from .common import add_common, add_options, add_parser, config_from, load
 
 EPILOG = """examples:
   staterank probe --model builtin --tasks niah --groups low,high,random,layer_random --out runs/p1
@@ -24,43 +24,22 @@ single_head.csv, figures and report.md. Rerun the same command to resume; finish
 
 
 def command(args) -> int:
-    from ..probes.run import probe
+    from ..probes.config import ProbeConfig
+    from ..probes.run import run_probe
     from ..report.probe import render
 
-    tasks = names(args.tasks)
-    groups = names(args.groups)
-    lm_tasks = names(args.lm_eval) if args.lm_eval else []
-    # check cheap inputs before a model loads
-    from ..probes.groups import check_kinds
-    from ..probes.tasks import make_task
-
-    if not tasks and not lm_tasks:
-        raise UserError("--tasks is empty")
-    if not groups:
-        raise UserError("--groups is empty: nothing would be ablated")
-    niah_lengths = [int(x) if x.is_integer() else x for x in floats(args.niah_lengths)] if args.niah_lengths else None
-    niah_depths = list(floats(args.niah_depths)) if args.niah_depths else None
-    for t in tasks:
-        make_task(t, limit=args.limit, seed=args.seed, data_dir=args.data_dir, niah_lengths=niah_lengths,
-                  niah_depths=niah_depths)
-    check_kinds(groups, args.seeds)
+    cfg = config_from(ProbeConfig, args, out=args.out, seed=args.seed, data_dir=args.data_dir)
+    cfg.validate()  # cheap inputs are checked before a model loads
     if args.single_limit is not None and not args.single_head:
         raise UserError("--single-limit applies only with --single-head")
-    loaded = load(args)
-    folder = probe(
-        loaded, tasks, groups, out=args.out, fraction=args.fraction, count=args.count, seeds=args.seeds,
-        seed=args.seed, limit=args.limit, mode=args.mode, single_head=args.single_head,
-        single_limit=args.single_limit, scores=args.scores, batch_size=args.batch_size, data_dir=args.data_dir,
-        niah_lengths=niah_lengths, niah_depths=niah_depths,
-        max_new_tokens=args.max_new_tokens, n_shot=args.n_shot, calib_texts=args.calib_texts,
-        calib_tokens=args.calib_tokens, progress=not args.quiet, lm_eval_tasks=lm_tasks,
-        lm_eval_limit=args.lm_eval_limit,
-    )
+    folder = run_probe(load(args), cfg)
     print(f"wrote {folder}; report: {render(folder)}")
     return 0
 
 
 def add(sub) -> None:
+    from ..probes.config import ProbeConfig
+
     p = add_parser(
         sub, "probe", help="ablate low-/high-rank heads and count-, layer- and byte-matched random controls; measure tasks",
         description="Remove groups of value heads from the in-memory model (zero: the head never writes its state; "
@@ -69,32 +48,7 @@ def add(sub) -> None:
         epilog=EPILOG,
     )
     add_common(p)
-    p.add_argument("--tasks", default="niah", help="comma-separated: niah, mqar, multihop, arith, gsm8k, ppl (default niah)")
-    p.add_argument("--groups", default="low,high,random,layer_random",
-                   help="comma-separated: low, high, random, layer_random, byte_random (default low,high,random,layer_random)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=SHARE1, default=None, help="group size as a fraction of all value heads (default 7/18)")
-    size.add_argument("--count", type=POS, default=None, help="group size in heads")
-    p.add_argument("--seeds", type=POS, default=5, help="random draws per control (default 5)")
-    p.add_argument("--limit", type=POS, default=None,
-                   help="items per task, exactly (defaults: niah 60 spread over the grid — fewer than its cells measures "
-                        "that many cells spread over it —, others 100, ppl 32 windows)")
-    p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
-    p.add_argument("--single-head", action="store_true", help="also ablate every head alone (per-head costs, correlated with rank and nuclear norm)")
-    p.add_argument("--single-limit", type=POS, default=None, help="items per task for single-head ablations (default: all)")
-    p.add_argument("--scores", default=None, metavar="JSON",
-                   help="per-head mean_rank / mean_nuclear (stratify HeadStats JSON) instead of measuring them on prose")
-    p.add_argument("--niah-lengths", default=None, help="NIAH context lengths in tokens, e.g. 256,512,1024 (default)")
-    p.add_argument("--niah-depths", default=None, help="NIAH needle depths in [0,1], e.g. 0,0.25,0.5,0.75,1 (default)")
-    p.add_argument("--max-new-tokens", type=POS, default=None, help="generation budget (defaults: 8; gsm8k 256, or 1024 with a chat template — Thinking models may "
-                        "need thousands; the report gives the share of outputs cut at the budget)")
-    p.add_argument("--n-shot", type=NONNEG, default=0, help="GSM8K few-shot examples for prompts without a chat template")
-    p.add_argument("--batch-size", type=POS, default=16, help="items per batch (equal-length prompts batch without padding)")
-    p.add_argument("--calib-texts", type=POS, default=8, help="prose segments for scores / mean calibration (default 8)")
-    p.add_argument("--calib-tokens", type=POS, default=512, help="tokens per calibration segment (default 512)")
-    p.add_argument("--lm-eval", default=None, metavar="TASKS",
-                   help="also run these lm-evaluation-harness tasks per condition (gsm8k_local runs offline)")
-    p.add_argument("--lm-eval-limit", type=POS, default=None, help="lm-eval --limit per task")
+    add_options(p, ProbeConfig)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

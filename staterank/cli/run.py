@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import NONNEG, POS, add_parser
+from ..options import POS
+from .common import add_options, add_parser
 
 
 def command(a) -> int:
+    from ..options import options
     from ..pipeline import RunConfig, run
 
-    overrides = list(a.set or [])
-    for key, val in (("model", a.model), ("seed", a.seed), ("device", a.device), ("dtype", a.dtype),
-                     ("data_dir", a.data_dir)):
+    overrides = list(a.set or [])  # the flags are overrides of the top-level keys, after --set
+    for f in options(RunConfig):
+        val = getattr(a, f.name)
         if val is not None:
-            overrides.append(f"{key}={val}")
-    if a.stages:
-        overrides.append(f"stages=[{a.stages}]")
+            overrides.append(f"{f.name}=[{val}]" if f.name == "stages" else f"{f.name}={val}")
     cfg = RunConfig.load(a.config, overrides)
-    folder = run(cfg, a.out, progress=not a.quiet)
+    folder = run(cfg, a.out)
     report = render(folder)
     print_claims(folder)
     print(f"\nreport: {report}")
@@ -61,6 +61,8 @@ def verify(a) -> int:
 
 
 def add(sub) -> None:
+    from ..pipeline import RunConfig
+
     p = add_parser(
         sub, "run", help="the whole pipeline: stratify → probe → prune → claims report",
         description="analyze over the context suite → stratify (with the initialisation baseline) → probe "
@@ -70,14 +72,9 @@ def add(sub) -> None:
         "  staterank run --model Qwen/Qwen3-Next-80B-A3B-Instruct --config run.yaml --out runs/q3n\n"
         "  staterank run --set probe.limit=16 --set stratify.max_tokens=256 --out runs/quick\n"
         "  staterank run --model negative-control --out runs/neg   # untrained, default gates: nothing should 'hold'")
-    p.add_argument("--model", default=None, help="HF id, local folder, 'builtin' (default) or 'negative-control'")
-    p.add_argument("--config", default=None, help="YAML config (see staterank/pipeline.py for keys)")
+    p.add_argument("--config", default=None, help="YAML config: sections stratify, probe, prune (docs/adding-an-option.md)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. probe.limit=32 (repeatable)")
-    p.add_argument("--stages", default=None, help="comma-separated subset of stratify,probe,prune")
-    p.add_argument("--seed", type=NONNEG, default=None, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="torch device")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
-    p.add_argument("--data-dir", default=None, help="local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
+    add_options(p, RunConfig)  # the top-level keys: --model, --seed, --device, --dtype, --data-dir, --stages
     p.add_argument("--threads", type=POS, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import distributed
+from ..progress import say
 from . import groups as G
 from .ablate import ablate
 from .itemlog import ItemLog
@@ -47,8 +48,7 @@ def item_order(task_items: list, conds: dict[str, G.Group], single_limit: int | 
 
 
 def measure(model, tok, task_items: list, conds: dict[str, G.Group], log: ItemLog, *, mode: str,
-            means=None, adapter=None, batch_size: int = 16, single_limit: int | None = None,
-            progress: bool = True) -> None:
+            means=None, adapter=None, batch_size: int = 16, single_limit: int | None = None) -> None:
     """Run every (task, items) of ``task_items`` under every condition, ``batch_size`` items at a
     time, appending each batch's rows to ``log``; single-head conditions run the first
     ``single_limit`` items (all when None).
@@ -71,8 +71,7 @@ def measure(model, tok, task_items: list, conds: dict[str, G.Group], log: ItemLo
                     mine.append(left)
             if not mine:
                 continue
-            if progress:
-                print(f"[probe] {task.name} / {cond}: {sum(map(len, mine))} items", flush=True)
+            say(f"probe: {task.name} / {cond}: {sum(map(len, mine))} items")
             with ablate(model, group, mode, means=means, adapter=adapter):
                 for batch in mine:
                     res = task.run(model, tok, batch)

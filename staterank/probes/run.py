@@ -28,6 +28,7 @@ import torch
 
 from .. import distributed, runio
 from ..errors import UserError
+from ..progress import say
 from ..stats import Z95, mcnemar  # re-exported
 from ..stats import sign_flip_p as _sign_flip_p
 from ..stats import wilson_interval as wilson
@@ -43,7 +44,7 @@ from .scores import HeadScores, calibration_texts, measure_scores
 _task_spec = task_spec  # the name before the split (#19)
 
 
-def probe(loaded, tasks=ProbeConfig.tasks, groups=ProbeConfig.groups, **options) -> Path:
+def probe(loaded, tasks=None, groups=None, **options) -> Path:
     """Run the probe into run folder ``out`` (resumes a folder holding the same config); the
     keyword arguments are ``ProbeConfig``'s fields (``out`` required). Returns the folder.
 
@@ -51,11 +52,15 @@ def probe(loaded, tasks=ProbeConfig.tasks, groups=ProbeConfig.groups, **options)
     used when present). Every input (tasks and their data, groups, the scores file, calibration
     prose) is checked before the run folder is created, so a failed start leaves no folder behind.
     """
-    return run_probe(loaded, ProbeConfig(tasks=tasks, groups=groups, **options))
+    given = {k: v for k, v in (("tasks", tasks), ("groups", groups)) if v is not None}
+    return run_probe(loaded, ProbeConfig(**given, **options))
 
 
 def run_probe(loaded, cfg: ProbeConfig) -> Path:
     """``probe`` with its settings in one ``ProbeConfig``."""
+    cfg.validate()
+    if cfg.out is None:
+        raise UserError("probe needs out= (the run folder)")
     model, tok = loaded.model, loaded.tokenizer
     from ..adapters import get_adapter
 
@@ -122,7 +127,7 @@ def run_probe(loaded, cfg: ProbeConfig) -> Path:
 
     def run_mine():
         measure(model, tok, task_items, conds, log, mode=cfg.mode, means=means, adapter=adapter,
-                batch_size=cfg.batch_size, single_limit=cfg.single_limit, progress=cfg.progress)
+                batch_size=cfg.batch_size, single_limit=cfg.single_limit)
         return log.added
 
     for rows in distributed.each(run_mine):  # every rank's new rows; then items.jsonl as one process writes it
@@ -198,8 +203,7 @@ def _lm_eval(folder: Path, cfg: ProbeConfig, loaded, conds: dict, means) -> dict
                 continue
             f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
             if not f.exists():
-                if cfg.progress:
-                    print(f"[probe] lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}", flush=True)
+                say(f"probe: lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}")
                 runio.write_json(f, lm_eval_probe(loaded, cfg.lm_eval_tasks, conds[cond], mode=cfg.mode, means=means,
                                                   limit=cfg.lm_eval_limit, data_dir=cfg.data_dir))
             out[cond] = runio.read_json(f)

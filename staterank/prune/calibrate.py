@@ -23,7 +23,7 @@ def calibration_contexts(loaded: Loaded, cfg: PruneConfig) -> list:
 
 
 def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
-              progress: bool = False, ctx: list | None = None) -> tuple[HeadStats, np.ndarray, dict]:
+              ctx: list | None = None) -> tuple[HeadStats, np.ndarray, dict]:
     """Per-head r̄, n̄, d from the calibration suite (``stratify.head_stats`` over an analyze run),
     the state bytes of one head per layer [L] (K·V·4), and a JSON-able description."""
     from ..analyze import analyze
@@ -35,7 +35,7 @@ def calibrate(loaded: Loaded, cfg: PruneConfig, out: Path | None,
     dyn = analyze(loaded, {c.name: c.text for c in ctx}, max_tokens=cfg.calib_tokens,
                   # the positions stratify takes its time mean over (from t = 1), so r̄ means the same
                   schedule=Schedule(positions=default_positions(cfg.calib_tokens, cfg.calib_stride)),
-                  seed=cfg.seed, out=out, progress=progress)
+                  seed=cfg.seed, out=out)
     stats = head_stats(dyn.arrays())
     head_bytes = np.array([l.layout.k * l.layout.v * 4 for l in loaded.adapter.linear_layers(loaded.model)])
     info = {"suite": cfg.calib_suite, "contexts": [c.name for c in ctx], "suite_hash": suite_hash(ctx),

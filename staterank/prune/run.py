@@ -37,7 +37,6 @@ folder and re-exports their public names.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch
 from .. import distributed, runio
 from ..errors import UserError, VerificationFailed
 from ..models import Loaded, weights_fingerprint
+from ..progress import say
 from ..tasks import items_digest
 from .calibrate import calibrate, calibration_contexts
 from .config import PruneConfig, SweepConfig
@@ -80,7 +80,7 @@ def gva_group(layers) -> int:
 
 
 # ---- the stage ------------------------------------------------------------------------------------
-def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool = False) -> dict:
+def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path) -> dict:
     """Run (or resume) the prune stage into ``out``; returns prune.json's content. The loaded model
     is pruned in place: do not reuse ``loaded`` afterwards."""
     cfg.validate()
@@ -106,11 +106,10 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
         if not done["check"]["passed"]:
             raise CheckFailed(f"this run's check failed earlier (see {run_dir}/prune.json)")
         return done
-    say = (lambda m: print(f"prune: {m}", file=sys.stderr)) if progress else (lambda m: None)
 
     # 1. plan
-    say("calibrating")
-    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress, ctx=ctx)
+    say("prune: calibrating")
+    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", ctx=ctx)
     if given is not None:  # apply a given plan; calibration still feeds the controls' scores
         plan = given
     else:
@@ -142,7 +141,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     # 2. everything that needs the original model (cached: a resumed run after surgery reads it back)
     ev = run_dir / "evals"
     model_dir = run_dir / "model"
-    say("evaluating the original, the masked model and the controls")
+    say("prune: evaluating the original, the masked model and the controls")
     acc_before = accuracy(model, tok, items, ev / "before.json", cfg)
     acc_masked = accuracy(model, tok, items, ev / f"masked_{_plan_key(plan)}.json", cfg, plan)
     acc_controls = {kind: [accuracy(model, tok, items, ev / f"masked_{_plan_key(p)}.json", cfg, p) for p in plans]
@@ -166,7 +165,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     before = runio.read_json(run_dir / "before.json")
 
     # 3. surgery (+ export), then everything on the pruned model
-    say("surgery")
+    say("prune: surgery")
     dtype, device, device_map = _model_dtype(model), loaded.device, loaded.device_map
     # the export is written in the checkpoint's dtype (or the one asked for), not the compute dtype
     ckpt = (loaded.config or {}).get("checkpoint_dtype")
@@ -203,7 +202,7 @@ def run_prune(loaded: Loaded, cfg: PruneConfig, out: str | Path, progress: bool 
     check = {"max_abs_logit_diff_vs_masked": diff, "tolerance": tol, "passed": diff <= tol,
              "reloaded_with": "AutoModelForCausalLM.from_pretrained" if do_export else "in-memory surgery",
              "ids_shape": list(z["ids"].shape)}
-    say("evaluating the pruned model")
+    say("prune: evaluating the pruned model")
     acc_after = accuracy(pruned, tok, items, ev / ("after_export.json" if do_export else "after_memory.json"), cfg)
     result = distributed.on_main(lambda: _summary(loaded, cfg, plan, before, pruned, dtype, acc_before, acc_masked,
                                                   acc_controls, acc_after, export_info, not_exported, check, head_bytes,
@@ -248,17 +247,13 @@ def _summary(loaded, cfg, plan, before, pruned, dtype, acc_before, acc_masked, a
 
 
 # ---- sweep ----------------------------------------------------------------------------------------
-def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool = False) -> dict:
+def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path) -> dict:
     """α × fraction grid, zero-ablated, with count-matched random controls at every fraction.
 
     Writes sweep.json: {"points": [{method, alpha, fraction, seed, removed, linear_state_bytes,
     accuracy}], "state_bytes_before", ...}; finished points are cached in evals/ and skipped."""
     cfg = sc.base
-    for f in sc.fractions:
-        Budget("fraction", f)
-    for a in sc.alphas:
-        get_method("jrnp", alpha=a)
-    cfg.validate()
+    sc.validate()
     model, tok = loaded.model, loaded.tokenizer
     items = task_items(cfg.tasks, cfg.eval_n, cfg.eval_seed, tok)
     run_dir = distributed.on_main(lambda: runio.new_run_dir(
@@ -266,7 +261,7 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
         weights=weights_fingerprint(loaded.model)))
     if (run_dir / "sweep.json").exists():
         return runio.read_json(run_dir / "sweep.json")
-    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration", progress=progress)
+    stats, head_bytes, calib = calibrate(loaded, cfg, run_dir / "calibration")
     sb = state_bytes(model, cfg.state_batch, cfg.state_context, cfg.seed)
     specs = [("jrnp", {"alpha": a}, f) for a in sc.alphas for f in sc.fractions]
     specs += [(m, {"alpha": cfg.alpha}, f) for m in sc.methods_extra for f in sc.fractions]
@@ -279,8 +274,7 @@ def run_sweep(loaded: Loaded, sc: SweepConfig, out: str | Path, progress: bool =
                                               gva_group(loaded.adapter.linear_layers(model))), model_id=loaded.spec,
                          method=method, params=scorer.params(), ranking=cfg.ranking,
                          budget={"kind": "fraction", "value": f}, scores=scorer.score(stats), calibration=calib)
-        if progress:
-            print(f"sweep: {method} {params} fraction {f}", file=sys.stderr)
+        say(f"sweep: {method} {params} fraction {f}")
         acc = accuracy(model, tok, items, run_dir / "evals" / f"masked_{_plan_key(plan)}.json", cfg, plan)
         total_bytes = sum(lo[2] * lo[3] * 4 * lo[1] for lo in plan.facts["layouts"])  # K·V·4 × H_v per layer
         kept = 1 - plan.removed_state_bytes() / total_bytes

@@ -6,9 +6,9 @@ decay → rank, each beside the same architecture at initialisation.
     summary = stratify_stats(dyn, names)     # every statistic of stratify.json for one model
     run = run_stratify(loaded, contexts, out)  # the stage: analyze model and init, write the run folder
 
-Modules: ``heads`` (per-head summaries, classes), ``consistency`` (the statistics), both pure
-functions of the dynamics; ``stage`` (run folder, stratify.json, heads.csv), the only one that
-touches files. The model at initialisation is built by ``staterank.initmodel``, and dynamics of
+Modules: ``config`` (StratifyConfig, every option declared once), ``heads`` (per-head summaries,
+classes), ``consistency`` (the statistics), both pure functions of the dynamics; ``stage`` (run
+folder, stratify.json, heads.csv), the only one that touches files. The model at initialisation is built by ``staterank.initmodel``, and dynamics of
 several runs are merged by ``staterank.dynamics``.
 
 ``dyn`` is what ``analyze`` / ``capture`` produce for N contexts: ``threshold_rank`` and
@@ -45,6 +45,7 @@ Definitions (documented in ``report.md`` as well):
 
 from ..dynamics import merge_dynamics
 from ..initmodel import INIT_GATES, MEMORYLESS_DECAY, auto_init_gates, init_copy, own_init_decay
+from .config import StratifyConfig
 from .consistency import (
                           PAPER,
                           bimodality_coefficient,
@@ -56,7 +57,7 @@ from .consistency import (
                           stratify_stats,
 )
 from .heads import RULES, Classes, HeadStats, classify, head_stats, two_means
-from .stage import StratifyConfig, default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs, summarise
+from .stage import default_positions, jsonable, load_stratify, run_stratify, stratify_from_runs, summarise
 
 __all__ = [
     "PAPER", "RULES", "INIT_GATES", "MEMORYLESS_DECAY", "HeadStats", "Classes", "StratifyConfig",

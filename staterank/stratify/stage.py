@@ -14,7 +14,6 @@ import csv
 import io
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,12 @@ import numpy as np
 from .. import distributed
 from ..dynamics import merge_dynamics
 from ..errors import UserError
-from ..initmodel import INIT_GATES, auto_init_gates, init_copy
+from ..initmodel import auto_init_gates, init_copy
+from ..progress import say
 from ..runio import atomic_write_text, new_run_dir, read_json, write_json
+from .config import StratifyConfig
 from .consistency import PAPER, delta, stratify_stats
-from .heads import RULES, Classes, HeadStats
+from .heads import Classes, HeadStats
 
 
 def default_positions(max_tokens: int, stride: int = 4, t_early: int = 128, t_late: int = 2048) -> tuple[int, ...]:
@@ -36,34 +37,6 @@ def default_positions(max_tokens: int, stride: int = 4, t_early: int = 128, t_la
     pos = set(range(stride, max_tokens + 1, stride)) | {1, max_tokens}
     pos |= {t for t in (t_early, t_late) if 1 <= t <= max_tokens}
     return tuple(sorted(pos))
-
-
-@dataclass
-class StratifyConfig:
-    rule: str = "two_cluster"
-    threshold: float | None = None
-    t_early: int = 128
-    t_late: int = 2048
-    max_tokens: int = 2048
-    stride: int = 4
-    init: bool = True  # also measure the same architecture at initialisation
-    init_gates: str = "auto"  # auto = the model's own gate init unless memoryless, then fla (auto_init_gates)
-    init_seed: int = 0
-    eps: float = 1e-4
-
-    def validate(self) -> None:
-        if self.rule not in RULES:
-            raise UserError(f"unknown rule {self.rule!r}; choose one of {', '.join(RULES)}")
-        if self.rule == "threshold" and (self.threshold is None or not 0 < self.threshold <= 1):
-            raise UserError("--rule threshold needs --threshold in (0, 1] (a normalised rank r̄_h / d)")
-        if self.rule != "threshold" and self.threshold is not None:
-            raise UserError(f"--threshold applies only with --rule threshold (the rule is {self.rule})")
-        if self.max_tokens < 2:  # one token: every state has rank <= 1, nothing to stratify
-            raise UserError(f"max_tokens must be >= 2, got {self.max_tokens}")
-        if self.init_gates not in INIT_GATES:
-            raise UserError(f"unknown --init-gates {self.init_gates!r}; choose one of {', '.join(INIT_GATES)}")
-        if not 1 <= self.t_early < self.t_late:
-            raise UserError(f"need 1 <= t_early < t_late, got {self.t_early}, {self.t_late}")
 
 
 def jsonable(o: Any) -> Any:
@@ -148,7 +121,7 @@ def summarise(run, dyn: dict, dyn_init: dict | None, cfg: StratifyConfig, meta: 
     return result
 
 
-def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None, log=print, progress: bool = False):
+def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None):
     """Analyze ``contexts`` (list of ``contexts.Context``) on ``loaded`` (``models.Loaded``) and, unless
     ``cfg.init`` is off, on the same architecture at initialisation (``init_copy``); write the run folder
     ``out``: config.json, contexts.json, analyze/ and analyze_init/ (complete analyze run folders),
@@ -170,7 +143,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
         gates, why = auto_init_gates(loaded, cfg.init_seed)
     positions = default_positions(cfg.max_tokens, cfg.stride, cfg.t_early, cfg.t_late)
     config = {"stage": "stratify", "model": loaded.spec, "source": loaded.source, "model_config": loaded.config,
-              "contexts": names, "contexts_hash": suite_hash(contexts), **asdict(cfg), "init_gates_used": gates}
+              "contexts": names, "contexts_hash": suite_hash(contexts), **cfg.record(), "init_gates_used": gates}
 
     def make():  # rank 0 alone makes the folder (under torchrun); analyze shards the contexts over the ranks
         d = new_run_dir(out, config)
@@ -179,10 +152,10 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
 
     run = distributed.on_main(make)
     texts = {c.name: c.text for c in contexts}
-    kw = dict(max_tokens=cfg.max_tokens, schedule=Schedule(positions=positions), eps=cfg.eps, progress=progress)
+    kw = dict(max_tokens=cfg.max_tokens, schedule=Schedule(positions=positions), eps=cfg.eps)
     t0 = time.time()
     dyn = analyze(loaded, texts, out=run / "analyze", **kw).arrays()
-    log(f"model: {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
+    say(f"stratify: model: {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
     dyn_init = None
     if cfg.init:
         t0 = time.time()
@@ -192,7 +165,7 @@ def run_stratify(loaded, contexts: list, out, cfg: StratifyConfig | None = None,
                          config=loaded.config)
         dyn_init = analyze(loaded0, texts, out=run / "analyze_init", **kw).arrays()
         del loaded0, model0
-        log(f"initialisation ({gates} gates): {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
+        say(f"stratify: initialisation ({gates} gates): {len(texts)} contexts analysed in {time.time() - t0:.0f}s")
     meta = {"model": loaded.spec, "suite_hash": config["contexts_hash"], "max_tokens": cfg.max_tokens,
             "rule": cfg.rule, "init_gates": gates, "init_gates_reason": why}
     if not cfg.init:
@@ -211,7 +184,7 @@ def stratify_from_runs(folders: list, out, cfg: StratifyConfig | None = None, in
         if len({f.resolve() for f in fs}) != len(fs):  # a context twice would pair with itself
             raise UserError(f"{label}: a folder is given twice")
     config = {"stage": "stratify", "from_runs": [str(f.resolve()) for f in folders],
-              "init_runs": [str(Path(f).resolve()) for f in init_folders or []], **asdict(cfg)}
+              "init_runs": [str(Path(f).resolve()) for f in init_folders or []], **cfg.record()}
     dyn = _from_analyze(folders)
     names = [str(x) for x in dyn["texts"]]
     if len(set(names)) != len(names):
