@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import runio
 from ..analyze import head_table, load_dynamics
+from . import html
 from .common import layer_grid, pyplot, save
 
 
@@ -123,4 +124,5 @@ def render(run_dir: str | Path) -> Path:
     ]
     path = run_dir / "report.md"
     runio.atomic_write_text(path, "\n".join(lines))
+    html.render(run_dir)
     return path

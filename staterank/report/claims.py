@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from .. import runio
-from . import fmt_p
+from . import fmt_p, html
 from .common import fmt_num, plural
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
@@ -90,4 +90,5 @@ def render(folder: str | Path) -> Path:
             out.append("")
     path = folder / "report.md"
     runio.atomic_write_text(path, "\n".join(out) + "\n")
+    html.render(folder)
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import runio
 from ..errors import UserError
-from . import fmt_p
+from . import fmt_p, html
 from .common import fmt_num as _f
 from .common import pyplot, save
 
@@ -186,4 +186,5 @@ def render(run_dir: str | Path) -> Path:
               "per-condition heads and bytes in `groups.json`."]
     out = run / "report.md"
     runio.atomic_write_text(out, "\n".join(L) + "\n")
+    html.render(run)
     return out

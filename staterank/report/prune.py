@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import runio
 from ..errors import UserError
+from . import html
 from .common import plural, pyplot, save
 
 
@@ -202,4 +203,5 @@ def render(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir} holds no finished prune run or sweep (no prune.json / sweep.json)")
     out = run_dir / "report.md"
     runio.atomic_write_text(out, "\n".join(lines))
+    html.render(run_dir)
     return out

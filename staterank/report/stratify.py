@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import runio
+from . import html
 from .common import fmt_num as _f
 from .common import layer_grid, pyplot, save
 
@@ -186,6 +187,7 @@ def render(run_dir: str | Path) -> Path:
     lines += [f"![{f}]({f})" for f in figs]
     path = run / "report.md"
     runio.atomic_write_text(path, "\n".join(lines) + "\n")
+    html.render(run)
     return path
 
 
