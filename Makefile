@@ -5,6 +5,7 @@ VENV ?= .venv
 LOCK := requirements/lock.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.staterank-installed
+BROWSER := $(VENV)/.staterank-browser
 DEMO_OUT ?= runs/demo
 BUILTIN_RUN ?= runs/builtin-model
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m staterank.builtin.train --threads 1 --tokens-per-step 4096 --max-len 256 --niah-min 8
@@ -22,7 +23,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/staterank run --model builtin --threads 1 --out $(DEMO_OUT)
 
-test: $(STAMP)
+# Chromium + chromedriver for the report's browser test (Debian packages, as root); when they cannot be
+# installed the reason is kept and the test skips saying it, and the next make test tries again
+$(BROWSER): $(STAMP) scripts/browser.sh
+	scripts/browser.sh $(VENV)/.staterank-browser-missing
+	test -e $(VENV)/.staterank-browser-missing || touch $@
+
+test: $(STAMP) $(BROWSER)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
 
 lint: $(STAMP)

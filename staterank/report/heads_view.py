@@ -96,7 +96,7 @@ def curve_figure(d: dict):
     buttons = [{"label": _name(d, li, h), "method": "update", "args": args(li, h)} for li in range(L) for h in range(H)]
     fig.update_layout(
         title={"text": args(0, 0)[1]["title.text"]}, height=560, legend={"orientation": "h", "y": -0.15},
-        updatemenus=[{"buttons": buttons, "active": 0, "x": 0, "xanchor": "left", "y": 1.18, "yanchor": "top",
+        updatemenus=[{"buttons": buttons, "active": 0, "x": 1, "xanchor": "right", "y": 1.2, "yanchor": "top",
                       "showactive": True, "name": "head"}],
         margin={"t": 110})
     fig.update_xaxes(title_text="token t", row=2, col=1)
