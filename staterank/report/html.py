@@ -123,19 +123,11 @@ def _probe_section(path: Path) -> str:
                       "Paired tests and verdicts: <code>probe/report.md</code>.</p>", _div(fig, "probe-fig")])
 
 
-def _t_interval(s: dict) -> tuple[float, float] | None:
-    from scipy import stats
-
-    n = s.get("n_seeds", 0)
-    if n < 2:
-        return None
-    half = stats.t.ppf(0.975, n - 1) * s["std"] / np.sqrt(n)
-    return max(0.0, s["mean"] - half), min(1.0, s["mean"] + half)
-
-
 def _prune_section(path: Path) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from .prune import seed_interval
 
     r = runio.read_json(path)
     tasks, acc = r["tasks"]["names"], r["accuracy"]
@@ -165,7 +157,7 @@ def _prune_section(path: Path) -> str:
         for j, (kind, c) in enumerate(acc["controls"].items()):
             s = c["summary"].get(t)
             if s and kind in ctrl_bytes:
-                ci = _t_interval(s)
+                ci = seed_interval(s)
                 add(i, f"random, {kind.replace('_', '-')}", float(np.mean(ctrl_bytes[kind])), s["mean"],
                     None if ci is None else ci[0], None if ci is None else ci[1], ["#1f77b4", "#2ca02c", "#9467bd"][j % 3],
                     ["square", "diamond", "triangle-up"][j % 3],

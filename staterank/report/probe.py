@@ -15,7 +15,7 @@ from .. import runio
 from ..errors import UserError
 from . import fmt_p, html
 from .common import fmt_num as _f
-from .common import pyplot, save
+from .common import plural, pyplot, save
 
 _p = fmt_p
 
@@ -33,7 +33,7 @@ def _cell(r: dict | None) -> str:
     if r.get("delta_vs_base") is not None:
         s += f" Δ {r['delta_vs_base']:+.{nd}f} (p {_p(r['p_value'])})"
     if r.get("seeds"):
-        s += f" ×{r['seeds']} seeds"
+        s += f" ×{plural(r['seeds'], 'seed')}"
     return s
 
 
@@ -72,6 +72,13 @@ def _niah_grid(run: Path, conds: list[str]) -> list[str]:
     return out
 
 
+_COLORS = {"unablated": "0.5", "tested group (low / high)": "C3", "random control": "C0"}
+
+
+def _kind(cond: str) -> str:
+    return "unablated" if cond == "base" else "random control" if "random" in cond else "tested group (low / high)"
+
+
 def _fig_bars(plt, run: Path, pj: dict) -> str | None:
     rows = [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"]
     if not rows:
@@ -86,10 +93,14 @@ def _fig_bars(plt, run: Path, pj: dict) -> str | None:
         lo = [v - (rs[c]["ci_low"] if rs[c]["ci_low"] is not None else v) for c, v in zip(names, vals)]
         hi = [(rs[c]["ci_high"] if rs[c]["ci_high"] is not None else v) - v for c, v in zip(names, vals)]
         ax.bar(range(len(names)), vals, yerr=[lo, hi], capsize=3,
-               color=["0.5" if c == "base" else "C0" if "random" in c else "C3" for c in names])
+               color=[_COLORS[_kind(c)] for c in names])
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(t)
         ax.set_ylabel(pj["metrics"][t])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=v, label=k) for k, v in _COLORS.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=7)
+    fig.suptitle("error bars: 95 % intervals (one accuracy: Wilson; perplexity: per-window spread; "
+                 "random controls: mean over seeds, t interval of the seeds)", fontsize=8)
     save(plt, fig, run / "probe_accuracy.png", dpi=120)
     return "probe_accuracy.png"
 
@@ -103,9 +114,16 @@ def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
         rs = [r for r in rows if r["task"] == t]
         for j, key in enumerate(("mean_rank", "mean_nuclear")):
             ax = axes[i][j]
-            ax.scatter([float(r[key]) for r in rs], [float(r["cost"]) for r in rs], s=14)
+            xs, ys = [float(r[key]) for r in rs], [float(r["cost"]) for r in rs]
+            ax.scatter(xs, ys, s=14)
+            # name the heads that matter most (every head when there are few): a point is a head
+            top = sorted(range(len(rs)), key=lambda k: -ys[k])[: len(rs) if len(rs) <= 24 else 8]
+            for k in top:
+                ax.annotate(f"L{rs[k]['layer']}H{rs[k]['head']}", (xs[k], ys[k]), fontsize=6, xytext=(2, 2),
+                            textcoords="offset points")
             ax.set_xlabel(key.replace("_", " "))
             ax.set_ylabel(f"{t}: single-head cost")
+            ax.set_title(f"{t}: one point per head (LxHy = layer x, head y)", fontsize=8)
             ax.axhline(0, color="0.7", lw=0.8)
     save(plt, fig, run / "single_head.png", dpi=120)
     return "single_head.png"
@@ -129,7 +147,9 @@ def render(run_dir: str | Path) -> Path:
     L += ["", "Cells: value [95 % interval] Δ vs base (p). Accuracy: Wilson interval, exact McNemar vs base "
           "on the same items. Perplexity: interval from the per-window spread, Wilcoxon vs base. Controls "
           "(×S seeds): mean over seeds, t interval of the seeds, one-sample t test of their deltas.", ""]
-    L += ["## Table 1", ""] + _table(pj, [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"])
+    table_rows = [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"]
+    if table_rows:  # an lm-eval-only run has no probe-task rows: its results are the lm-eval section below
+        L += ["## Table 1", ""] + _table(pj, table_rows)
     cut = [r for r in pj["rows"] if r.get("truncated_share") and "/s" not in r["condition"]]
     if cut:  # an accuracy measured on cut-off outputs says little about skill: say how many
         L += ["", "Outputs that hit the token budget (`--max-new-tokens`) before ending: "
