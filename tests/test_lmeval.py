@@ -96,3 +96,27 @@ def test_bad_task_or_folder_is_one_line(setup, tmp_path):
         lm_eval_probe(loaded, ["tiny_ppl"], include=[tmp_path / "absent"])
     with pytest.raises(UserError, match="at least 1"):
         lm_eval_probe(loaded, ["tiny_ppl"], include=[tasks], batch_size=0)
+
+
+def test_probe_with_only_lm_eval_on_a_local_task(setup, capsys):
+    """`staterank probe --tasks '' --lm-eval T --lm-eval-include DIR`: per-condition results and samples
+    files, and a report with the lm-eval section and no empty Table 1."""
+    from staterank.cli import main
+
+    tmp, tasks = setup
+    out = tmp / "probe"
+    assert main(["probe", "--model", str(tmp / "m"), "--tasks", "", "--lm-eval", "tiny_ppl", "--lm-eval-include", str(tasks),
+                 "--lm-eval-batch-size", "2", "--groups", "low,random", "--seeds", "1", "--count", "2",
+                 "--calib-texts", "1", "--calib-tokens", "32", "--quiet", "--out", str(out)]) == 0
+    files = sorted(p.name for p in (out / "lm_eval").iterdir())
+    assert "base.json" in files and "base.samples.jsonl" in files and "low.samples.jsonl" in files
+    base = json.loads((out / "lm_eval" / "base.json").read_text())["tiny_ppl"]
+    assert len((out / "lm_eval" / "base.samples.jsonl").read_text().splitlines()) == len(DOCS)
+    report = (out / "report.md").read_text()
+    assert "## lm-evaluation-harness" in report and "Table 1" not in report
+    assert f"{base['word_perplexity,none']}"[:8] in report
+    assert (out / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["probe", "--model", str(tmp / "m"), "--lm-eval", "tiny_ppl", "--lm-eval-include", str(tmp / "absent"),
+                 "--out", str(tmp / "p2")]) == 2
+    assert "no such folder" in capsys.readouterr().err and not (tmp / "p2").exists()

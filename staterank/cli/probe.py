@@ -13,6 +13,7 @@ EPILOG = """examples:
   staterank probe --model Qwen/Qwen3-Next-80B-A3B-Instruct --tasks niah,gsm8k --niah-lengths 4096,16384 \\
       --mode mean --limit 100 --out runs/p4
   staterank probe --model builtin --tasks niah --lm-eval gsm8k_local --lm-eval-limit 50 --out runs/p5   # needs the eval extra
+  staterank probe --model builtin --tasks niah --lm-eval my_ppl --lm-eval-include tasks/ --lm-eval-batch-size 8 --out runs/p6
 
 tasks: niah (context length x needle depth grid), mqar, multihop, arith (built-in generators),
 gsm8k (chat template when the tokenizer has one, final-number exact match), ppl (held-out prose).
@@ -54,7 +55,8 @@ def command(args) -> int:
         niah_lengths=niah_lengths, niah_depths=niah_depths,
         max_new_tokens=args.max_new_tokens, n_shot=args.n_shot, calib_texts=args.calib_texts,
         calib_tokens=args.calib_tokens, progress=not args.quiet, lm_eval_tasks=lm_tasks,
-        lm_eval_limit=args.lm_eval_limit,
+        lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include or (),
+        lm_eval_batch_size=args.lm_eval_batch_size,
     )
     print(f"wrote {folder}; report: {render(folder)}")
     return 0
@@ -95,6 +97,10 @@ def add(sub) -> None:
     p.add_argument("--lm-eval", default=None, metavar="TASKS",
                    help="also run these lm-evaluation-harness tasks per condition (gsm8k_local runs offline)")
     p.add_argument("--lm-eval-limit", type=POS, default=None, help="lm-eval --limit per task")
+    p.add_argument("--lm-eval-include", action="append", default=None, metavar="DIR",
+                   help="a folder of local lm-eval task YAMLs (lm-eval's --include_path; repeatable); local data runs offline")
+    p.add_argument("--lm-eval-batch-size", type=POS, default=1,
+                   help="lm-eval batch size (default 1; padding is exact for log-likelihood tasks, see staterank.probes.lmeval)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

@@ -28,7 +28,8 @@ class ProbeConfig:
     groups are asked for. ``data_dir``: where niah / ppl / calibration prose and gsm8k data are
     read (must exist when given). ``limit``, ``batch_size``, ``niah_lengths``, ``niah_depths``,
     ``max_new_tokens``, ``n_shot``: passed to ``make_task``. ``lm_eval_tasks``: lm-evaluation-
-    harness tasks run on every non-single-head condition (``lm_eval_limit`` items each).
+    harness tasks run on every non-single-head condition (``lm_eval_limit`` items each, batches of
+    ``lm_eval_batch_size``), with task YAMLs also read from the ``lm_eval_include`` folders.
 
     Constructing one checks mode, seed, data_dir and the group kinds (one-line UserErrors); the
     group size, the tasks and their data are checked by ``probe`` before a run folder exists.
@@ -58,6 +59,8 @@ class ProbeConfig:
     task_objects: Sequence[ProbeTask] | None = None
     lm_eval_tasks: Sequence[str] = ()
     lm_eval_limit: int | None = None
+    lm_eval_include: Sequence[str | os.PathLike] = ()
+    lm_eval_batch_size: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -65,6 +68,9 @@ class ProbeConfig:
         check_seed(self.seed)
         check_given(self.data_dir)
         G.check_kinds(self.groups, self.seeds)
+        for d in self.lm_eval_include:  # before a run folder exists
+            if not os.path.isdir(d):
+                raise UserError(f"--lm-eval-include {d}: no such folder")
 
     def make_tasks(self) -> list[ProbeTask]:
         """``task_objects`` when given, else the named tasks built with this run's options."""
