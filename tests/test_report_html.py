@@ -35,7 +35,7 @@ def run(tmp_path_factory):
                  "--set", "probe.tasks=[arith]", "--set", "probe.limit=4", "--set", "probe.seeds=2",
                  "--set", "probe.single_head=false", "--set", "prune.tasks=[arith]", "--set", "prune.eval_n=4",
                  "--set", "prune.random_seeds=2", "--set", "prune.calib_tokens=48", "--set", "prune.state_context=32",
-                 "--set", "prune.calib_suite=natural"]) == 0
+                 "--set", "prune.calib_suite=natural", "--ranks-csv"]) == 0
     return out
 
 
@@ -78,8 +78,8 @@ def test_head_views_hold_the_run_numbers(run):
     assert list(hm.data[0].x) == list(range(H))  # every head labelled, not every other one
 
 
-def test_ranks_csv_is_dynamics_npz(run, tmp_path):
-    out = heads_view.ranks_csv(run, tmp_path / "ranks.csv")
+def test_ranks_csv_is_dynamics_npz(run):
+    out = run / "ranks.csv"  # written by run --ranks-csv
     z = runio.read_npz(run / "stratify" / "analyze" / "dynamics.npz")
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -91,6 +91,42 @@ def test_ranks_csv_is_dynamics_npz(run, tmp_path):
     assert float(r["threshold_rank"]) == z["threshold_rank"][n, li, int(r["head"]), p]
     assert float(r["nuclear_norm"]) == pytest.approx(z["nuclear_norm"][n, li, int(r["head"]), p], rel=1e-8)
     assert r["class"] in ("low", "high", "none")
+
+
+def test_prune_figure_puts_controls_at_their_own_bytes(run, monkeypatch):
+    """Issue #24: the random controls were drawn 1–3 % right of their bytes. Each control's marker
+    must sit at the original state minus what its own plans removed, and have an interval over seeds."""
+    import matplotlib.axes
+
+    from staterank.report import prune
+
+    calls = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, *a, **kw: calls.append((kw.get("label"), list(x), kw.get("yerr"))) or real(self, x, y, *a, **kw))
+    prune.render(run / "prune")
+    pj = json.loads((run / "prune" / "prune.json").read_text())
+    before = pj["state_bytes_before"]
+    for kind in pj["accuracy"]["controls"]:
+        removed = [json.loads(p.read_text())["summary"]["removed_state_bytes_per_sequence"]
+                   for p in (run / "prune" / "baselines").glob(f"{kind}_*.json")]
+        want = np.mean([before["linear_state"] - r * before["batch"] for r in removed])
+        (got,) = [c for c in calls if c[0] and c[0].startswith(f"random, {kind.replace('_', '-')}")]
+        assert got[1] == [pytest.approx(want)], (kind, got[1], want)
+        assert "t 95 % interval over 2 seeds" in got[0] and got[2] is not None
+
+
+def test_text_slips():
+    from staterank.report.probe import _cell
+    from staterank.report.prune import _mean_std, seed_interval
+
+    r = {"metric": "accuracy", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "delta_vs_base": -0.1, "p_value": 0.2, "seeds": 1}
+    assert _cell(r).endswith("×1 seed")
+    assert _cell({**r, "seeds": 3}).endswith("×3 seeds")
+    assert _mean_std({"mean": 0.5, "std": 0.0, "n_seeds": 1}) == "0.500 (1 seed: no spread)"
+    assert seed_interval({"mean": 0.5, "std": 0.0, "n_seeds": 1}) is None
+    lo, hi = seed_interval({"mean": 0.5, "std": 0.1, "n_seeds": 4})
+    assert (lo, hi) == pytest.approx((0.5 - 3.182446 * 0.05, 0.5 + 3.182446 * 0.05), rel=1e-6)
 
 
 def _browser():

@@ -50,7 +50,11 @@ def command(args) -> int:
         prefill_chunk=args.prefill_chunk, seed=args.seed, out=args.out, progress=not args.quiet,
     )
     report = render(dyn.run_dir)
-    print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report}")
+    if args.ranks_csv:
+        from ..report.heads_view import ranks_csv
+
+        print(f"per-token ranks: {ranks_csv(dyn.run_dir)}")
+    print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report} (and report.html)")
     return 0
 
 
@@ -76,6 +80,8 @@ def add(sub) -> None:
                    help="refuse to keep more than this many MiB of states per text (default 1024)")
     p.add_argument("--prefill-chunk", type=POS, default=256,
                    help="tokens per forward through the cache; bounds activation memory (default 256)")
+    p.add_argument("--ranks-csv", action="store_true",
+                   help="also write ranks.csv: every head's ranks and norms at every measured token, one row each")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

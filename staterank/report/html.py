@@ -64,8 +64,8 @@ def _div(fig, div_id: str, post: str | None = None) -> str:
 
 def _heads_section(d: dict) -> str:
     L, H = d["mean_rank"].shape
-    thin = (f" The page shows {d['n_shown']} of those positions, evenly spaced; <code>staterank report --ranks-csv</code> "
-            "writes every one." if d["n_shown"] < d["n_common"] else "")
+    thin = (f" The page shows {d['n_shown']} of those positions, evenly spaced; <code>--ranks-csv</code> (analyze, run) "
+            "writes every one to ranks.csv." if d["n_shown"] < d["n_common"] else "")
     cut = (f" Only the {d['n_common']} of {d['n_all']} measured positions that every text reached are plotted."
            if d["n_common"] < d["n_all"] else "")
     cls = (f"classes from <code>{_esc(d['classes_from'].name)}</code>" if d["classes_from"] else "no stratify run here, so no classes")
