@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo
 BUILTIN_RUN ?= runs/builtin-model
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m staterank.builtin.train --threads 1 --tokens-per-step 4096 --max-len 256 --niah-min 8
 
-.PHONY: demo test test-compat lint lock install bench clean builtin-model
+.PHONY: demo test test-eval test-compat lint lock install bench clean builtin-model
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ $(BROWSER): $(STAMP) scripts/browser.sh
 
 test: $(STAMP) $(BROWSER)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+
+# the lm-eval bridge against the real lm_eval command line: installs the eval extra (lm-eval 0.4.13 and
+# its datasets / pandas / pyarrow / scikit-learn: about 430 MB) and runs tests/test_lmeval.py
+test-eval: $(STAMP)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[eval]'
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests/test_lmeval.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check staterank tests benchmarks
