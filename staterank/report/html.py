@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import runio
 from . import heads_view
+from .common import plural
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
@@ -105,7 +106,8 @@ def _probe_section(path: Path) -> str:
             v, lo, hi = r["value"], r.get("ci_low"), r.get("ci_high")
             err = {"type": "data", "symmetric": False, "array": [0 if hi is None else max(0.0, hi - v)],
                    "arrayminus": [0 if lo is None else max(0.0, v - lo)]}
-            what = (f"mean over {r['seeds']} seeds, t interval over seeds" if r.get("seeds") else
+            what = (f"mean over {plural(r['seeds'], 'seed')}" + (", t interval over seeds" if r["seeds"] > 1 else ": no interval")
+                    if r.get("seeds") else
                     "Wilson 95 % interval" if r["metric"] == "accuracy" else "95 % interval")
             fig.add_trace(go.Scatter(
                 x=[r["condition"]], y=[v], error_y=err, mode="markers", marker={"color": colors[k], "size": 9},
@@ -161,7 +163,7 @@ def _prune_section(path: Path) -> str:
                 add(i, f"random, {kind.replace('_', '-')}", float(np.mean(ctrl_bytes[kind])), s["mean"],
                     None if ci is None else ci[0], None if ci is None else ci[1], ["#1f77b4", "#2ca02c", "#9467bd"][j % 3],
                     ["square", "diamond", "triangle-up"][j % 3],
-                    f"mean over {s['n_seeds']} seeds, " + ("t interval over seeds" if ci else "1 seed: no interval"))
+                    f"mean over {plural(s['n_seeds'], 'seed')}, " + ("t interval over seeds" if ci else "no interval"))
         fig.update_xaxes(title_text=f"linear recurrent state, bytes (batch {before['batch']})", tickformat="~s", row=1, col=i)
         fig.update_yaxes(title_text="accuracy", range=[-0.03, 1.03], row=1, col=i)
     fig.update_layout(title={"text": "prune: accuracy vs recurrent-state bytes, each point at its own measured bytes; "

@@ -98,8 +98,12 @@ def _fig_bars(plt, run: Path, pj: dict) -> str | None:
         ax.set_title(t)
         ax.set_ylabel(pj["metrics"][t])
     handles = [plt.Rectangle((0, 0), 1, 1, color=v, label=k) for k, v in _COLORS.items()]
-    fig.legend(handles=handles, loc="upper right", fontsize=7)
-    fig.suptitle("error bars: 95 % intervals (one accuracy: Wilson; perplexity: per-window spread; "
+    for ax, t in zip(axes[0], tasks):
+        if pj["metrics"][t] == "accuracy":  # room above 1 for the legend, so it hides no bar
+            ax.set_ylim(0, 1.3)
+            ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes[0][0].legend(handles=handles, loc="upper center", ncol=2, fontsize=7, framealpha=0.9)
+    fig.suptitle("error bars: 95 % intervals (one accuracy: Wilson; perplexity: per-window spread;\n"
                  "random controls: mean over seeds, t interval of the seeds)", fontsize=8)
     save(plt, fig, run / "probe_accuracy.png", dpi=120)
     return "probe_accuracy.png"
@@ -141,7 +145,7 @@ def render(run_dir: str | Path) -> Path:
     L = [f"# Probe: {cfg.get('model', '?')}", ""]
     L.append(f"Mode **{cfg.get('mode', '?')}** ablation of {pj['group_size']} of {pj['total_heads']} value heads "
              f"({pj['group_size'] / max(1, pj['total_heads']):.1%}) per group; random controls over "
-             f"{cfg.get('seeds', '?')} seeds (seed {cfg.get('seed', '?')}). Groups: `low`/`high` = the heads with the "
+             f"{plural(cfg.get('seeds', '?'), 'seed')} (seed {cfg.get('seed', '?')}). Groups: `low`/`high` = the heads with the "
              "lowest/highest normalised mean rank; `random` count-matched; `layer_random.X` the same number of "
              "heads per layer as X; `byte_random.X` the same recurrent-state bytes as X.")
     L += ["", "Cells: value [95 % interval] Δ vs base (p). Accuracy: Wilson interval, exact McNemar vs base "
