@@ -120,9 +120,37 @@ def _probe_section(path: Path) -> str:
         fig.update_xaxes(title_text="condition (heads ablated)", tickangle=-40, row=1, col=i)
     fig.update_layout(title={"text": "probe: task score per condition; error bars = 95 % intervals (Wilson for one "
                                      "accuracy; t interval over seeds for random controls)"}, height=460)
-    return "\n".join(["<h2 id='probe'>Probe: ablating head groups</h2>",
-                      f"<p class='note'>{pj['group_size']} of {pj['total_heads']} value heads ablated per group. "
-                      "Paired tests and verdicts: <code>probe/report.md</code>.</p>", _div(fig, "probe-fig")])
+    out = ["<h2 id='probe'>Probe: ablating head groups</h2>",
+           f"<p class='note'>{pj['group_size']} of {pj['total_heads']} value heads ablated per group. "
+           "Paired tests and verdicts: <code>probe/report.md</code>.</p>", _div(fig, "probe-fig")]
+    single = path.parent / "single_head.csv"
+    if single.is_file():
+        out.append(_div(_single_head_figure(single), "probe-single"))
+    return "\n".join(out)
+
+
+def _single_head_figure(path: Path):
+    """Each head's single-ablation cost vs its mean rank, per task; hover names the head."""
+    import csv
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tasks = sorted({r["task"] for r in rows})
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks)
+    for i, t in enumerate(tasks, start=1):
+        rs = [r for r in rows if r["task"] == t]
+        fig.add_trace(go.Scatter(
+            x=[float(r["mean_rank"]) for r in rs], y=[float(r["cost"]) for r in rs], mode="markers", showlegend=False,
+            text=[f"layer {r['layer']} head {r['head']}" for r in rs], marker={"color": "#1f77b4"},
+            hovertemplate="%{text}<br>mean rank %{x:.2f}<br>cost %{y:.3f}<extra></extra>"), row=1, col=i)
+        fig.update_xaxes(title_text="mean threshold rank", row=1, col=i)
+        fig.update_yaxes(title_text="cost (accuracy lost, or NLL/token gained)", row=1, col=i)
+    fig.update_layout(title={"text": "each head ablated alone: cost vs its mean rank (one point per head; hover names it)"},
+                      height=380)
+    return fig
 
 
 def _prune_section(path: Path) -> str:

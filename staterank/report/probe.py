@@ -120,14 +120,14 @@ def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
             ax = axes[i][j]
             xs, ys = [float(r[key]) for r in rs], [float(r["cost"]) for r in rs]
             ax.scatter(xs, ys, s=14)
-            # name the heads that matter most (every head when there are few): a point is a head
-            top = sorted(range(len(rs)), key=lambda k: -ys[k])[: len(rs) if len(rs) <= 24 else 8]
+            # name the (at most 8) heads whose removal changed the score most; a zero-cost crowd stays unnamed
+            top = [k for k in sorted(range(len(rs)), key=lambda k: -abs(ys[k])) if ys[k] != 0][:8]
             for k in top:
                 ax.annotate(f"L{rs[k]['layer']}H{rs[k]['head']}", (xs[k], ys[k]), fontsize=6, xytext=(2, 2),
                             textcoords="offset points")
-            ax.set_xlabel(key.replace("_", " "))
+            ax.set_xlabel({"mean_rank": "mean threshold rank", "mean_nuclear": "mean nuclear norm"}.get(key, key))
             ax.set_ylabel(f"{t}: single-head cost")
-            ax.set_title(f"{t}: one point per head (LxHy = layer x, head y)", fontsize=8)
+            ax.set_title(f"{t}: one point per head ({len(rs)}); largest |cost| named LxHy = layer x, head y", fontsize=8)
             ax.axhline(0, color="0.7", lw=0.8)
     save(plt, fig, run / "single_head.png", dpi=120)
     return "single_head.png"
