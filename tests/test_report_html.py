@@ -68,12 +68,16 @@ def test_head_views_hold_the_run_numbers(run):
     np.testing.assert_allclose(d["mean_rank"].ravel(), [float(r["mean_threshold_rank"]) for r in rows], rtol=1e-5)
     labels = json.loads((run / "stratify" / "stratify.json").read_text())["classes"]["labels"]
     fig = heads_view.curve_figure(d)
-    buttons = fig.layout.updatemenus[0].buttons
+    buttons = fig["layout"]["updatemenus"][0]["buttons"]
     assert len(buttons) == L * H
     li, h = L - 1, H - 1
     b = buttons[li * H + h]
-    assert b.label == f"layer {int(z['layers'][li])} head {h} ({labels[str(int(z['layers'][li]))][h]})"
-    np.testing.assert_allclose(np.array(b.args[0]["y"][0], float), d["rank"][li, h], rtol=1e-4)
+    assert b["label"] == f"layer {int(z['layers'][li])} head {h} ({labels[str(int(z['layers'][li]))][h]})"
+    np.testing.assert_allclose(np.array(b["args"][0]["y"][0], float), d["rank"][li, h], rtol=1e-4)
+    ov = heads_view.overview_figure(d)
+    lines = [t for t in ov["data"] if "meta" in t]
+    assert [t["meta"] for t in lines] == list(range(L * H))  # a click on a line names its head
+    np.testing.assert_allclose(np.array(lines[-1]["y"], float), d["rank"][L - 1, H - 1], rtol=1e-4)
     hm = heads_view.heatmap_figure(d)
     assert list(hm.data[0].x) == list(range(H))  # every head labelled, not every other one
 

@@ -59,8 +59,11 @@ def _claims_section(path: Path) -> str:
 
 
 def _div(fig, div_id: str, post: str | None = None) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, post_script=post,
-                       config={"displaylogo": False, "responsive": True})
+    """A figure (or a figure dict, already checked where it was built) as a div using the page's plotly."""
+    import plotly.io as pio
+
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, post_script=post,
+                       config={"displaylogo": False, "responsive": True}, validate=not isinstance(fig, dict))
 
 
 def _heads_section(d: dict) -> str:
