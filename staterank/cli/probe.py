@@ -100,7 +100,7 @@ def add(sub) -> None:
     p.add_argument("--lm-eval-include", action="append", default=None, metavar="DIR",
                    help="a folder of local lm-eval task YAMLs (lm-eval's --include_path; repeatable); local data runs offline")
     p.add_argument("--lm-eval-batch-size", type=POS, default=1,
-                   help="lm-eval batch size (default 1; padding is exact for log-likelihood tasks, see staterank.probes.lmeval)")
+                   help="lm-eval batch size (default 1; checked exact for log-likelihood tasks only, see staterank.probes.lmeval)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

@@ -10,9 +10,10 @@ own ``gsm8k`` task config (5-shot, "Question: ...\\nAnswer:", strict and flexibl
 local GSM8K jsonl files, so it runs offline. ``include`` adds local task folders (lm-eval's
 ``--include_path``: any task YAML whose data is local runs offline). ``samples_path`` keeps every
 per-item record lm-eval logs (its ``--log_samples``) as JSON lines. Batch size defaults to 1; larger
-batches are padded by lm-eval: on the right for log-likelihoods (a causal model's earlier positions
-never see them), on the left for generation, where the models staterank supports zero padded
-positions before their delta rule (tests compare batch 8 with batch 1 on a perplexity task).
+batches are padded by lm-eval: on the right for log-likelihoods, where a causal model's earlier
+positions never see the pads (tests: batch 8 gives batch 1's perplexities), on the left for
+generation, where the pads run through the recurrent state first: not checked here, so keep 1 for
+generation tasks unless you compare.
 """
 
 from __future__ import annotations
