@@ -5,11 +5,12 @@ VENV ?= .venv
 LOCK := requirements/lock.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.staterank-installed
+BROWSER := $(VENV)/.staterank-browser
 DEMO_OUT ?= runs/demo
 BUILTIN_RUN ?= runs/builtin-model
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m staterank.builtin.train --threads 1 --tokens-per-step 4096 --max-len 256 --niah-min 8
 
-.PHONY: demo test test-compat lint lock install bench clean builtin-model
+.PHONY: demo test test-eval test-compat lint lock install bench clean builtin-model
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/staterank run --model builtin --threads 1 --out $(DEMO_OUT)
 
-test: $(STAMP)
+# Chromium + chromedriver for the report's browser test (Debian packages, as root); when they cannot be
+# installed the reason is kept and the test skips saying it, and the next make test tries again
+$(BROWSER): $(STAMP) scripts/browser.sh
+	scripts/browser.sh $(VENV)/.staterank-browser-missing
+	test -e $(VENV)/.staterank-browser-missing || touch $@
+
+test: $(STAMP) $(BROWSER)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests
+
+# the lm-eval bridge against the real lm_eval command line: installs the eval extra (lm-eval 0.4.13 and
+# its datasets / pandas / pyarrow / scikit-learn: about 430 MB) and runs tests/test_lmeval.py
+test-eval: $(STAMP)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[eval]'
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests/test_lmeval.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check staterank tests benchmarks

@@ -126,7 +126,8 @@ DEMO_PROBE = {"out": "OUT", "tasks": ["niah", "mqar", "multihop"], "groups": ["l
               "fraction": 7 / 18, "count": None, "seeds": 5, "seed": 0, "limit": 64, "mode": "zero", "single_head": True,
               "single_limit": 24, "scores": None, "batch_size": 16, "data_dir": None, "niah_lengths": None,
               "niah_depths": None, "max_new_tokens": None, "n_shot": 0, "calib_texts": 8, "calib_tokens": 512,
-              "task_objects": None, "lm_eval_tasks": [], "lm_eval_limit": None}
+              "task_objects": None, "lm_eval_tasks": [], "lm_eval_limit": None,
+              "lm_eval_include": [], "lm_eval_batch_size": 1}
 
 
 def test_the_demo_config_is_what_it_was():

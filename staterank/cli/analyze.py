@@ -46,7 +46,11 @@ def command(args) -> int:
     texts = read_texts(args)  # check inputs before loading a model
     dyn = analyze(load(args), texts, **cfg.kwargs(), seed=args.seed, out=args.out)
     report = render(dyn.run_dir)
-    print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report}")
+    if args.ranks_csv:
+        from ..report.heads_view import ranks_csv
+
+        print(f"per-token ranks: {ranks_csv(dyn.run_dir)}")
+    print(f"wrote {dyn.run_dir} ({len(dyn.texts)} text(s), {len(dyn.positions)} positions); report: {report} (and report.html)")
     return 0
 
 
@@ -64,6 +68,8 @@ def add(sub) -> None:
     src.add_argument("--prompt", help="analyze this string")
     src.add_argument("--text", nargs="+", metavar="FILE", help="analyze these UTF-8 text files (one forward each)")
     add_options(p, AnalyzeConfig)
+    p.add_argument("--ranks-csv", action="store_true",
+                   help="also write ranks.csv: every head's ranks and norms at every measured token, one row each")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

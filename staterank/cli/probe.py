@@ -13,6 +13,7 @@ EPILOG = """examples:
   staterank probe --model Qwen/Qwen3-Next-80B-A3B-Instruct --tasks niah,gsm8k --niah-lengths 4096,16384 \\
       --mode mean --limit 100 --out runs/p4
   staterank probe --model builtin --tasks niah --lm-eval gsm8k_local --lm-eval-limit 50 --out runs/p5   # needs the eval extra
+  staterank probe --model builtin --tasks niah --lm-eval my_ppl --lm-eval-include tasks/ --lm-eval-batch-size 8 --out runs/p6
 
 tasks: niah (context length x needle depth grid), mqar, multihop, arith (built-in generators),
 gsm8k (chat template when the tokenizer has one, final-number exact match), ppl (held-out prose).

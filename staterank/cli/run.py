@@ -21,8 +21,12 @@ def command(a) -> int:
     cfg = RunConfig.load(a.config, overrides)
     folder = run(cfg, a.out)
     report = render(folder)
+    if a.ranks_csv:
+        from ..report.heads_view import ranks_csv
+
+        print(f"per-token ranks: {ranks_csv(folder)}")
     print_claims(folder)
-    print(f"\nreport: {report}")
+    print(f"\nreport: {report} (and report.html)")
     return 0
 
 
@@ -76,6 +80,8 @@ def add(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. probe.limit=32 (repeatable)")
     add_options(p, RunConfig)  # the top-level keys: --model, --seed, --device, --dtype, --data-dir, --stages
     p.add_argument("--threads", type=POS, default=None, help="torch CPU threads")
+    p.add_argument("--ranks-csv", action="store_true",
+                   help="also write ranks.csv: every head's ranks and norms at every measured token of every context")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.set_defaults(func=command)

@@ -23,10 +23,14 @@ class ProbeConfig:
     ``task_objects``: ready ProbeTask objects instead (tests, custom tasks). ``groups``: group
     kinds (``groups.make_groups``) of ``fraction`` of all value heads or ``count`` heads, random
     controls drawn ``seeds`` times from ``seed`` (>= 0; also the tasks' evaluation seed).
-    ``scores``: HeadScores or a JSON file of them (stratify ``HeadStats``); measured on
-    ``calib_texts`` prose segments of ``calib_tokens`` tokens when None and low/high groups are asked
-    for. ``data_dir``: where niah / ppl / calibration prose and gsm8k data are read (must exist when
-    given). ``lm_eval_tasks``: lm-evaluation-harness tasks run on every non-single-head condition.
+    ``mode``: zero or mean ablation. ``single_head``: also every head alone, on the first
+    ``single_limit`` items. ``scores``: HeadScores or a JSON file of them (stratify ``HeadStats``);
+    measured on ``calib_texts`` prose segments of ``calib_tokens`` tokens when None and low/high
+    groups are asked for. ``data_dir``: where niah / ppl / calibration prose and gsm8k data are
+    read (must exist when given). ``limit``, ``batch_size``, ``niah_lengths``, ``niah_depths``,
+    ``max_new_tokens``, ``n_shot``: passed to ``make_task``. ``lm_eval_tasks``: lm-evaluation-
+    harness tasks run on every non-single-head condition (``lm_eval_limit`` items each, batches of
+    ``lm_eval_batch_size``), with task YAMLs also read from the ``lm_eval_include`` folders.
 
     ``validate`` (called by ``run_probe`` first) checks every field, the tasks as ``make_task``
     builds them and the group kinds; the group size and the task data are checked by ``run_probe``
@@ -67,6 +71,10 @@ class ProbeConfig:
     lm_eval_tasks: list[str] = opt((), None, "also run these lm-evaluation-harness tasks per condition (gsm8k_local "
                                    "runs offline)", flag="--lm-eval", metavar="TASKS")
     lm_eval_limit: int | None = opt(None, POS, "lm-eval --limit per task")
+    lm_eval_include: list[str] = opt((), None, "comma-separated folders of local lm-eval task YAMLs (lm-eval's "
+                                     "--include_path); local data runs offline", metavar="DIRS")
+    lm_eval_batch_size: int = opt(1, POS, "lm-eval batch size (checked exact for log-likelihood tasks only, see "
+                                  "staterank.probes.lmeval)")
 
     def validate(self, prefix: str = "") -> None:
         check_fields(self, prefix)
@@ -84,6 +92,9 @@ class ProbeConfig:
                     make_task(t, limit=self.limit, seed=self.seed, data_dir=self.data_dir,
                               niah_lengths=self.niah_lengths, niah_depths=self.niah_depths)
             G.check_kinds(self.groups, self.seeds)
+            for d in self.lm_eval_include:  # before a run folder exists
+                if not os.path.isdir(d):
+                    raise UserError(f"--lm-eval-include {d}: no such folder")
 
     def make_tasks(self) -> list[ProbeTask]:
         """``task_objects`` when given, else the named tasks built with this run's options."""

@@ -1,17 +1,24 @@
 """Bridge to lm-evaluation-harness: any lm-eval task on the in-memory (ablated) model.
 
     res = lm_eval_probe(loaded, ["gsm8k_local"], heads={3: [0, 5]}, limit=50, data_dir=...)
+    res = lm_eval_probe(loaded, ["my_ppl"], include=["tasks/"], samples_path="run/samples.jsonl", batch_size=8)
 
 The model object itself is handed to ``HFLM(pretrained=model, tokenizer=...)`` and evaluated inside
 ``with ablate(...)``, so lm-eval sees exactly the ablated model. ``lm_eval`` is imported only here
 (the ``eval`` extra: ``pip install 'staterank[eval]'``). ``gsm8k_local`` is the installed lm-eval's
 own ``gsm8k`` task config (5-shot, "Question: ...\\nAnswer:", strict and flexible match) reading the
-local GSM8K jsonl files, so it runs offline. Batch size defaults to 1: lm-eval pads batches, and pad tokens would run
-through the recurrent state.
+local GSM8K jsonl files, so it runs offline. ``include`` adds local task folders (lm-eval's
+``--include_path``: any task YAML whose data is local runs offline). ``samples_path`` keeps every
+per-item record lm-eval logs (its ``--log_samples``) as JSON lines. Batch size defaults to 1; larger
+batches are padded by lm-eval: on the right for log-likelihoods, where a causal model's earlier
+positions never see the pads (tests: batch 8 gives batch 1's perplexities), on the left for
+generation, where the pads run through the recurrent state first: not checked here, so keep 1 for
+generation tasks unless you compare.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -80,22 +87,52 @@ def lm_eval_probe(
     batch_size: int = 1,
     apply_chat_template: bool = False,
     data_dir: str | None = None,
+    include: Sequence[str | os.PathLike] = (),
+    samples_path: str | os.PathLike | None = None,
 ) -> dict:
-    """lm-eval ``results`` ({task: {metric: value}}) of ``loaded.model`` with ``heads`` ablated."""
+    """lm-eval ``results`` ({task: {metric: value}}) of ``loaded.model`` with ``heads`` ablated;
+    with ``samples_path``, lm-eval's per-item records are written there (JSON lines, one per item,
+    its task under ``"task"``)."""
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     if not tasks:
         raise UserError("no lm-eval tasks given")
+    if batch_size < 1:
+        raise UserError(f"lm-eval batch size must be at least 1, got {batch_size}")
+    folders = [Path(p) for p in include]
+    for p in folders:
+        if not p.is_dir():
+            raise UserError(f"lm-eval task folder {p} not found (--lm-eval-include takes a folder of task YAMLs)")
     with tempfile.TemporaryDirectory() as tmp:
-        include = None
         if any(t in LOCAL_TASKS for t in tasks):
             Path(tmp, "gsm8k_local.yaml").write_text(gsm8k_local_yaml(data_dir))
-            include = tmp
-        tm = TaskManager(include_path=include) if include else TaskManager()
+            folders.append(Path(tmp))
+        paths = [str(p) for p in folders]
+        tm = TaskManager(include_path=paths[0] if len(paths) == 1 else paths) if paths else TaskManager()
+        known = getattr(tm, "all_tasks", None)
+        unknown = [t for t in tasks if known is not None and t not in known]
+        if unknown:
+            raise UserError(f"unknown lm-eval task(s) {', '.join(unknown)}"
+                            + (f" (looked in lm-eval's tasks and {', '.join(map(str, include))})" if include else
+                               " (a local task: --lm-eval-include DIR)"))
         lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
         with ablate(loaded.model, heads or {}, mode, means=means, adapter=getattr(loaded, "adapter", None)):
             out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                          task_manager=tm, apply_chat_template=apply_chat_template)
+                                          task_manager=tm, apply_chat_template=apply_chat_template,
+                                          log_samples=samples_path is not None)
     if out is None:  # lm-eval returns None on non-zero ranks only
         raise UserError("lm-eval returned no results")
+    if samples_path is not None:
+        _write_samples(Path(samples_path), out.get("samples") or {})
     return {t: {k: v for k, v in r.items() if isinstance(v, (int, float, str)) or v is None}
             for t, r in out.get("results", {}).items()}
+
+
+def _write_samples(path: Path, samples: Mapping[str, list]) -> None:
+    """lm-eval's logged samples as JSON lines, atomically (lm-eval's own serialiser for odd values)."""
+    from lm_eval.utils import handle_non_serializable
+
+    from .. import runio
+
+    lines = [json.dumps({"task": t, **s}, default=handle_non_serializable, ensure_ascii=False)
+             for t, rows in samples.items() for s in rows]
+    runio.atomic_write_text(path, "".join(line + "\n" for line in lines))

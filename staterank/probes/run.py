@@ -162,6 +162,8 @@ def _run_config(cfg: ProbeConfig, loaded, task_objects, n: int) -> dict:
     }
     if cfg.data_dir is not None:  # calibration prose comes from it (absent when not given: older runs resume)
         config["data_dir"] = str(cfg.data_dir)
+    if cfg.lm_eval_include:  # local task definitions (absent when none: older runs resume)
+        config["lm_eval_include"] = [str(Path(p).resolve()) for p in cfg.lm_eval_include]
     if cfg.mode == "mean":  # means were taken at the rule output before; those runs must not resume
         config["mean_site"] = "output projection input"
     return config
@@ -191,7 +193,7 @@ def _means(folder: Path, cfg: ProbeConfig, model, tok, adapter, calib) -> dict:
 
 def _lm_eval(folder: Path, cfg: ProbeConfig, loaded, conds: dict, means) -> dict:
     """lm-evaluation-harness results per non-single-head condition, one file each under lm_eval/
-    (a resumed run reads the finished ones back)."""
+    (a resumed run reads the finished ones back), its per-item records beside it (.samples.jsonl)."""
     from .lmeval import lm_eval_probe
 
     names = [c for c in conds if not c.startswith(SINGLE)]
@@ -204,8 +206,10 @@ def _lm_eval(folder: Path, cfg: ProbeConfig, loaded, conds: dict, means) -> dict
             f = folder / "lm_eval" / (cond.replace("/", "__") + ".json")
             if not f.exists():
                 say(f"probe: lm-eval {','.join(cfg.lm_eval_tasks)} / {cond}")
-                runio.write_json(f, lm_eval_probe(loaded, cfg.lm_eval_tasks, conds[cond], mode=cfg.mode, means=means,
-                                                  limit=cfg.lm_eval_limit, data_dir=cfg.data_dir))
+                res = lm_eval_probe(loaded, cfg.lm_eval_tasks, conds[cond], mode=cfg.mode, means=means,
+                                    limit=cfg.lm_eval_limit, data_dir=cfg.data_dir, include=cfg.lm_eval_include,
+                                    batch_size=cfg.lm_eval_batch_size, samples_path=f.with_suffix(".samples.jsonl"))
+                runio.write_json(f, res)  # last: a run killed before it redoes this condition, samples too
             out[cond] = runio.read_json(f)
         return out
 

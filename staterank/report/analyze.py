@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import runio
 from ..analyze import head_table, load_dynamics
-from .common import layer_grid, main_rank_only, pyplot, save
+from . import html
+from .common import head_colorbar, layer_grid, main_rank_only, pyplot, save
 
 
 def _layouts(layouts: list[dict]) -> str:
@@ -73,7 +74,8 @@ def render(run_dir: str | Path) -> Path:
         if log_x:
             ax.set_xscale("log", base=2)
     panels[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"state rank (ε = {c['eps']:g}) of every value head; colour = head index{over}", fontsize=10)
+    head_colorbar(plt, fig, panels, H)
+    fig.suptitle(f"state rank (ε = {c['eps']:g}) of every value head; colour = head index (bar){over}", fontsize=10)
     save(plt, fig, run_dir / "rank_dynamics.png", dpi=120)
 
     table = head_table(dyn)
@@ -81,10 +83,11 @@ def render(run_dir: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * H + 2), max(3, 0.35 * L + 1.5)))
     im = ax.imshow(mean_rank, aspect="auto", cmap="viridis", vmin=0, vmax=float(bound.max()))
     ax.set_yticks(range(L), [str(x) for x in dyn.layers])
+    ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=8 if H <= 16 else 5)  # every head, not every other
     ax.set_xlabel("value head")
     ax.set_ylabel("layer")
-    ax.set_title("mean threshold rank")
-    fig.colorbar(im, ax=ax)
+    ax.set_title("mean threshold rank (over texts and positions)")
+    fig.colorbar(im, ax=ax, label="mean threshold rank")
     save(plt, fig, run_dir / "rank_heatmap.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -124,4 +127,5 @@ def render(run_dir: str | Path) -> Path:
     ]
     path = run_dir / "report.md"
     runio.atomic_write_text(path, "\n".join(lines))
+    html.render(run_dir)
     return path

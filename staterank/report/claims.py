@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from .. import runio
-from . import fmt_p
+from . import fmt_p, html
 from .common import fmt_num, main_rank_only, plural
 
 MARK = {"holds": "holds", "artefact": "ARTEFACT", "fails": "FAILS", "inconclusive": "inconclusive",
@@ -81,7 +81,8 @@ def render(folder: str | Path) -> Path:
     cfg = runio.read_json(folder / "config.json")
     out = [f"# staterank run — {cfg['config'].get('model')}", "",
            "Every number below is read from a file in this folder; `claims.json` holds them all and names "
-           "the file and the statistic behind each row (its `source`).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
+           "the file and the statistic behind each row (its `source`). Every head's curve, interactively: "
+           "[report.html](report.html).", "", "## Claims of arXiv 2602.02195, measured", "", claims_table(c), "",
            *_rules(c.get("verdict_rules", "")), ""]
     for stage in ("stratify", "probe", "prune"):
         rep = folder / stage / "report.md"
@@ -92,4 +93,5 @@ def render(folder: str | Path) -> Path:
             out.append("")
     path = folder / "report.md"
     runio.atomic_write_text(path, "\n".join(out) + "\n")
+    html.render(folder)
     return path

@@ -6,6 +6,8 @@ import functools
 import math
 from pathlib import Path
 
+import numpy as np
+
 from ..stats import fmt_num  # noqa: F401  (the one number formatter; library code such as claims uses it from stats)
 
 
@@ -35,8 +37,10 @@ def pyplot():
 
 
 def save(plt, fig, path: Path, dpi: int) -> None:
-    """Lay out ``fig``, write it to ``path`` and close it."""
-    fig.tight_layout()
+    """Lay out ``fig`` (unless it has its own layout engine, as figures with a shared colour bar do),
+    write it to ``path`` and close it."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
@@ -65,3 +69,15 @@ def layer_grid(plt, n: int, ylabel: str, xlabel: str = "token t", cols: int = 4)
 def plural(n, word: str) -> str:
     """'1 seed', '5 seeds' (n as given, e.g. None prints as 'None seeds')."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def head_colorbar(plt, fig, panels, n_heads: int):
+    """A colour bar naming the head index behind ``viridis`` line colours (``linspace(0, 1, n_heads)``)."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    fig.set_layout_engine("constrained")  # tight_layout cannot place a bar shared by several panels
+    cmap = ListedColormap(plt.cm.viridis(np.linspace(0, 1, n_heads)))
+    norm = BoundaryNorm(np.arange(n_heads + 1) - 0.5, n_heads)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    step = max(1, n_heads // 8)
+    return fig.colorbar(sm, ax=panels, ticks=range(0, n_heads, step), label="value head", fraction=0.03, pad=0.02)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .. import runio
 from ..errors import UserError
-from . import fmt_p
+from . import fmt_p, html
 from .common import fmt_num as _f
-from .common import main_rank_only, pyplot, save
+from .common import main_rank_only, plural, pyplot, save
 
 _p = fmt_p
 
@@ -33,7 +33,7 @@ def _cell(r: dict | None) -> str:
     if r.get("delta_vs_base") is not None:
         s += f" Δ {r['delta_vs_base']:+.{nd}f} (p {_p(r['p_value'])})"
     if r.get("seeds"):
-        s += f" ×{r['seeds']} seeds"
+        s += f" ×{plural(r['seeds'], 'seed')}"
     return s
 
 
@@ -72,6 +72,13 @@ def _niah_grid(run: Path, conds: list[str]) -> list[str]:
     return out
 
 
+_COLORS = {"unablated": "0.5", "tested group (low / high)": "C3", "random control": "C0"}
+
+
+def _kind(cond: str) -> str:
+    return "unablated" if cond == "base" else "random control" if "random" in cond else "tested group (low / high)"
+
+
 def _fig_bars(plt, run: Path, pj: dict) -> str | None:
     rows = [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"]
     if not rows:
@@ -86,10 +93,18 @@ def _fig_bars(plt, run: Path, pj: dict) -> str | None:
         lo = [v - (rs[c]["ci_low"] if rs[c]["ci_low"] is not None else v) for c, v in zip(names, vals)]
         hi = [(rs[c]["ci_high"] if rs[c]["ci_high"] is not None else v) - v for c, v in zip(names, vals)]
         ax.bar(range(len(names)), vals, yerr=[lo, hi], capsize=3,
-               color=["0.5" if c == "base" else "C0" if "random" in c else "C3" for c in names])
+               color=[_COLORS[_kind(c)] for c in names])
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(t)
         ax.set_ylabel(pj["metrics"][t])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=v, label=k) for k, v in _COLORS.items()]
+    for ax, t in zip(axes[0], tasks):
+        if pj["metrics"][t] == "accuracy":  # room above 1 for the legend, so it hides no bar
+            ax.set_ylim(0, 1.3)
+            ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes[0][0].legend(handles=handles, loc="upper center", ncol=2, fontsize=7, framealpha=0.9)
+    fig.suptitle("error bars: 95 % intervals (one accuracy: Wilson; perplexity: per-window spread;\n"
+                 "random controls: mean over seeds, t interval of the seeds)", fontsize=8)
     save(plt, fig, run / "probe_accuracy.png", dpi=120)
     return "probe_accuracy.png"
 
@@ -103,9 +118,16 @@ def _fig_single(plt, run: Path, rows: list[dict]) -> str | None:
         rs = [r for r in rows if r["task"] == t]
         for j, key in enumerate(("mean_rank", "mean_nuclear")):
             ax = axes[i][j]
-            ax.scatter([float(r[key]) for r in rs], [float(r["cost"]) for r in rs], s=14)
-            ax.set_xlabel(key.replace("_", " "))
+            xs, ys = [float(r[key]) for r in rs], [float(r["cost"]) for r in rs]
+            ax.scatter(xs, ys, s=14)
+            # name the (at most 8) heads whose removal changed the score most; a zero-cost crowd stays unnamed
+            top = [k for k in sorted(range(len(rs)), key=lambda k: -abs(ys[k])) if ys[k] != 0][:8]
+            for k in top:
+                ax.annotate(f"L{rs[k]['layer']}H{rs[k]['head']}", (xs[k], ys[k]), fontsize=6, xytext=(2, 2),
+                            textcoords="offset points")
+            ax.set_xlabel({"mean_rank": "mean threshold rank", "mean_nuclear": "mean nuclear norm"}.get(key, key))
             ax.set_ylabel(f"{t}: single-head cost")
+            ax.set_title(f"{t}: one point per head ({len(rs)}); largest |cost| named LxHy = layer x, head y", fontsize=8)
             ax.axhline(0, color="0.7", lw=0.8)
     save(plt, fig, run / "single_head.png", dpi=120)
     return "single_head.png"
@@ -124,13 +146,15 @@ def render(run_dir: str | Path) -> Path:
     L = [f"# Probe: {cfg.get('model', '?')}", ""]
     L.append(f"Mode **{cfg.get('mode', '?')}** ablation of {pj['group_size']} of {pj['total_heads']} value heads "
              f"({pj['group_size'] / max(1, pj['total_heads']):.1%}) per group; random controls over "
-             f"{cfg.get('seeds', '?')} seeds (seed {cfg.get('seed', '?')}). Groups: `low`/`high` = the heads with the "
+             f"{plural(cfg.get('seeds', '?'), 'seed')} (seed {cfg.get('seed', '?')}). Groups: `low`/`high` = the heads with the "
              "lowest/highest normalised mean rank; `random` count-matched; `layer_random.X` the same number of "
              "heads per layer as X; `byte_random.X` the same recurrent-state bytes as X.")
     L += ["", "Cells: value [95 % interval] Δ vs base (p). Accuracy: Wilson interval, exact McNemar vs base "
           "on the same items. Perplexity: interval from the per-window spread, Wilcoxon vs base. Controls "
           "(×S seeds): mean over seeds, t interval of the seeds, one-sample t test of their deltas.", ""]
-    L += ["## Table 1", ""] + _table(pj, [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"])
+    table_rows = [r for r in pj["rows"] if "/s" not in r["condition"]] + pj["aggregates"]
+    if table_rows:  # an lm-eval-only run has no probe-task rows: its results are the lm-eval section below
+        L += ["## Table 1", ""] + _table(pj, table_rows)
     cut = [r for r in pj["rows"] if r.get("truncated_share") and "/s" not in r["condition"]]
     if cut:  # an accuracy measured on cut-off outputs says little about skill: say how many
         L += ["", "Outputs that hit the token budget (`--max-new-tokens`) before ending: "
@@ -187,4 +211,5 @@ def render(run_dir: str | Path) -> Path:
               "per-condition heads and bytes in `groups.json`."]
     out = run / "report.md"
     runio.atomic_write_text(out, "\n".join(L) + "\n")
+    html.render(run)
     return out

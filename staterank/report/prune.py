@@ -1,7 +1,8 @@
 """Report of a prune run or sweep, from its folder only: report.md + figures.
 
   prune_accuracy.png  (prune run) per task: accuracy with Wilson 95 % CI vs linear recurrent-state
-                      bytes — original, pruned, and the random controls (mean ± std over seeds)
+                      bytes — original, pruned, and the random controls (mean, t interval over seeds),
+                      each at its own bytes
   pareto.png          (sweep) per task: accuracy vs linear recurrent-state bytes for every α ×
                       fraction point, the inverse and random baselines on the same axes, and the
                       Pareto front (no other JRNP point has fewer bytes and higher accuracy)
@@ -15,6 +16,7 @@ import numpy as np
 
 from .. import runio
 from ..errors import UserError
+from . import html
 from .common import main_rank_only, plural, pyplot, save
 
 
@@ -23,6 +25,19 @@ def _mean_std(s: dict) -> str:
     if s["n_seeds"] == 1:
         return f"{s['mean']:.3f} (1 seed: no spread)"
     return f"{s['mean']:.3f} ± {s['std']:.3f} ({s['n_seeds']} seeds)"
+
+
+
+def seed_interval(s: dict) -> tuple[float, float] | None:
+    """t 95 % interval of a control's mean accuracy over its seeds, clipped to [0, 1]; None for one seed."""
+    from scipy import stats
+
+    n = s.get("n_seeds", 0)
+    if n < 2:
+        return None
+    half = float(stats.t.ppf(0.975, n - 1)) * s["std"] / np.sqrt(n)
+    return max(0.0, s["mean"] - half), min(1.0, s["mean"] + half)
+
 
 def _fmt_acc(a: dict) -> str:
     return f"{a['acc']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (n={a['n']})"
@@ -44,8 +59,13 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _state_axes(ax, task: str, batch: int) -> None:
     """A task's panel of accuracy against linear recurrent-state bytes (both figures)."""
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(task)
-    ax.set_xlabel(f"linear recurrent state, bytes (batch {batch})")
+    ax.set_xlabel(f"linear recurrent state, KiB (batch {batch})")
+    lo, hi = ax.get_xlim()  # a few round KiB ticks, called after the points: full byte counts ran together
+    kib = [v for v in MaxNLocator(4).tick_values(lo / 1024, hi / 1024) if lo <= v * 1024 <= hi]
+    ax.set_xticks([v * 1024 for v in kib], [f"{v:,g}" for v in kib])
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
 
@@ -75,10 +95,16 @@ def _render_run(run_dir: Path, r: dict) -> list[str]:
         for i, (kind, c) in enumerate(acc["controls"].items()):
             s = c["summary"].get(t)
             if s and kind in ctrl_bytes:
-                ax.errorbar([float(np.mean(ctrl_bytes[kind])) * (1 + 0.01 * (i + 1))], [s["mean"]], yerr=[s["std"]],
-                            fmt="s", capsize=3, color=f"C{i}", label=f"random, {kind.replace('_', '-')} (±std)")
+                # at the bytes its heads really hold (no offset): controls that remove as much state as the
+                # plan sit on the pruned point's x, told apart by marker, not by a shift that reads as more state
+                ci = seed_interval(s)
+                err = None if ci is None else [[max(0.0, s["mean"] - ci[0])], [max(0.0, ci[1] - s["mean"])]]
+                what = "1 seed: no interval" if ci is None else f"mean, t 95 % interval over {s['n_seeds']} seeds"
+                ax.errorbar([float(np.mean(ctrl_bytes[kind]))], [s["mean"]], yerr=err, fmt="sD^v"[i % 4], mfc="none",
+                            ms=7 + 2 * i, capsize=3, color=f"C{i}", label=f"random, {kind.replace('_', '-')} ({what})")
         _state_axes(ax, t, batch)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle("error bars: Wilson 95 % (original, pruned); controls: see legend", fontsize=8)
     save(plt, fig, run_dir / "prune_accuracy.png", dpi=120)
 
     ms = r["state_measured_at"]
@@ -203,4 +229,5 @@ def render(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir} holds no finished prune run or sweep (no prune.json / sweep.json)")
     out = run_dir / "report.md"
     runio.atomic_write_text(out, "\n".join(lines))
+    html.render(run_dir)
     return out

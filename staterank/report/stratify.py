@@ -3,7 +3,8 @@
   rank_by_class.png   per layer: threshold rank vs token of every head (mean over contexts), coloured by
                       class (low blue, high orange), bound dashed
   contexts.png        context × context heatmaps: cosine of rank vectors, of nuclear-norm vectors,
-                      Spearman of rank vectors, label agreement; second row: the model at initialisation
+                      Spearman of rank vectors, label agreement; second row: the model at initialisation;
+                      cosine scales start near the lowest value, the paper's threshold marked red on the bar
   decay_rank.png      normalised mean rank vs log(−mean log decay) per head, by class; init in grey
   report.md           each of the paper's numbers beside ours and the initialisation baseline
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import runio
+from . import html
 from .common import fmt_num as _f
 from .common import layer_grid, main_rank_only, pyplot, save
 
@@ -69,16 +71,27 @@ def _fig_contexts(plt, run: Path, s: dict) -> str:
             ("spearman_contexts", "Spearman, rank"), ("label_agreement", "label agreement")]
     blocks = [("model", s)] + ([("init", s["init_baseline"])] if s.get("init_baseline") else [])
     names = s["contexts"]
+    # the paper's thresholds (cosine > 0.97 / 0.98) sit near 1: a 0–1 scale would paint 0.93 and 0.99 alike,
+    # so the cosine panels start just below the lowest value shown and mark the threshold on the bar
+    thresholds = {"cosine_rank": 0.97, "cosine_nuclear": 0.98}
+    lows = {}
+    for k in thresholds:
+        vals = [v for _, b in blocks for row in b[k]["matrix"] for v in row if v is not None]
+        lows[k] = min(0.9, np.floor(20 * min(vals)) / 20) if vals else 0.0
     fig, axes = plt.subplots(len(blocks), len(keys), figsize=(3.4 * len(keys), 3.2 * len(blocks)), squeeze=False)
     for r, (label, b) in enumerate(blocks):
         for c, (k, title) in enumerate(keys):
             ax = axes[r][c]
             m = np.array([[np.nan if v is None else v for v in row] for row in b[k]["matrix"]], dtype=float)
-            im = ax.imshow(m, vmin=-1 if k == "spearman_contexts" else 0, vmax=1, cmap="viridis")
+            vmin = -1 if k == "spearman_contexts" else lows.get(k, 0)
+            im = ax.imshow(m, vmin=vmin, vmax=1, cmap="viridis")
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
             ax.set_yticks(range(len(names)), names, fontsize=6)
             ax.set_title(f"{label}: {title}", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046)
+            if k in thresholds:
+                cb.ax.axhline(thresholds[k], color="red", lw=1.5)
+                cb.set_label(f"red: paper's threshold {thresholds[k]}", fontsize=6)
     save(plt, fig, run / "contexts.png", dpi=110)
     return "contexts.png"
 
@@ -187,6 +200,7 @@ def render(run_dir: str | Path) -> Path:
     lines += [f"![{f}]({f})" for f in figs]
     path = run / "report.md"
     runio.atomic_write_text(path, "\n".join(lines) + "\n")
+    html.render(run)
     return path
 
 
