@@ -184,3 +184,58 @@ def test_head_bytes_and_bad_plans():
     with pytest.raises(UserError, match="not a linear-attention layer"):
         with store_states(model, {(2, 0): "bf16"}):
             pass
+
+
+def test_drop_is_probe_ablation_bit_for_bit_and_plans_share_a_batch():
+    from staterank.probes.ablate import ablate
+
+    model = tiny_model("qwen3_next")
+    layers = get_adapter(model).linear_layers(model)
+    a, b = layers[0].index, layers[-1].index
+    ids = _ids(b=2, t=70)
+    drop = {(a, 1): "drop", (b, 0): "drop", (b, 3): "drop"}
+    with torch.no_grad():
+        with ablate(model, {a: [1], b: [0, 3]}):
+            want = model(ids, use_cache=True)
+        with store_states(model, drop, chunk=64):
+            got = model(ids, use_cache=True)
+        assert torch.equal(got.logits, want.logits)
+        for l in layers:
+            assert torch.equal(_states(got, layers)[l.index], _states(want, layers)[l.index])
+        # R plans in one forward (R copies of the batch) = each plan alone
+        plans = [{}, drop, {(a, 2): "int8_row", (b, 1): "fp8_e4m3_head"}]
+        with store_states(model, plans, chunk=16):
+            joint = model(ids.repeat(3, 1), use_cache=True).logits
+        for r, p in enumerate(plans):
+            with store_states(model, p, chunk=16):
+                alone = model(ids, use_cache=True).logits
+            torch.testing.assert_close(joint[2 * r:2 * r + 2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_forced_nll_is_prefill_plus_decode_under_the_same_storage():
+    """answer_nll's one forward (chunks over the prompt, then one stored step per answer token)
+    equals a real chunked prefill followed by cached decode steps with the plan's storage."""
+    from staterank.compress.measure import answer_nll
+    from staterank.tasks import Item
+
+    model = tiny_model("qwen3_next", vocab=262)
+    from staterank.testing import byte_tokenizer
+
+    tok = byte_tokenizer()
+    layers = get_adapter(model).linear_layers(model)
+    plan = {(layers[0].index, h): "int8_head" for h in range(4)} | {(layers[1].index, 2): "drop"}
+    items = [Item(id=str(i), prompt="x" * 37 + str(i), answer=str(1000 + 37 * i)) for i in range(3)]
+    nll, err = answer_nll(model, tok, items, [plan, {}], chunk=16)
+    assert err[(layers[0].index, 0)] > 0
+    kw = cache_kwarg(model)
+    for j, it in enumerate(items):
+        p = tok(it.prompt)["input_ids"]
+        full = tok(it.prompt + it.answer)["input_ids"]
+        with torch.no_grad(), store_states(model, plan, chunk=16):
+            out = model(torch.tensor([p]), use_cache=True)
+            lps = [torch.log_softmax(out.logits[0, -1].float(), -1)[full[len(p)]]]
+            for i in range(len(p), len(full) - 1):
+                out = model(torch.tensor([[full[i]]]), **{kw: output_cache(out)}, use_cache=True)
+                lps.append(torch.log_softmax(out.logits[0, -1].float(), -1)[full[i + 1]])
+        assert nll[0, j] == pytest.approx(-float(sum(lps)), abs=1e-4)
+        assert nll[0, j] != pytest.approx(nll[1, j], abs=1e-6)  # the plan changed something

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from staterank.adapters import get_adapter
+from staterank.claims import claims
 from staterank.cli import main
 from staterank.compress.config import CompressConfig
 from staterank.compress.planner import full_bytes, knapsack, ladder, method_order, plan_bytes, shuffled
@@ -14,6 +15,7 @@ from staterank.compress.quant import head_bytes
 from staterank.compress.run import run_compress
 from staterank.errors import UserError
 from staterank.models import Loaded
+from staterank.report.claims import claims_table
 from staterank.runio import read_json
 from staterank.testing import byte_tokenizer, tiny_model
 
@@ -24,7 +26,7 @@ HEADS = [(li, h, 8, 8) for li in (0, 3) for h in range(3)]
 def test_knapsack_is_the_brute_force_optimum():
     rng = np.random.default_rng(0)
     opts = ("bf16", "int8_head", "drop")
-    for trial in range(3):
+    for _ in range(3):
         costs = {(li, h): {p: float(rng.random() * (3 if p == "drop" else 1)) for p in opts} for li, h, _, _ in HEADS}
         for share in (0.8, 0.5, 0.3, 0.1):
             budget = int(share * full_bytes(HEADS))
@@ -84,7 +86,7 @@ def _cfg(**kw):
 
 def test_run_compress_end_to_end_and_resume(tmp_path):
     loaded = _loaded()
-    res = run_compress(loaded, _cfg(), tmp_path / "c")
+    res = run_compress(loaded, _cfg(), tmp_path / "r" / "compress")
     heads = 3 * 4
     assert res["state_bytes_fp32"] == heads * 8 * 12 * 4 and res["heads"] == heads
     curves = {p["curve"] for p in res["points"]}
@@ -103,11 +105,17 @@ def test_run_compress_end_to_end_and_resume(tmp_path):
             assert all(0 < r["rel_error"] < 1e-2 for r in rows)
     # every eval file holds the plan its point names
     for p in res["points"]:
-        assert (tmp_path / "c" / "evals" / f"{p['plan']}.json").exists()
-    again = run_compress(loaded, _cfg(), tmp_path / "c")  # resume: the finished run is read back
-    assert again == read_json(tmp_path / "c" / "compress.json")
+        assert (tmp_path / "r" / "compress" / "evals" / f"{p['plan']}.json").exists()
+    again = run_compress(loaded, _cfg(), tmp_path / "r" / "compress")  # resume: the finished run is read back
+    assert again == read_json(tmp_path / "r" / "compress" / "compress.json")
     with pytest.raises(UserError):
-        run_compress(loaded, _cfg(eval_n=4), tmp_path / "c")  # another config in the same folder
+        run_compress(loaded, _cfg(eval_n=4), tmp_path / "r" / "compress")  # another config in the same folder
+    # the claims table lists the result apart from the paper's claims (no verdict), with its interval
+    rows = [r for r in claims(tmp_path / "r")["rows"] if r["source"] == "compress/compress.json"]
+    assert [r["ours"]["budget"] for r in rows] == [0.5, 0.25] and all(r["informational"] for r in rows)
+    w = res["winners"]["0.5"]
+    top = next(c for c in w["curves"] if c["curve"] == w["winner"])
+    assert rows[0]["ours"]["value"] == top["retained"]["ratio"] and "best storage plan" in claims_table(claims(tmp_path / "r"))
 
 
 def test_cli_end_to_end_and_bad_input(tmp_path, capsys):

@@ -2,7 +2,7 @@
 NLL (the per-head sensitivity table), both with every state stored at the plan's precisions.
 
     rows = plan_rows(model, tok, items, plan, chunk=64)          # {task: [{id, pred, answer, correct}]}
-    nll, err = answer_nll(model, tok, sens_items, plan, chunk=64) # [n items], {(layer, head): rel. error}
+    nll, err = answer_nll(model, tok, items, [plan_a, plan_b], chunk=64)  # [2, n items], {(layer, head): rel. error}
 
 Teacher forcing reproduces the storage schedule of prefill + greedy decode in one forward: the
 prompt's P tokens are split into ``chunk``-token pieces (rounded between them and at P), then every
@@ -44,28 +44,31 @@ def _encode(tokenizer, items: list) -> list[tuple[list[int], int]]:
 
 
 @torch.no_grad()
-def answer_nll(model, tokenizer, items: list, plan: dict, chunk: int,
-               batch_size: int = 16) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
-    """Per item, −Σ log p(answer tokens | prompt, teacher-forced) with states stored per ``plan``
-    [n items], and per planned head the relative round-trip error of its stored states,
-    sqrt(Σ‖Q(S) − S‖² / Σ‖S‖²) over every store of the pass (0 for fp32; 1 for drop's zeros)."""
+def answer_nll(model, tokenizer, items: list, plans: list[dict], chunk: int,
+               max_rows: int = 128) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+    """Per plan and item, −Σ log p(answer tokens | prompt, teacher-forced) with states stored per the
+    plan [R plans, n items], and per planned head the relative round-trip error of its stored states,
+    sqrt(Σ‖Q(S) − S‖² / Σ‖S‖²) over every store of the pass (a head in several plans: pooled).
+    The R plans share each forward: the batch holds R copies of the items (store_states' blocks)."""
     model.eval()
+    R = len(plans)
     enc = _encode(tokenizer, items)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (full, P) in enumerate(enc):
         groups[(len(full), P)].append(i)
-    nll = np.zeros(len(items))
+    nll = np.zeros((R, len(items)))
     dev = model.device
-    with store_states(model, plan, chunk=chunk, record=True) as st:
+    per = max(1, max_rows // R)  # items per forward
+    with store_states(model, plans, chunk=chunk, record=True) as st:
         for (T, P), idx in sorted(groups.items()):
-            for s in range(0, len(idx), batch_size):
-                chunk_idx = idx[s:s + batch_size]
-                x = torch.tensor([enc[i][0] for i in chunk_idx], dtype=torch.long, device=dev)
+            for s in range(0, len(idx), per):
+                part = idx[s:s + per]
+                x = torch.tensor([enc[i][0] for i in part], dtype=torch.long, device=dev).repeat(R, 1)
                 if st is not None:
                     st.decode_from = P
                 # the cache makes the rule return (and so store) its state, as generate's prefill does
                 logits = model(input_ids=x, use_cache=True).logits[:, P - 1:T - 1].float()
                 lp = torch.log_softmax(logits, -1).gather(-1, x[:, P:, None])[..., 0]
-                nll[chunk_idx] = -lp.sum(-1).double().cpu().numpy()
+                nll[:, part] = -lp.sum(-1).double().cpu().numpy().reshape(R, len(part))
         err = {} if st is None else {k: float(np.sqrt(e[0] / e[1])) if e[1] > 0 else 0.0 for k, e in st.errors.items()}
     return nll, err

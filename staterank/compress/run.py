@@ -79,8 +79,8 @@ def _sensitivity(loaded: Loaded, cfg: CompressConfig, heads, items: list, folder
     model, tok = loaded.model, loaded.tokenizer
     base_path = folder / "base.json"
     if not base_path.exists():
-        base, _ = answer_nll(model, tok, items, {}, cfg.chunk)
-        runio.write_json(base_path, {"nll": base.tolist()})
+        base, _ = answer_nll(model, tok, items, [{}], cfg.chunk)
+        runio.write_json(base_path, {"nll": base[0].tolist()})
     base = np.asarray(runio.read_json(base_path)["nll"])
     out = {}
     for p in cfg.sensitivity:
@@ -88,9 +88,9 @@ def _sensitivity(loaded: Loaded, cfg: CompressConfig, heads, items: list, folder
         if not path.exists():
             say(f"sensitivity {p}")
             rows = []
-            for li, h, k, v in heads:
-                nll, err = answer_nll(model, tok, items, {(li, h): p}, cfg.chunk)
-                m, lo, hi = t_interval(nll - base)
+            nll, err = answer_nll(model, tok, items, [{(li, h): p} for li, h, _, _ in heads], cfg.chunk)
+            for (li, h, k, v), d in zip(heads, nll):
+                m, lo, hi = t_interval(d - base)
                 rows.append({"layer": li, "head": h, "dnll": m, "lo": lo, "hi": hi, "bytes": head_bytes(p, k, v),
                              "rel_error": 1.0 if p == "drop" else err.get((li, h), 0.0)})
             runio.write_json(path, {"precision": p, "rows": rows, "base_nll": float(base.mean()), "n_items": len(base)})
