@@ -45,7 +45,7 @@ def _encode(tokenizer, items: list) -> list[tuple[list[int], int]]:
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, items: list, plans: list[dict], chunk: int,
-               max_rows: int = 128) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
+               max_rows: int = 32) -> tuple[np.ndarray, dict[tuple[int, int], float]]:
     """Per plan and item, −Σ log p(answer tokens | prompt, teacher-forced) with states stored per the
     plan [R plans, n items], and per planned head the relative round-trip error of its stored states,
     sqrt(Σ‖Q(S) − S‖² / Σ‖S‖²) over every store of the pass (a head in several plans: pooled).
