@@ -13,7 +13,7 @@ from staterank.errors import UserError
 from staterank.hooks import intercept
 from staterank.models import cache_kwarg, output_cache
 from staterank.recurrence import RuleCall, replay
-from staterank.testing import tiny_model
+from staterank.testing import FAMILIES, tiny_model
 
 
 def _ids(b=2, t=150, seed=1):
@@ -239,3 +239,23 @@ def test_teacher_forced_nll_is_prefill_plus_decode_under_the_same_storage():
                 lps.append(torch.log_softmax(out.logits[0, -1].float(), -1)[full[i + 1]])
         assert nll[0, j] == pytest.approx(-float(sum(lps)), abs=1e-4)
         assert nll[0, j] != pytest.approx(nll[1, j], abs=1e-6)  # the plan changed something
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_stores_through_the_split(family):
+    """fp32 storage matches the model (bit for bit where the family's chunk rule is 64-token chunked,
+    else to round-off), and int8 storage leaves every stored state of the planned heads on its grid."""
+    model = tiny_model(family)
+    layers = get_adapter(model).linear_layers(model)
+    ids = _ids(b=1, t=140)
+    li = layers[0].index
+    with torch.no_grad():
+        base_logits, _ = _prefill_decode(model, ids, 2)
+        with store_states(model, {(l.index, h): "fp32" for l in layers for h in range(l.layout.h_v)}):
+            logits, _ = _prefill_decode(model, ids, 2)
+        with store_states(model, {(li, 0): "int8_row"}) as st:
+            _, out = _prefill_decode(model, ids, 2)
+    torch.testing.assert_close(logits, base_logits, atol=1e-5, rtol=1e-5)
+    S = output_cache(out).layers[li].recurrent_states[0][:, 0]
+    assert st.stores == 2 + 1 + 2  # cuts at 64 and 128 of the 138-token prefill, its end, two decode steps
+    assert torch.equal(_int8_row_ref(S), S) and S.abs().max() > 0
