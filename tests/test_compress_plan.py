@@ -98,8 +98,11 @@ def test_run_compress_end_to_end_and_resume(tmp_path):
             assert p["bytes_fraction"] <= p["budget"] + 1e-12
         assert p["accuracy"]["all"]["n"] == 3
     assert not any(p["curve"] == "precision" and p["budget"] == 0.25 for p in res["points"])  # int8 + scale > 25 %
+    planned = {(p["curve"], p["budget"]): p["precisions"] for p in res["points"] if p["method"] == "planner"}
+    assert set(planned[("pruning", 0.25)]) <= {"drop"} and "drop" not in planned[("precision", 0.5)]
+    assert ("mixed", 0.25) in planned and ("precision", 0.25) not in planned
     assert set(res["all_heads"]) == {"int8_head", "int8_row"}
-    assert res["winners"]["0.5"]["winner"] in ("pruning/jrnp", "precision/jrnp", "mixed")
+    assert res["winners"]["0.5"]["winner"] in ("pruning/jrnp", "precision/jrnp", "pruning/planner", "precision/planner", "mixed")
     for p, rows in res["sensitivity"].items():
         assert len(rows) == heads and all(np.isfinite(r["dnll"]) for r in rows)
         if p == "bf16":
@@ -132,7 +135,7 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
             "--calib-tokens", "48", "--chunk", "16", "--max-new-tokens", "2", "--quiet", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "at 50% of state bytes" in out and (tmp_path / "run" / "report.md").exists()
+    assert "within 50% of the state bytes best" in out and (tmp_path / "run" / "report.md").exists()
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Which method wins" in report and (tmp_path / "run" / "pareto.png").exists()
     for bad in (["--budgets", "1.5"], ["--ladder", "int4"], ["--methods", "jrpn"], ["--sensitivity", "fp32"],

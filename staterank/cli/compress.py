@@ -42,8 +42,10 @@ def command(args) -> int:
         w = res["winners"].get(b) or {}
         top = next((c for c in w.get("curves", []) if c["curve"] == w.get("winner")), None)
         if top:
-            lines.append(f"at {float(b):.0%} of state bytes {w['winner']} keeps {top['acc']:.1%} accuracy")
-    print(f"wrote {args.out}: {'; '.join(lines) or 'no plan met the budgets'}; report: {render(args.out)}")
+            lines.append(f"within {float(b):.0%} of the state bytes best {w['winner']} (accuracy {top['acc']:.3f} at "
+                         f"{top['bytes_fraction']:.1%})")
+    print(f"wrote {args.out}: unmodified accuracy {res['base']['all']['acc']:.3f}; "
+          f"{'; '.join(lines) or 'no plan met the budgets'}; report: {render(args.out)}")
     return 0
 
 

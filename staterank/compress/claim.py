@@ -20,7 +20,7 @@ def compress_claims(c: dict, source: str = "compress/compress.json") -> list[dic
                    f"at {top['bytes_fraction']:.1%} of the fp32 state bytes (paired bootstrap over items); "
                    "pruning-only, precision-only and random controls in the compress report")
         rows.append({
-            "claim": f"At {float(b):.0%} of the recurrent state bytes, the best storage plan keeps its accuracy",
+            "claim": f"Within {float(b):.0%} of the recurrent state bytes, the best storage plan keeps its accuracy",
             "paper": "— (issue #23, not in the paper)",
             "ours": {"value": r.get("ratio"), "ci": [r.get("lo"), r.get("hi")], "budget": float(b), "method": w["winner"],
                      "bytes_fraction": top["bytes_fraction"], "accuracy": acc.get("acc"),

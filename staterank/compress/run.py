@@ -17,9 +17,12 @@ Run folder (never overwritten; rerunning the same command resumes, finished piec
   compress.json          the summary (points of every curve, the int8-all-heads comparison, the
                          winners at each budget, the sensitivity table and its Spearman correlations
                          with rank and norm); its presence marks the run done
-Curves: pruning-only and precision-only per head-ordering method; mixed = the knapsack planner on
-the sensitivity table; each with ``random_seeds`` random controls at the same bytes (the same
-per-head precisions on random heads).
+Curves: pruning-only and precision-only per head-ordering method (calibration statistics only, no
+task) and by the planner (the knapsack on the sensitivity table restricted to drop, or to
+precisions); mixed = the planner with every option. The planner's costs are measured on other items
+of the same tasks, which the score orders never see: compare mixed with the planned one-axis curves
+for the value of mixing, with the score orders for the value of task-measured costs. Random controls
+(``random_seeds``) at the same bytes: the same per-head precisions on random heads.
 """
 
 from __future__ import annotations
@@ -166,6 +169,11 @@ def run_compress(loaded: Loaded, cfg: CompressConfig, out: str | Path, progress:
                 if mi == 0:  # random controls of the first method's plans
                     specs += [(f"{curve}_random", m, b, s, shuffled(plan, heads, 1000 + 100 * s + int(b * 1000)))
                               for s in range(cfg.random_seeds)]
+        # the planner with only drop, or only precisions: the same information as mixed, one axis
+        for curve, keep in (("pruning", lambda q: q == "drop"), ("precision", lambda q: q != "drop")):
+            plan = knapsack({hd: {q: x for q, x in c.items() if keep(q)} for hd, c in costs.items()}, heads, cap)
+            if plan is not None:
+                specs.append((curve, "planner", b, None, plan))
         plan = knapsack(costs, heads, cap)
         if plan is not None:
             specs.append(("mixed", "planner", b, None, plan))
@@ -226,7 +234,8 @@ def run_compress(loaded: Loaded, cfg: CompressConfig, out: str | Path, progress:
 
 def _winner(points: list[dict], budget: float, rows_of: dict) -> dict:
     """Best curve at ``budget``: per curve (random controls averaged over seeds), the highest pooled
-    accuracy among its points with bytes <= budget × fp32; the winner vs the runner-up by exact McNemar."""
+    accuracy among its points with bytes <= budget × fp32 (ties: fewer bytes); the winner (the best
+    point estimate among non-random curves) vs the runner-up by exact McNemar on the same items."""
     best: dict[str, dict] = {}
     for pt in points:
         if pt["curve"] in ("base", "all_heads") or pt["budget"] is None or pt["bytes_fraction"] > budget + 1e-12:
@@ -240,7 +249,7 @@ def _winner(points: list[dict], budget: float, rows_of: dict) -> dict:
         table.append({"curve": name, "acc": acc, "at_budget": b, "bytes_fraction": max(p["bytes_fraction"] for p in pts),
                       "seeds": len(pts), "accuracy": pts[0]["accuracy"]["all"] if len(pts) == 1 else None,
                       "retained": pts[0]["retained"] if len(pts) == 1 else None, "plan": pts[0]["plan"]})
-    table.sort(key=lambda r: -r["acc"])
+    table.sort(key=lambda r: (-r["acc"], r["bytes_fraction"]))  # equal accuracy: fewer bytes first
     out = {"budget": budget, "curves": table, "winner": None, "vs_runner_up": None}
     planned = [r for r in table if not r["curve"].endswith("_random")]
     if planned:

@@ -26,7 +26,7 @@ def _ret(r: dict | None) -> str:
 
 def _fig_pareto(plt, run: Path, c: dict) -> str:
     pts = [p for p in c["points"] if p["budget"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     groups: dict[str, list] = {}
     for p in pts:
         name = p["curve"] if p["curve"] in ("mixed",) or p["curve"].endswith("_random") else f"{p['curve']}/{p['method']}"
@@ -48,18 +48,22 @@ def _fig_pareto(plt, run: Path, c: dict) -> str:
         err = [[p["accuracy"]["all"]["acc"] - p["accuracy"]["all"]["lo"] for p in ps],
                [p["accuracy"]["all"]["hi"] - p["accuracy"]["all"]["acc"] for p in ps]]
         style = mk if base in _STYLE else "^-"
-        ax.errorbar(x, y, yerr=err, fmt=style, color=col, capsize=2, ms=5, label=f"{name} (Wilson 95 %)")
+        if name.endswith("/planner"):
+            style = style[0] + "--"
+        ax.errorbar(x, y, yerr=err, fmt=style, color=col, capsize=2, ms=5, mfc="white" if name.endswith("/planner") else col,
+                    label=f"{name} (Wilson 95 %)")
     b = c["base"]["all"]
     ax.errorbar([1.0], [b["acc"]], yerr=[[b["acc"] - b["lo"]], [b["hi"] - b["acc"]]], fmt="*", color="black", ms=11,
                 capsize=3, label="unmodified (fp32)")
-    for name, a in c["all_heads"].items():
-        ax.plot([a["bytes_fraction"]], [a["accuracy"]["all"]["acc"]], "P", ms=9, label=f"{name}, all heads")
+    for i, (name, a) in enumerate(c["all_heads"].items()):
+        ax.plot([a["bytes_fraction"]], [a["accuracy"]["all"]["acc"]], "P", ms=9, color=f"C{4 + i}", label=f"{name}, all heads")
     for x in (0.5, 0.25):
         ax.axvline(x, color="grey", lw=0.6, ls="--")
     ax.set_xlabel("recurrent state bytes (share of fp32)")
     ax.set_ylabel(f"accuracy ({', '.join(c['tasks']['names'])} pooled)")
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=6.5, loc="lower right")
+    ax.set_xlim(0, 1.05)
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save(plt, fig, run / "pareto.png", dpi=120)
     return "pareto.png"
 
@@ -99,9 +103,15 @@ def render(run_dir: str | Path) -> Path:
          f"Semantics: {c['semantics']}. Accuracy: greedy exact match on {t['names']} (n = {t['n']} each, held-out "
          "seeds), pooled over tasks, Wilson 95 % intervals; retained = accuracy / unmodified accuracy with a paired "
          "bootstrap 95 % interval over items.", "",
-         f"Unmodified model: {_ci(c['base']['all'])}.", "", "## Which method wins", ""]
+         f"Unmodified model: {_ci(c['base']['all'])}.", "",
+         "Curves: `pruning/<method>` and `precision/<method>` order heads by calibration statistics only "
+         "(prune.scores; higher score compressed first); `*/planner` and `mixed` choose per head by the sensitivity "
+         "table below, measured on other items of the same tasks (so they know the tasks; compare `mixed` with "
+         "`pruning/planner` and `precision/planner` for the value of mixing); `*_random`: the same per-head "
+         "precisions on random heads. A curve's entry at a budget is its best point at or below it.", "",
+         "## Which method wins", ""]
     for b, w in c["winners"].items():
-        L.append(f"### At {float(b):.1%} of the state bytes")
+        L.append(f"### Within {float(b):.1%} of the state bytes")
         L.append("")
         if not w["curves"]:
             L += ["No plan met this budget.", ""]
@@ -113,9 +123,12 @@ def render(run_dir: str | Path) -> Path:
         L.append("")
         if w["winner"]:
             v = w["vs_runner_up"]
-            L.append(f"**Winner: {w['winner']}**" + (
-                f"; vs {v['runner_up']}: exact McNemar p = {fmt_num(v['p_value'])} ({v['a_only']} items only the "
-                f"winner gets right, {v['b_only']} only the runner-up)" if v else "") + ".")
+            if v and v["p_value"] >= 0.05:
+                head = f"**Best point estimate: {w['winner']}**, not distinguishable from {v['runner_up']}"
+            else:
+                head = f"**Winner: {w['winner']}**" + (f", ahead of {v['runner_up']}" if v else "")
+            L.append(head + (f" (exact McNemar p = {fmt_num(v['p_value'])}: {v['a_only']} items only the first gets "
+                             f"right, {v['b_only']} only the second)" if v else "") + ".")
             L.append("")
     missing = [p for p in ("precision",) if not any(pt["curve"] == p and pt["bytes_fraction"] <= 0.25 for pt in c["points"])]
     if missing:
