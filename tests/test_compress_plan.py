@@ -72,6 +72,10 @@ def test_random_control_has_the_same_precisions_and_keeps_every_layer():
         assert all(any(r.get((li, h)) != "drop" for h in range(3)) for li in (0, 3))
         seen.add(json.dumps(sorted(r.items())))
     assert len(seen) > 5
+    for s in range(5):  # layer-matched: every layer keeps its own precisions
+        r = shuffled(plan, HEADS, s, within_layer=True)
+        for li in (0, 3):
+            assert sorted(p for (l, _), p in r.items() if l == li) == sorted(p for (l, _), p in plan.items() if l == li)
 
 
 def _loaded():
@@ -81,6 +85,7 @@ def _loaded():
 
 def _cfg(**kw):
     base = dict(budgets=(0.5, 0.25), tasks=("mqar",), eval_n=3, sens_n=2, max_new_tokens=3, random_seeds=1,
+                controls=("any", "layer"),
                 sensitivity=("bf16", "int8_head", "drop"), calib_tokens=48, chunk=16)
     return CompressConfig(**{**base, **kw})
 
@@ -92,7 +97,7 @@ def test_run_compress_end_to_end_and_resume(tmp_path):
     assert res["state_bytes_fp32"] == heads * 8 * 12 * 4 and res["heads"] == heads
     curves = {p["curve"] for p in res["points"]}
     assert {"base", "all_heads", "pruning", "pruning_random", "precision", "precision_random", "mixed",
-            "mixed_random"} <= curves
+            "mixed_random", "mixed_layer_random", "pruning_layer_random"} <= curves
     for p in res["points"]:
         if p["budget"] is not None:
             assert p["bytes_fraction"] <= p["budget"] + 1e-12
@@ -138,7 +143,7 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert "within 50% of the state bytes best" in out and (tmp_path / "run" / "report.md").exists()
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Which method wins" in report and (tmp_path / "run" / "pareto.png").exists()
-    for bad in (["--budgets", "1.5"], ["--ladder", "int4"], ["--methods", "jrpn"], ["--sensitivity", "fp32"],
+    for bad in (["--controls", "layers"], ["--budgets", "1.5"], ["--ladder", "int4"], ["--methods", "jrpn"], ["--sensitivity", "fp32"],
                 ["--ladder", "bf16,drop"]):
         rc = main(["compress", "--model", str(tmp_path / "src"), *bad, "--quiet", "--out", str(tmp_path / "x")])
         assert rc == 2

@@ -31,7 +31,8 @@ def command(args) -> int:
         sensitivity=d.sensitivity if args.sensitivity is None else tuple(names(args.sensitivity)),
         all_heads=d.all_heads if args.all_heads is None else tuple(names(args.all_heads)),
         chunk=args.chunk, tasks=tuple(names(args.eval)), eval_n=args.eval_n, sens_n=args.sens_n,
-        max_new_tokens=args.max_new_tokens, random_seeds=args.random_seeds, calib_suite=args.calib,
+        max_new_tokens=args.max_new_tokens, random_seeds=args.random_seeds, controls=tuple(names(args.controls)),
+        calib_suite=args.calib,
         calib_tokens=args.calib_tokens, calib_stride=args.calib_stride, seed=args.seed, data_dir=args.data_dir,
     )
     cfg.validate()  # bad input fails before a model loads
@@ -72,6 +73,9 @@ def add(sub) -> None:
     p.add_argument("--sens-n", type=POS, default=8, help="items per task for the sensitivity table (default 8)")
     p.add_argument("--max-new-tokens", type=POS, default=8, help="greedy tokens per answer (default 8)")
     p.add_argument("--random-seeds", type=NONNEG, default=2, help="random controls per plan (default 2)")
+    p.add_argument("--controls", default="any",
+                   help="random controls: any (same precisions on random heads: count- and byte-matched), layer "
+                        "(within each layer: layer-matched too), or any,layer (default any)")
     p.add_argument("--calib", default="natural", help="calibration context suite for rank and norm (default natural)")
     p.add_argument("--calib-tokens", type=POS, default=256, help="tokens per calibration context (default 256)")
     p.add_argument("--calib-stride", type=POS, default=8, help="measure the rank every N tokens (default 8)")

@@ -25,6 +25,7 @@ class CompressConfig:
     sens_seed: int = 10**9 + 10**7  # other held-out items than the evaluation's
     max_new_tokens: int = 8
     random_seeds: int = 2
+    controls: tuple[str, ...] = ("any",)  # random controls: "any" (count/byte-matched), "layer" (layer-matched too)
     calib_suite: str = "natural"
     calib_tokens: int = 256
     calib_stride: int = 8
@@ -50,6 +51,8 @@ class CompressConfig:
             raise UserError("fp32 is the reference of the sensitivity table (identity); leave it out")
         if self.chunk < 1 or self.eval_n < 1 or self.sens_n < 1 or self.random_seeds < 0 or self.max_new_tokens < 1:
             raise UserError("chunk, eval_n, sens_n, max_new_tokens must be >= 1 and random_seeds >= 0")
+        if not set(self.controls) <= {"any", "layer"}:
+            raise UserError(f"random controls are any and/or layer, got {list(self.controls)}")
         if self.sens_seed == self.eval_seed:
             raise UserError("the sensitivity items must not be the evaluation items: give another sens_seed")
         if self.calib_suite not in SUITES:

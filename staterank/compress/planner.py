@@ -15,7 +15,8 @@ recurrent state one sequence keeps; budgets are shares of the all-fp32 total.
                   clipped at 0) under the budget; exact dynamic programme over bytes. The cost model is
                   additive (heads measured one at a time); interactions are what the evaluation tests.
   random controls :func:`shuffled`: the same multiset of per-head precisions on randomly chosen heads
-                  (the same bytes when every head has the same K·V), no layer left without heads.
+                  (the same bytes when every head has the same K·V), no layer left without heads;
+                  or layer-matched: each layer's precisions on random heads of that layer.
 """
 
 from __future__ import annotations
@@ -111,13 +112,21 @@ def knapsack(costs: dict[Head, dict[str, float]], heads, budget: int) -> dict[He
     return dict(sorted(plan.items()))
 
 
-def shuffled(plan: dict[Head, str], heads, seed: int, tries: int = 1000) -> dict[Head, str]:
-    """The plan's per-head precisions (fp32 included) on a random permutation of the heads, redrawn
-    until no layer loses all its heads (when the plan itself keeps one in every layer)."""
+def shuffled(plan: dict[Head, str], heads, seed: int, within_layer: bool = False, tries: int = 1000) -> dict[Head, str]:
+    """The plan's per-head precisions (fp32 included) on a random permutation of the heads (count- and,
+    with equal K·V, byte-matched), or of each layer's heads (``within_layer``: layer-matched too),
+    redrawn until no layer loses all its heads (when the plan itself keeps one in every layer)."""
     rng = np.random.default_rng(seed)
     keys = [(li, h) for li, h, _, _ in heads]
     vals = [plan.get(k, "fp32") for k in keys]
     layers = {li for li, _ in keys}
+    if within_layer:
+        out: dict[Head, str] = {}
+        for li in sorted(layers):
+            idx = [i for i, k in enumerate(keys) if k[0] == li]
+            perm = rng.permutation(len(idx))
+            out.update({keys[idx[i]]: vals[idx[j]] for i, j in enumerate(perm)})
+        return dict(sorted((k, p) for k, p in out.items() if p != "fp32"))
 
     def every_layer_kept(p: dict) -> bool:
         return all(any(p.get(k, "fp32") != "drop" for k in keys if k[0] == li) for li in layers)

@@ -167,8 +167,7 @@ def run_compress(loaded: Loaded, cfg: CompressConfig, out: str | Path, progress:
                     continue
                 specs.append((curve, m, b, None, plan))
                 if mi == 0:  # random controls of the first method's plans
-                    specs += [(f"{curve}_random", m, b, s, shuffled(plan, heads, 1000 + 100 * s + int(b * 1000)))
-                              for s in range(cfg.random_seeds)]
+                    specs += _controls(curve, m, b, plan, heads, cfg, 1000)
         # the planner with only drop, or only precisions: the same information as mixed, one axis
         for curve, keep in (("pruning", lambda q: q == "drop"), ("precision", lambda q: q != "drop")):
             plan = knapsack({hd: {q: x for q, x in c.items() if keep(q)} for hd, c in costs.items()}, heads, cap)
@@ -177,8 +176,7 @@ def run_compress(loaded: Loaded, cfg: CompressConfig, out: str | Path, progress:
         plan = knapsack(costs, heads, cap)
         if plan is not None:
             specs.append(("mixed", "planner", b, None, plan))
-            specs += [("mixed_random", "planner", b, s, shuffled(plan, heads, 2000 + 100 * s + int(b * 1000)))
-                      for s in range(cfg.random_seeds)]
+            specs += _controls("mixed", "planner", b, plan, heads, cfg, 2000)
 
     ev = run_dir / "evals"
     rows_of: dict[str, dict] = {}
@@ -230,6 +228,17 @@ def run_compress(loaded: Loaded, cfg: CompressConfig, out: str | Path, progress:
     }
     runio.write_json(run_dir / "compress.json", result)
     return result
+
+
+def _controls(curve: str, method: str, b: float, plan: dict, heads, cfg: CompressConfig, base: int) -> list[tuple]:
+    """Random controls of one plan: per kind in cfg.controls and seed, (curve_random or
+    curve_layer_random, method, budget, seed, shuffled plan); each kind and budget its own seeds."""
+    out = []
+    for kind in cfg.controls:
+        name, off = (f"{curve}_random", 0) if kind == "any" else (f"{curve}_layer_random", 50_000)
+        out += [(name, method, b, s, shuffled(plan, heads, base + off + 100 * s + int(b * 1000), within_layer=kind == "layer"))
+                for s in range(cfg.random_seeds)]
+    return out
 
 
 def _winner(points: list[dict], budget: float, rows_of: dict) -> dict:
