@@ -336,6 +336,11 @@ def claims(folder: str | Path) -> dict:
             rows += fn(runio.read_json(path))
         else:
             missing.append(stage)
+    # issue #23: a compress run beside the stages (not a pipeline stage, so never "missing")
+    if (folder / "compress" / "compress.json").is_file():
+        from .compress.claim import compress_claims
+
+        rows += compress_claims(runio.read_json(folder / "compress" / "compress.json"))
     if not rows and missing:
         raise UserError(f"{folder} holds no finished stage (no stratify/, probe/ or prune/ results)")
     return {"rows": rows, "missing_stages": missing, "verdict_rules": __doc__.split("Verdicts:")[1].split("CIs:")[0].strip()}

@@ -12,6 +12,9 @@ Handler protocol (all methods optional):
   ``observe(layer, call, out, state)``       on the rule's raw outputs (capture, verification)
   ``patch(layer, call, out, state) -> (out, state)``  after observers (mean ablation)
   ``settle(layer, state)``                   the final state the layer keeps, after every patch
+  ``run(layer, call, rule) -> (out, state)``  replaces the one rule call (at most one handler per layer may
+                                             define it): ``rule(call, **overrides)`` runs the layer's own rule
+                                             function on any call, e.g. chunk by chunk (compress: state storage)
 Handlers act only on layers in their own ``layers`` (so two models can be hooked at once).
 """
 
@@ -63,9 +66,11 @@ class _Bound:
         self.call = RuleCall(q=self.values["query"], k=self.values["key"], v=self.values["value"],
                              g=self.values["g"], beta=self.values["beta"], initial_state=s0, use_qk_l2norm=bool(l2))
 
-    def run(self, fn, call: RuleCall):
-        """Call ``fn`` as the layer did, with ``call``'s tensors in place of its own."""
+    def run(self, fn, call: RuleCall, **overrides):
+        """Call ``fn`` as the layer did, with ``call``'s tensors in place of its own (and ``overrides``,
+        e.g. output_final_state=True, in place of those arguments)."""
         v = dict(self.values)
+        v.update(overrides)
         v["query"], v["key"], v["value"], v["g"], v["beta"] = call.q, call.k, call.v, call.g, call.beta
         if "initial_state" in v or call.initial_state is not None:
             v["initial_state"] = call.initial_state
@@ -89,7 +94,13 @@ def _make_wrapper(modname: str, fn, family: str, rule: str, params: tuple[str, .
         for h in mine:
             if hasattr(h, "modify"):
                 call = h.modify(layer, call)
-        result = bound.run(fn, call)
+        runner = [h for h in mine if hasattr(h, "run")]
+        if len(runner) > 1:
+            raise UserError("two active handlers both replace the same rule call")
+        if runner:  # the layer's own rule, callable on any (sub)call; see the handler protocol
+            result = runner[0].run(layer, call, lambda c, **kw: bound.run(fn, c, **kw))
+        else:
+            result = bound.run(fn, call)
         if not (isinstance(result, tuple) and len(result) == 2):
             what = f"{len(result)} values" if isinstance(result, tuple) else type(result).__name__
             raise unsupported(f"{family}'s {rule} returned {what}, not (output, state)")

@@ -14,7 +14,7 @@ import sys
 
 from .. import progress
 from ..errors import UserError, VerificationFailed
-from . import analyze, ls, probe, prune, run, stratify
+from . import analyze, compress, ls, probe, prune, run, stratify
 from .common import Parser
 
 __all__ = ["build_parser", "main"]
@@ -24,6 +24,7 @@ EPILOG = """examples:
   staterank stratify --model builtin --out runs/s1
   staterank probe --model builtin --tasks niah --groups low,high,random --out runs/p1
   staterank prune --model builtin --method jrnp --fraction 0.389 --out runs/pr1
+  staterank compress --model builtin --out runs/c1
   staterank run --model builtin --out runs/demo
 """
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (analyze, ls, stratify, probe, prune, run):
+    for command in (analyze, ls, stratify, probe, prune, compress, run):
         command.add(sub)
     return parser
 
