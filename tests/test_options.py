@@ -85,7 +85,7 @@ def test_pipeline_sections_are_the_stage_configs_with_stated_overrides():
         assert differ == {k for k, v in PIPELINE[name].items() if _norm(v) != _norm(getattr(stage, k))}, name
         keys = set(cfg.to_dict()[name])
         assert keys == {f.name for f in options(cls) if f.metadata["run"]}
-    assert cfg.prune.ranking == "per_layer" and PruneConfig().ranking == "global"
+    assert cfg.prune.ranking == "per_layer" and PruneConfig().ranking == "key_groups"
 
 
 def test_progress_is_one_switch(capsys, tmp_path):

@@ -7,14 +7,16 @@ from .common import add_common, add_options, add_parser, config_from, given, loa
 
 EPILOG = """examples:
   staterank prune --model builtin --method jrnp --alpha 0.5 --fraction 0.389 --ranking per_layer --out runs/pr1
-  staterank prune --model builtin --fraction 0.389 --out runs/pr2        # the paper's global top-k (in memory)
+  staterank prune --model builtin --fraction 0.389 --ranking global --out runs/pr2   # the paper's top-k (in memory)
   staterank prune --model builtin --sweep --alphas 0,0.5,1 --fractions 0.125,0.25,0.389 --out runs/sw1
   staterank prune --model builtin --plan runs/pr1/plan.json --out runs/pr3           # apply a saved plan
 
-rankings: global = one top-k over all heads (the paper's; heads per layer usually end up uneven, which
-stock transformers cannot load, so such a plan is pruned and checked in memory, not exported); per_layer = round(fraction*H) heads from every
-layer (uniform head counts: exports, and stock transformers reloads DIR/model/); key_groups = whole GVA groups
-(a key head with all its value heads) from every layer: exports with a regular layout, no key head duplicated.
+rankings: key_groups (default) = whole GVA groups (a key head with all its value heads), round(fraction*H_k)
+from every layer: exports with a regular layout, no key head duplicated, every cache smaller, decodes faster;
+per_layer = round(fraction*H) value heads from every layer (exports; splitting a group duplicates its key head,
+so the conv state can grow); global = one top-k over all heads (the paper's; heads per layer usually end up
+uneven, which stock transformers cannot load, so such a plan is pruned and checked in memory, not exported).
+prune.json's "layout" says what a plan implies: key heads before/after, duplicates, engine compatibility.
 """
 
 

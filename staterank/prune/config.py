@@ -24,8 +24,12 @@ class PruneConfig:
     fraction: float | None = opt(0.389, SHARE, "share of value heads to remove (0.389 = 7/18)", group="budget", run=True)
     count: int | None = opt(None, POS, "number of value heads to remove", group="budget")
     bytes: int | None = opt(None, POS, "recurrent-state bytes per sequence to free (at least)", group="budget")
-    ranking: str = opt("global", None, "global top-k, the same count from every layer (exportable), or whole key-head "
-                       "groups from every layer (exportable, no key head duplicated: every state shrinks)",
+    # whole key groups by default: the export then shrinks every state and decodes faster (issue #21);
+    # the paper's global top-k usually leaves uneven heads per layer, which stock configs cannot hold
+    ranking: str = opt("key_groups", None, "whole key-head groups (a key head with all its value heads), round(fraction "
+                       "x H_k) from every layer: exportable, no key head duplicated, every state shrinks; per_layer: "
+                       "the same number of value heads from every layer (exportable; may duplicate key heads); global: "
+                       "the paper's top-k over all heads (usually uneven: pruned in memory, not exported)",
                        choices=RANKINGS, run=True)
     calib_suite: str = opt("natural", None, "calibration context suite", flag="--calib", run=True)
     calib_tokens: int = opt(512, POS, "tokens per calibration context", run=True)
