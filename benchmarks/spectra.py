@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from staterank import spectra  # noqa: E402
+from staterank import spectra, spectra_engine  # noqa: E402
 
 
 class Timer:
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     if a.gpu_eig != "auto":
-        spectra.EIGH_PLACE = "host" if a.gpu_eig == "host" else "device"
+        spectra_engine.EIGH_PLACE = "host" if a.gpu_eig == "host" else "device"
     if a.device == "cuda" and a.gpu_eig == "magma":
         torch.backends.cuda.preferred_linalg_library("magma")
     print(f"torch {torch.__version__}, device {device}, threads {a.threads}, eps {a.eps:g}, "
@@ -188,9 +188,9 @@ def main(argv=None) -> int:
         else:
             b2, e2, m2 = run("builtin", blocks, a.eps, a.threads, device, not a.no_stats)
             b, e, m = b + b2, e + e2, m + m2
-    if spectra._PLACE_CACHE:
+    if spectra_engine._PLACE_CACHE:
         print("auto placement of eigensolves (device, N, workers) -> on host: "
-              + ", ".join(f"{k}: {v}" for k, v in spectra._PLACE_CACHE.items()))
+              + ", ".join(f"{k}: {v}" for k, v in spectra_engine._PLACE_CACHE.items()))
     print(f"speedup={b / e:.2f} mismatches={m}")
     return 0
 

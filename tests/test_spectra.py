@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from staterank import spectra as sp
+from staterank import spectra_engine as eng
 
 torch.set_num_threads(1)
 
@@ -86,8 +87,8 @@ def test_on_threshold_agrees_with_fp64_svd(delta, monkeypatch):
     sigma = torch.tensor([2.0, 1.0, 0.5, 2 * eps * (1 + delta), 2 * eps * (1 + delta) * (1 - 1e-10), 1e-9])
     S = with_spectrum(sigma, 12, 12, seed=7)
     calls = []
-    real = sp._svd_sigma
-    monkeypatch.setattr(sp, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
+    real = eng._svd_sigma
+    monkeypatch.setattr(eng, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
     assert sp.threshold_rank(S, eps, method="gram").item() == ref_rank(S, eps).item()
     if abs(delta) <= 1e-9:
         assert calls, "an on-threshold σ must go to the SVD fallback"
@@ -96,8 +97,8 @@ def test_on_threshold_agrees_with_fp64_svd(delta, monkeypatch):
 def test_fallback_only_for_ambiguous(monkeypatch):
     S = gdn_states(40, H=4, K=16, V=16).float()
     calls = []
-    real = sp._svd_sigma
-    monkeypatch.setattr(sp, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
+    real = eng._svd_sigma
+    monkeypatch.setattr(eng, "_svd_sigma", lambda X: calls.append(X.shape[0]) or real(X))
     r = sp.threshold_rank(S, method="gram")
     assert torch.equal(r, ref_rank(S))
     assert sum(calls) <= 2  # random states essentially never sit in the band
@@ -186,7 +187,7 @@ def test_batched_shapes_preserved():
 def test_threads_and_chunks_give_same_result(monkeypatch):
     S = gdn_states(20, H=4, K=12, V=12)
     one = sp.spectrum_stats(S, threads=1)
-    monkeypatch.setattr(sp, "_CHUNK_ELEMS", 7 * 144)
+    monkeypatch.setattr(eng, "_CHUNK_ELEMS", 7 * 144)
     for threads in (1, 3):
         got = sp.spectrum_stats(S, threads=threads)
         for name in sp.STAT_NAMES:
@@ -309,8 +310,8 @@ def _record(monkeypatch):
     """Route spy: every call of the engines' workers, by name, with its batch size."""
     calls = []
     for name in ("_svd_sigma", "_gram_sigma"):
-        real = getattr(sp, name)
-        monkeypatch.setattr(sp, name, lambda X, *a, _n=name, _r=real, **k: calls.append((_n, X.shape[0])) or _r(X, *a, **k))
+        real = getattr(eng, name)
+        monkeypatch.setattr(eng, name, lambda X, *a, _n=name, _r=real, **k: calls.append((_n, X.shape[0])) or _r(X, *a, **k))
     return calls
 
 
@@ -417,27 +418,27 @@ def test_where_accelerator_grams_are_solved(monkeypatch):
     # meta tensors stand in for CUDA ones: the choice depends on the device type, EIGH_PLACE and,
     # for "auto", one timing per (device, N, workers)
     timed = []
-    monkeypatch.setattr(sp, "_host_is_faster", lambda S, threads: timed.append((min(S.shape[-2:]), threads)) or True)
-    monkeypatch.setattr(sp, "_PLACE_CACHE", {})
+    monkeypatch.setattr(eng, "_host_is_faster", lambda S, threads: timed.append((min(S.shape[-2:]), threads)) or True)
+    monkeypatch.setattr(eng, "_PLACE_CACHE", {})
     gpu = torch.empty(3, 40, 33, device="meta")
-    assert not sp._eig_on_host(torch.empty(3, 40, 40), 4)  # CPU states: solved in place by CPU workers
-    assert sp._eig_on_host(gpu, 4) and sp._eig_on_host(gpu[:1], 4) and sp._eig_on_host(gpu, 2)
+    assert not eng._eig_on_host(torch.empty(3, 40, 40), 4)  # CPU states: solved in place by CPU workers
+    assert eng._eig_on_host(gpu, 4) and eng._eig_on_host(gpu[:1], 4) and eng._eig_on_host(gpu, 2)
     assert timed == [(33, 4), (33, 2)]
     for place, host in (("device", False), ("host", True)):
-        monkeypatch.setattr(sp, "EIGH_PLACE", place)
-        assert sp._eig_on_host(gpu, 4) is host and sp._eig_on_host(torch.empty(3, 8, 8, device="meta"), 1) is host
+        monkeypatch.setattr(eng, "EIGH_PLACE", place)
+        assert eng._eig_on_host(gpu, 4) is host and eng._eig_on_host(torch.empty(3, 8, 8, device="meta"), 1) is host
     assert len(timed) == 2
 
 
 def test_timing_the_places_runs_both(monkeypatch):
     calls = []
-    real = sp._map_cpu
-    monkeypatch.setattr(sp, "_map_cpu", lambda fn, items, threads: calls.append(len(items)) or real(fn, items, threads))
+    real = eng._map_cpu
+    monkeypatch.setattr(eng, "_map_cpu", lambda fn, items, threads: calls.append(len(items)) or real(fn, items, threads))
     grams = []
-    real_gram = sp._gram
-    monkeypatch.setattr(sp, "_gram", lambda X: grams.append(X) or real_gram(X))
+    real_gram = eng._gram
+    monkeypatch.setattr(eng, "_gram", lambda X: grams.append(X) or real_gram(X))
     S = gdn_states(5, H=3, K=9, V=7)  # 15 states
-    assert sp._host_is_faster(S, 2) in (True, False)
+    assert eng._host_is_faster(S, 2) in (True, False)
     assert calls == [2, 2, 2]  # host runs, the 256-state sample split over both workers
     flat = S.reshape(-1, 9, 7)
     assert len(grams) == 1 and grams[0].shape[0] == 256  # a small batch is repeated up to the sample size
@@ -456,8 +457,8 @@ def test_host_route_equals_in_place_route(threads, monkeypatch):
     S64 = torch.stack([torch.randn(8, 6, generator=g, dtype=torch.float64), on * 3.0]) * 1e170
     want = [(sp.spectrum_stats(S, eps, method="gram", threads=threads), sp.threshold_rank(S, eps, threads=threads),
              sp.singular_values(S, threads=threads)) for S in (S32, S64)]
-    monkeypatch.setattr(sp, "_eig_on_host", lambda S, threads: True)
-    monkeypatch.setattr(sp, "_CUDA_CHUNK_ELEMS", 7 * 12 * 10)  # several device chunks, uneven
+    monkeypatch.setattr(eng, "_eig_on_host", lambda S, threads: True)
+    monkeypatch.setattr(eng, "_CUDA_CHUNK_ELEMS", 7 * 12 * 10)  # several device chunks, uneven
     calls = _record(monkeypatch)
     for S, (stats, rank, sigma) in zip((S32, S64), want):
         got = sp.spectrum_stats(S, eps, method="gram", threads=threads)
