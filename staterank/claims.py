@@ -336,7 +336,7 @@ def claims(folder: str | Path) -> dict:
             rows += fn(runio.read_json(path))
         else:
             missing.append(stage)
-    # issue #23: a compress run beside the stages (not a pipeline stage, so never "missing")
+    # issue #23: the optional compress stage (off by default, so never "missing")
     if (folder / "compress" / "compress.json").is_file():
         from .compress.claim import compress_claims
 

@@ -1,5 +1,5 @@
 """The main job: analyze over the context suite → stratify (with the initialisation baseline) →
-probe (low / high / random controls) → prune (JRNP + random baselines) → claims.
+probe (low / high / random controls) → [compress, when asked] → prune (JRNP + random baselines) → claims.
 
     cfg = RunConfig.load("run.yaml", overrides=["probe.limit=32"])
     run(cfg, "runs/demo")
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from . import runio
+from .compress.config import CompressConfig
 from .configtypes import coerce, field_types, unwrap_optional
 from .data import check_given, read_user_text
 from .errors import UserError
@@ -38,6 +39,7 @@ PIPELINE: dict[str, dict[str, Any]] = {
         "fraction": 7 / 18,  # the paper's ratio, recorded as such (the command leaves it to groups.DEFAULT_FRACTION)
         "limit": 64, "single_head": True, "single_limit": 24,  # per-head costs too, on fewer items
     },
+    "compress": {},  # the stage defaults (an optional stage: stages=stratify,probe,compress,prune)
     "prune": {
         "fraction": 7 / 18,  # exactly 7/18 (the command's default is 0.389)
         # the same count of value heads from every layer, 3 of 8 on the builtin model (37.5 %, the paper's 38.9 %
@@ -48,7 +50,7 @@ PIPELINE: dict[str, dict[str, Any]] = {
 }
 
 
-_STAGE_CONFIGS = {"stratify": StratifyConfig, "probe": ProbeConfig, "prune": PruneConfig}
+_STAGE_CONFIGS = {"stratify": StratifyConfig, "probe": ProbeConfig, "compress": CompressConfig, "prune": PruneConfig}
 
 
 def _section(name: str):
@@ -67,13 +69,17 @@ class RunConfig:
     device: str | None = opt(None, None, "torch device")
     dtype: str | None = opt(None, None, "float32 | bfloat16 | float16")
     data_dir: str | None = opt(None, None, "local data folder (default: $STATERANK_DATA, else the data bundled with staterank)")
-    stages: list[str] = opt(["stratify", "probe", "prune"], None, "comma-separated subset of stratify,probe,prune")
+    stages: list[str] = opt(["stratify", "probe", "prune"], None,
+                            "comma-separated subset of stratify,probe,compress,prune (compress: state precision vs "
+                            "pruning at equal bytes, off by default)")
     # each section IS the stage's config: its run=True fields are the YAML keys, PIPELINE its defaults
     stratify: StratifyConfig = field(default_factory=_section("stratify"))
     probe: ProbeConfig = field(default_factory=_section("probe"))
+    compress: CompressConfig = field(default_factory=_section("compress"))
     prune: PruneConfig = field(default_factory=_section("prune"))
 
-    STAGES = ("stratify", "probe", "prune")
+    STAGES = ("stratify", "probe", "compress", "prune")  # in run order: prune edits the model, so it is last
+    OPTIONAL = ("compress",)  # not among the default stages
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -146,6 +152,7 @@ class RunConfig:
         check_given(self.data_dir)
         self.stratify_config().validate("stratify.")
         self.probe_config(None).validate("probe.")
+        self.compress_config().validate("compress.")
         self.prune_config().validate("prune.")
 
     def stratify_config(self) -> StratifyConfig:
@@ -158,6 +165,10 @@ class RunConfig:
         """The probe stage's config, writing to ``out``, with the run's seed and data."""
         return replace(self.probe, out=out, scores=scores, seed=self.seed, data_dir=self.data_dir)
 
+    def compress_config(self) -> CompressConfig:
+        """The compress stage's config, with the run's seed and data."""
+        return replace(self.compress, seed=self.seed, data_dir=self.data_dir)
+
     def prune_config(self) -> PruneConfig:
         """The prune stage's config, with the run's seed and data."""
         return replace(self.prune, tasks=tuple(self.prune.tasks), seed=self.seed, data_dir=self.data_dir)
@@ -166,6 +177,8 @@ class RunConfig:
         """What run.yaml and config.json hold: the top-level keys and each section's YAML keys."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.STAGES}
         for name in self.STAGES:
+            if name in self.OPTIONAL and name not in self.stages:
+                continue  # recorded only when run: run folders made before it existed still resume
             sec = getattr(self, name)
             d[name] = {k: getattr(sec, k) for k in section_keys(name)}
         return json.loads(json.dumps(d))  # lists, not tuples: YAML- and JSON-safe
@@ -240,6 +253,12 @@ def run(cfg: RunConfig, out: str | Path) -> Path:
         say(f"probe: tasks {p.tasks}, groups {p.groups}, {size}, {p.seeds} seeds")
         run_probe(loaded, cfg.probe_config(folder / "probe", scores if scores.exists() else None))
 
+    def compress_stage():  # rank 0 alone under torchrun: the stage is not sharded
+        from .compress.run import run_compress
+
+        say(f"compress: budgets {list(cfg.compress.budgets)}, precisions {list(cfg.compress.sensitivity)}")
+        distributed.on_main(lambda: run_compress(loaded, cfg.compress_config(), folder / "compress"))
+
     def prune_stage():  # prunes ``loaded`` in place: it must stay the last stage
         from .prune.run import run_prune
 
@@ -247,7 +266,8 @@ def run(cfg: RunConfig, out: str | Path) -> Path:
         say(f"prune: {q.method} (alpha {q.alpha}) at fraction {q.fraction:.3f}, {q.ranking} ranking")
         run_prune(loaded, cfg.prune_config(), folder / "prune")
 
-    for name, stage in (("stratify", stratify_stage), ("probe", probe_stage), ("prune", prune_stage)):
+    for name, stage in (("stratify", stratify_stage), ("probe", probe_stage), ("compress", compress_stage),
+                        ("prune", prune_stage)):
         if name not in cfg.stages:
             continue
         if (folder / name / f"{name}.json").exists():

@@ -383,3 +383,22 @@ def test_the_papers_niah_number_is_not_claimed_for_other_tasks():
         pj["verdicts"] = verdicts(pj, [task])
         (row,) = [r for r in C.probe_claims(pj) if not r.get("informational")]
         assert row["paper"].startswith(paper), row["paper"]
+
+
+def test_compress_is_an_optional_stage_of_run_with_its_claim_row(tmp_path):
+    """stages=[compress]: the compress stage's run folder inside the run, its YAML section checked like
+    the others, its informational row in the claims; the default stages leave it out."""
+    assert "compress" not in RunConfig.load(None).stages
+    with pytest.raises(UserError, match="compress"):
+        RunConfig.load(None, ["compress.budgets=[1.5]"])
+    save_tiny(tmp_path / "m", "qwen3_next", h_k=2, h_v=4, k=8, v=8)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "m"), "--quiet", "--out", str(out), "--set", "stages=[compress]",
+                 "--set", "compress.tasks=[arith]", "--set", "compress.budgets=[0.5]", "--set", "compress.eval_n=3",
+                 "--set", "compress.sens_n=1", "--set", "compress.random_seeds=1", "--set", "compress.ladder=[int8_head]",
+                 "--set", "compress.sensitivity=[int8_head,drop]", "--set", "compress.all_heads=[int8_head]",
+                 "--set", "compress.calib_tokens=48", "--set", "compress.calib_suite=natural"]) == 0
+    res = json.loads((out / "compress" / "compress.json").read_text())
+    assert res["base"]["all"]["n"] == 3
+    rows = json.loads((out / "claims.json").read_text())["rows"]
+    assert any("state bytes" in r["claim"] for r in rows)

@@ -14,25 +14,25 @@ from .quant import PRECISIONS, check_precision
 class CompressConfig:
     """Every option declared once (``staterank.options``): the command's flags come from these fields."""
 
-    budgets: list[float] = opt((0.75, 0.5, 0.25, 0.125), SHARE, "shares of the fp32 state bytes")
-    methods: list[str] = opt(("jrnp",), None, "head orders for pruning-/precision-only: jrnp, rank, norm, inverse, ...")
-    alpha: float = opt(0.5, UNIT, "JRNP weight of rank vs norm")
-    ladder: list[str] = opt(("bf16", "int8_head"), None, "precision-only rungs, coarser last")
+    budgets: list[float] = opt((0.75, 0.5, 0.25, 0.125), SHARE, "shares of the fp32 state bytes", run=True)
+    methods: list[str] = opt(("jrnp",), None, "head orders for pruning-/precision-only: jrnp, rank, norm, inverse, ...", run=True)
+    alpha: float = opt(0.5, UNIT, "JRNP weight of rank vs norm", run=True)
+    ladder: list[str] = opt(("bf16", "int8_head"), None, "precision-only rungs, coarser last", run=True)
     sensitivity: list[str] = opt(("bf16", "fp8_e4m3_head", "int8_head", "drop"), None,
-                                 "precisions of the per-head table, the planner's options")
-    all_heads: list[str] = opt(("int8_head", "int8_row"), None, "precisions applied to every head vs the unmodified model")
-    chunk: int = opt(64, POS, "prefill tokens between stored (rounded) states")
-    tasks: list[str] = opt(("mqar", "niah"), None, "comma-separated builtin tasks", flag="--eval")
-    eval_n: int = opt(32, POS, "items per task for accuracy")
+                                 "precisions of the per-head table, the planner's options", run=True)
+    all_heads: list[str] = opt(("int8_head", "int8_row"), None, "precisions applied to every head vs the unmodified model", run=True)
+    chunk: int = opt(64, POS, "prefill tokens between stored (rounded) states", run=True)
+    tasks: list[str] = opt(("mqar", "niah"), None, "comma-separated builtin tasks", flag="--eval", run=True)
+    eval_n: int = opt(32, POS, "items per task for accuracy", run=True)
     eval_seed: int = opt(10**9, None, cli=False)  # held-out evaluation seeds (tasks.EVAL_SEED_BASE)
-    sens_n: int = opt(8, POS, "items per task for the sensitivity table (the planner's costs)")
+    sens_n: int = opt(8, POS, "items per task for the sensitivity table (the planner's costs)", run=True)
     sens_seed: int = opt(10**9 + 10**7, None, cli=False)  # other held-out items than the evaluation's
-    max_new_tokens: int = opt(8, POS, "greedy tokens per answer")
-    random_seeds: int = opt(2, NONNEG, "random controls per plan")
+    max_new_tokens: int = opt(8, POS, "greedy tokens per answer", run=True)
+    random_seeds: int = opt(2, NONNEG, "random controls per plan", run=True)
     controls: list[str] = opt(("any",), None, "random controls: any (same precisions on random heads: count- and "
-                              "byte-matched), layer (within each layer: layer-matched too), or any,layer")
-    calib_suite: str = opt("natural", None, "calibration context suite for rank and norm", flag="--calib")
-    calib_tokens: int = opt(256, POS, "tokens per calibration context")
+                              "byte-matched), layer (within each layer: layer-matched too), or any,layer", run=True)
+    calib_suite: str = opt("natural", None, "calibration context suite for rank and norm", flag="--calib", run=True)
+    calib_tokens: int = opt(256, POS, "tokens per calibration context", run=True)
     calib_stride: int = opt(8, POS, "measure the rank every N tokens")
     seed: int = opt(0, None, cli=False)  # the run's --seed
     data_dir: str | None = opt(None, None, cli=False)  # the run's --data-dir
