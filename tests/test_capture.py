@@ -166,9 +166,9 @@ def test_verification_catches_a_wrong_replay(family, bug, monkeypatch):
             model(ids)
 
 
-@pytest.mark.parametrize("scale,fails", [(1e-5, False), (0.3, True)])
-def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, monkeypatch):
-    # round-off-sized differences pass however small an entry is; a head off by a fraction of its size fails
+def _check_noisy_states(monkeypatch, model, scale: float, fails: bool) -> None:
+    """Capture ``model`` with the replay's final states moved by ``scale`` of each head's magnitude:
+    refused ("state differs") when ``fails``, else accepted with a nonzero recorded error."""
     from staterank import capture as cap
 
     real = cap.replay
@@ -180,7 +180,6 @@ def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, mo
         return out, state + scale * mag * (2 * torch.rand(state.shape, generator=g) - 1)
 
     monkeypatch.setattr(cap, "replay", noisy)
-    model = tiny_model("qwen3_next")
     ids = torch.randint(3, 97, (1, T))
     if fails:
         with pytest.raises(cap.CaptureMismatch, match="state differs"):
@@ -190,6 +189,12 @@ def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, mo
         with capture(model, stats=False) as trace:
             model(ids, use_cache=True)
         assert trace.max_state_err > 0
+
+
+@pytest.mark.parametrize("scale,fails", [(1e-5, False), (0.3, True)])
+def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, monkeypatch):
+    # round-off-sized differences pass however small an entry is; a head off by a fraction of its size fails
+    _check_noisy_states(monkeypatch, tiny_model("qwen3_next"), scale, fails)
 
 
 @pytest.mark.parametrize("dtype,scale,fails", [(torch.float32, 0.03, True), (torch.bfloat16, 0.03, False),
@@ -197,26 +202,7 @@ def test_verification_bound_is_relative_to_each_heads_magnitude(scale, fails, mo
 def test_state_bound_of_16_bit_inputs_allows_kernel_rounding_not_bugs(dtype, scale, fails, monkeypatch):
     """fla keeps chunk states in a 16-bit input dtype: 1.17 % off on an H200 (bf16), which 1 % refused.
     16-bit inputs get 5 %; fp32 keeps its tight bound, and a head off by 30 % fails either way."""
-    from staterank import capture as cap
-
-    real = cap.replay
-
-    def noisy(call, **kw):
-        out, state = real(call, **kw)
-        mag = state.abs().amax(dim=(-2, -1), keepdim=True)
-        return out, state + scale * mag * (2 * torch.rand(state.shape, generator=torch.Generator().manual_seed(0)) - 1)
-
-    monkeypatch.setattr(cap, "replay", noisy)
-    model = tiny_model("qwen3_next").to(dtype)
-    ids = torch.randint(3, 97, (1, T))
-    if fails:
-        with pytest.raises(cap.CaptureMismatch, match="state differs"):
-            with capture(model, stats=False):
-                model(ids, use_cache=True)
-    else:
-        with capture(model, stats=False) as trace:
-            model(ids, use_cache=True)
-        assert trace.max_state_err > 0
+    _check_noisy_states(monkeypatch, tiny_model("qwen3_next").to(dtype), scale, fails)
 
 
 def test_columns_store_equals_concatenation():
