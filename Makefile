@@ -39,7 +39,7 @@ test-eval: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests/test_lmeval.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check staterank tests benchmarks
+	$(VENV)/bin/ruff check staterank tests benchmarks scripts
 
 # capture / ablation / pruning tests on the oldest supported and the newest published transformers
 test-compat:
