@@ -5,7 +5,8 @@
 Walks both folders and compares every JSON / JSON-lines file key by key (floats within --rtol, relative),
 every CSV byte for byte and every NPZ array exactly. Keys that record when, where and how fast a run
 happened (environment, timings, decode speeds, config hashes, the model's path) are left out. Prints one
-line per difference and the files only one folder has; exits 1 if any result differs, 0 otherwise.
+line per difference and the files only one folder has; exits 1 if any result differs, 0 otherwise, and 2
+with one line naming a JSON file that cannot be read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from staterank.errors import UserError
+from staterank.runio import read_json
 
 # recorded facts about the run rather than its results
 VOLATILE = {"environment", "config_hash", "source", "tokens_per_s", "tok_s", "repeats", "time", "seconds",
@@ -47,7 +51,7 @@ def diff_json(a, b, path: str, rtol: float, out: list[str]) -> None:
 def diff_file(pa: Path, pb: Path, rtol: float) -> list[str]:
     out: list[str] = []
     if pa.suffix == ".json":
-        diff_json(json.loads(pa.read_text()), json.loads(pb.read_text()), "", rtol, out)
+        diff_json(read_json(pa), read_json(pb), "", rtol, out)
     elif pa.suffix == ".jsonl":
         la, lb = pa.read_text().splitlines(), pb.read_text().splitlines()
         if len(la) != len(lb):
@@ -92,7 +96,11 @@ def main(argv=None) -> int:
     for d in (a.first, a.second):
         if not d.is_dir():
             p.error(f"{d} is not a folder")
-    diffs, only = compare(a.first, a.second, a.rtol)
+    try:
+        diffs, only = compare(a.first, a.second, a.rtol)
+    except UserError as e:  # a torn or foreign file: one line, not a traceback
+        print(f"compare_runs: {e}", file=sys.stderr)
+        return 2
     for line in only + diffs:
         print(line)
     print(f"{len(diffs)} differing values; {len(only)} files in one folder only")

@@ -41,3 +41,12 @@ def test_every_kind_of_difference(tmp_path, capsys):
     assert only == [f"only in {b}: report.html"]
     assert compare_runs.main([str(a), str(b)]) == 1
     assert "differing values" in capsys.readouterr().out
+
+
+def test_torn_json_is_one_line(tmp_path, capsys):
+    a = _folder(tmp_path / "a", 0.5, 1.0, 3)
+    b = _folder(tmp_path / "b", 0.5, 1.0, 3)
+    (b / "sub" / "res.json").write_text('{"accuracy": ')
+    assert compare_runs.main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "res.json: not a JSON file" in err[0]
