@@ -7,13 +7,15 @@ Reads only the stage files of a run folder (``stratify/stratify.json``, ``probe/
   statistic of the same architecture at initialisation (its point estimate) does not pass; for
   ablations: removing low-rank heads is significantly worse than removing high-rank heads AND than
   layer-matched random heads (for the random control, both the sign-flip p over items and the
-  bootstrap interval over items and seeds must agree); for pruning: accuracy after ≥ 0.9 × before AND the layer-matched
-  random control's seed interval below the pruned model's CI;
+  bootstrap interval over items and seeds must agree); for pruning: the accuracy CI after pruning at or
+  above 0.9 × before AND the layer-matched random control's seed interval below it;
 * ``artefact`` — ours passes, but so does the untrained model: the gates alone produce it;
-* ``fails``   — the CI lies on the wrong side of the criterion (or the effect has the wrong sign,
-  or pruning's accuracy CI ends below 0.9 × before);
-* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, one value gives
-  no interval, the unmodified model's accuracy CI does not clear chance (the best guess without
+* ``fails``   — the CI lies on the wrong side of the criterion (for ablations: low-rank removal
+  significantly less harmful than high-rank removal, or an interval vs layer-matched random removal
+  that excludes any extra harm; for pruning: the accuracy CI ends below 0.9 × before, or every random
+  plan keeps more);
+* ``inconclusive`` — the CI straddles the criterion, a needed number is missing, one value (or only
+  equal ones) gives no interval, a layer's Spearman ρ is undefined in some context, the unmodified model's accuracy CI does not clear chance (the best guess without
   the skill), so there is no skill to lose, or more than 10 % of the unmodified model's outputs
   on a generative task hit the token budget (the reason says which);
 * ``informational`` — not a claim of the paper: measured beside the claims, with no criterion.
@@ -77,13 +79,16 @@ def _weakest_layer(sp: dict) -> tuple[float | None, float | None, float | None, 
     """The paper's criterion is per layer: each layer's Spearman values over contexts get a t
     interval, Bonferroni-corrected over layers; the claim stands or falls with the weakest layer.
     Returns (lowest layer mean, lowest CI low — None if a layer has no interval, e.g. one value,
-    equal values, or ρ undefined in every context —, lowest CI high, per-layer [mean, lo, hi]
+    equal values, or ρ undefined in any context (its order lost, e.g. every head at the bound) —, lowest CI high, per-layer [mean, lo, hi]
     in the order of ``sp["layers"]``, None where undefined)."""
     per_ctx = sp.get("per_context") or {}
     P = np.array([[np.nan if v is None else v for v in row] for row in per_ctx.values()], dtype=float)
     if P.ndim != 2 or P.size == 0:
         return None, None, None, []
     layers = [list(_t_ci(x, level=1 - 0.05 / P.shape[1])) for x in P.T]
+    for row, x in zip(layers, P.T):
+        if np.isnan(x).any():  # a context whose head order was lost cannot count for the layer, only against it
+            row[1] = None
     means = [m for m, _, _ in layers if m is not None]
     if not means:
         return None, None, None, layers
@@ -141,7 +146,7 @@ def stratify_claims(s: dict) -> list[dict]:
 
     v, lo, hi = _bc_ci(HeadStats.from_dict(s["head_stats"]).norm_rank)
     iv = init["bimodality_coefficient"]["value"] if init else None
-    verdict, why = _threshold_verdict(v, lo, hi, BC_REF, iv)
+    verdict, why = _threshold_verdict(v, lo, hi, BC_REF, iv, init_measured=bool(init))
     rows.append(_row("State rank stratification (bimodal split of r̄_h/d)",
                      "heads split into rank ≈ 0 and rank → bound (Fig. 1); BC reference 5/9",
                      {"value": v, "ci": [lo, hi], "init": iv, "init_gates": gates, "criterion": f"> {BC_REF:.3f}",
@@ -160,8 +165,18 @@ def stratify_claims(s: dict) -> list[dict]:
     weak = min(defined, key=lambda i: layers[i][0]) if defined else None
     shown = layers[weak][1:] if weak is not None else [None, None]
     failing = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers) if l[2] is not None and l[2] <= 0.90]
-    open_ = [f"layer {names[i]} " + ("(ρ undefined)" if l[0] is None else f"[{_f(l[1])}, {_f(l[2])}]")
-             for i, l in enumerate(layers) if l[1] is None or l[1] <= 0.90 < (l[2] if l[2] is not None else 1.0)]
+    # contexts whose ρ is undefined per layer (the head order lost at a position): named, never silently dropped
+    P = np.array([[np.nan if v is None else v for v in row] for row in (sp.get("per_context") or {}).values()],
+                 dtype=float) if layers else np.zeros((0, 0))
+    lost = [int(np.isnan(P[:, i]).sum()) for i in range(len(layers))]
+
+    def _open(i, l):
+        if l[0] is None:
+            return f"layer {names[i]} (ρ undefined)"
+        undefined = f"; ρ undefined in {lost[i]} of {len(P)} contexts" if lost[i] else ""
+        return f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]{undefined}"
+    open_ = [_open(i, l) for i, l in enumerate(layers)
+             if l[1] is None or l[1] <= 0.90 < (l[2] if l[2] is not None else 1.0)]
     if verdict == "fails":
         why = "upper CI end <= 0.900 in " + ", ".join(failing)
     elif verdict == "inconclusive" and open_ and m is not None:
@@ -170,7 +185,8 @@ def stratify_claims(s: dict) -> list[dict]:
                      f"t={_t_used(sp, 'late')}), weakest layer",
                      "ρ > 0.90 per layer (t=128 vs t=2048)",
                      {"value": m, "ci": shown, "init": isp, "init_gates": gates, "mean_over_layers": sp.get("mean"),
-                      "criterion": "> 0.90 in every layer", "per_layer": layers, "note": sp.get("note")},
+                      "criterion": "> 0.90 in every layer", "per_layer": layers,
+                      "contexts_rho_undefined": lost, "note": sp.get("note")},
                      verdict, why, src + " spearman_t_early_t_late (per layer: t interval over contexts, "
                      "Bonferroni over layers)"))
 
@@ -227,8 +243,11 @@ def probe_claims(p: dict) -> list[dict]:
             verdict, why = "holds", "low-rank removal is significantly worse than high-rank AND than layer-matched random removal"
         elif vo["diff"] > 0 and v.get("p_other_holm", vo["p_items"]) < v.get("alpha", 0.05):
             verdict, why = "fails", "removing low-rank heads hurts significantly LESS than removing high-rank heads"
-        elif vo["diff"] >= 0 and vc["diff"] >= 0:
-            verdict, why = "fails", "removing low-rank heads hurts no more than removing high-rank or layer-matched random heads"
+        elif vc.get("diff_ci_low") is not None and vc["diff_ci_low"] >= 0:
+            # the interval over items and seeds rules out any extra harm: a point estimate alone never fails a claim
+            verdict, why = "fails", (f"removing low-rank heads hurts no more than removing layer-matched random heads: "
+                                     f"difference {vc['diff']:+.3f}, interval [{vc['diff_ci_low']:+.3f}, "
+                                     f"{_f(vc.get('diff_ci_high'))}] excludes any extra harm")
         else:
             verdict, why = "inconclusive", (f"vs high-rank: {'worse' if wo else 'not significantly worse'}; "
                                             f"vs layer-matched random: {'worse' if wc else 'not significantly worse'}")
@@ -257,10 +276,14 @@ def _cmp(c: dict | None, p_holm: float | None = None) -> dict | None:
 # ---- pruning claims ----------------------------------------------------------------------------------
 
 def _seed_interval(summary: dict | None, level: float = 0.95) -> tuple[float, float] | None:
-    """t interval of a control's mean accuracy over its random seeds; None with fewer than 2."""
+    """t interval of a control's mean accuracy over its random seeds; None with fewer than 2 or
+    only equal ones."""
     if not summary or (summary.get("n_seeds") or 0) < 2:
         return None
     n, m, sd = summary["n_seeds"], summary["mean"], summary["std"]
+    seeds = summary.get("per_seed") or []
+    if not sd > 1e-12 or (seeds and np.ptp(seeds) == 0):  # equal seeds give no interval (as stats.t_ci): spread unknown, not zero
+        return None
     half = t_halfwidth(sd, n, level)
     return max(0.0, m - half), min(1.0, m + half)  # accuracies
 
@@ -269,8 +292,8 @@ KEPT = 0.9  # "accuracy largely kept": the paper gives no tolerance; we ask for 
 
 
 def prune_claims(q: dict) -> list[dict]:
-    """JRNP's claim has two parts, both needed for ``holds``: accuracy largely kept (after ≥ KEPT ×
-    before, and ``fails`` when the CI's upper end is below that), and better than matched random
+    """JRNP's claim has two parts, both needed for ``holds``: accuracy largely kept (after's CI at or
+    above KEPT × before; ``fails`` when its upper end is below that, ``inconclusive`` when it straddles), and better than matched random
     removal (the layer-matched control's seed interval below JRNP's CI). A plan from another
     method is measured beside the claims, as ``informational``."""
     rows = []
@@ -304,12 +327,14 @@ def prune_claims(q: dict) -> list[dict]:
             verdict, why = "fails", (f"accuracy not kept: {b['acc']:.3f} → {a['acc']:.3f}, CI upper end "
                                      f"{a['hi']:.3f} < {KEPT:g} × before = {need:.3f}")
         elif iv is None:
-            verdict, why = "inconclusive", "one random seed: the control's spread is unknown (use more random seeds)"
+            verdict, why = "inconclusive", ("the random control's seeds give no interval (one seed, or all equal): its "
+                                            "spread is unknown (use more random seeds)")
         elif iv[0] > a["hi"]:
             verdict, why = "fails", (f"matched random removal keeps MORE accuracy ({lm['mean']:.3f} vs {a['acc']:.3f}; "
                                      f"the seeds' interval [{iv[0]:.3f}, {iv[1]:.3f}] lies above the pruned model's CI)")
-        elif iv[1] < a["lo"] and a["acc"] >= need:
-            verdict, why = "holds", (f"accuracy kept ({b['acc']:.3f} → {a['acc']:.3f} ≥ {need:.3f}) and more than matched "
+        elif iv[1] < a["lo"] and a["lo"] >= need:
+            verdict, why = "holds", (f"accuracy kept ({b['acc']:.3f} → {a['acc']:.3f}, CI low {a['lo']:.3f} ≥ {need:.3f}) "
+                                     f"and more than matched "
                                      f"random removal keeps ({lm['mean']:.3f}; the seeds' interval [{iv[0]:.3f}, "
                                      f"{iv[1]:.3f}] lies below the pruned model's CI)")
         else:

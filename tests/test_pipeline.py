@@ -80,7 +80,8 @@ def _probe_json(base, low, high, rnd, p_lo_hi, p_lo_rnd):
 @pytest.mark.parametrize("args,expect", [
     ((0.9, 0.3, 0.85, 0.8, 1e-4, 1e-4), "holds"),
     ((0.9, 0.85, 0.3, 0.8, 1e-4, 0.5), "fails"),  # low-rank removal hurts less than high-rank
-    ((0.9, 0.88, 0.88, 0.88, 1.0, 1.0), "fails"),  # no effect at all
+    ((0.9, 0.88, 0.88, 0.88, 1.0, 1.0), "inconclusive"),  # no effect seen, but the interval allows some harm
+    ((0.9, 0.88, 0.88, 0.80, 1.0, 1.0), "fails"),  # the interval vs random excludes any extra harm
     ((0.9, 0.3, 0.85, 0.3, 1e-4, 1.0), "inconclusive"),  # worse than high, same as layer-matched random
     ((0.0, 0.0, 0.0, 0.0, 1.0, 1.0), "inconclusive"),  # nothing to lose
 ])
@@ -198,9 +199,24 @@ def test_prune_claim_judges_the_control_by_its_seed_interval(per_seed, expect):
 
 
 def test_prune_claim_holds_when_every_random_plan_is_worse():
-    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.62))
+    (row,) = C.prune_claims(_prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.62, before=0.62, n=400))
     assert row["verdict"] == "holds", row["why"]
     assert "Joint Rank-Norm Pruning" in row["claim"]
+
+
+def test_prune_claim_needs_the_kept_accuracy_shown_by_its_ci():
+    """after ≥ 0.9 × before as a point estimate, but its CI reaches below: accuracy kept is not shown."""
+    q = _prune_json([0.05, 0.02, 0.04, 0.03, 0.06], after=0.6, before=0.62, n=100)
+    a = q["accuracy"]["after"]["t"]
+    assert a["acc"] >= 0.9 * 0.62 > a["lo"]  # the case this test is about
+    (row,) = C.prune_claims(q)
+    assert row["verdict"] == "inconclusive", row["why"]
+
+
+def test_prune_claim_control_of_equal_seeds_gives_no_interval():
+    """Random plans that all score the same give no spread to judge by (as stats.t_ci): not a point interval."""
+    (row,) = C.prune_claims(_prune_json([0.05, 0.05, 0.05], after=0.62, before=0.62, n=400))
+    assert row["verdict"] == "inconclusive" and "all equal" in row["why"], row["why"]
 
 
 def test_prune_claim_of_a_key_groups_plan_is_judged_by_its_group_matched_control():
@@ -209,7 +225,7 @@ def test_prune_claim_of_a_key_groups_plan_is_judged_by_its_group_matched_control
     from staterank.prune.run import _summ
     from staterank.report.claims import _ours
 
-    q = _prune_json([0.30, 0.28, 0.33, 0.31, 0.29], after=0.6, before=0.62)  # layer-matched alone: the claim fails
+    q = _prune_json([0.30, 0.28, 0.33, 0.31, 0.29], after=0.62, before=0.62, n=400)  # layer-matched alone: the claim fails
     q["accuracy"]["controls"]["group_matched"] = {"summary": _summ([{"t": {"acc": a}} for a in (0.05, 0.02, 0.04, 0.03)])}
     (row,) = C.prune_claims(q)
     assert row["verdict"] == "holds" and row["ours"]["matched_control"] == "group_matched", row["why"]
@@ -246,6 +262,20 @@ def test_spearman_claim_is_judged_per_layer():
         m, lo, hi, layers = C._weakest_layer(sp)
         assert len(layers) == 36
         assert C._threshold_verdict(m, lo, hi, 0.90, 0.2)[0] == expect
+
+
+def test_spearman_claim_does_not_drop_contexts_whose_order_is_lost():
+    """Half the contexts put every head at the bound at t_late (ρ undefined there): the other half's
+    high ρ cannot make the layer pass; the reason names how many contexts had no ρ."""
+    per = {f"c{i}": [0.99 + 0.001 * i] for i in range(4)} | {f"c{i}": [None] for i in range(4, 8)}
+    sp = {"per_context": per, "layers": [0], "t_early": 128, "mean": 0.99}
+    m, lo, hi, layers = C._weakest_layer(sp)
+    assert m > 0.9 and lo is None and hi is not None
+    s = _stratify_json()
+    s["spearman_t_early_t_late"] = sp
+    row = next(r for r in C.stratify_claims(s) if "Spearman" in r["claim"])
+    assert row["verdict"] == "inconclusive" and "undefined in 4 of 8 contexts" in row["why"], row["why"]
+    assert row["ours"]["contexts_rho_undefined"] == [4]
 
 
 def test_cosine_interval_is_over_contexts():
@@ -402,3 +432,13 @@ def test_compress_is_an_optional_stage_of_run_with_its_claim_row(tmp_path):
     assert res["base"]["all"]["n"] == 3
     rows = json.loads((out / "claims.json").read_text())["rows"]
     assert any("state bytes" in r["claim"] for r in rows)
+
+
+def test_bimodality_claim_knows_the_init_baseline_ran(monkeypatch):
+    """The baseline ran but its BC is undefined (every head alike at init): the row says so, as the
+    Spearman and cosine rows do, instead of claiming no baseline was measured."""
+    s = _stratify_json()
+    s["init_baseline"]["bimodality_coefficient"]["value"] = None
+    monkeypatch.setattr(C, "_bc_ci", lambda x: (0.8, 0.7, 0.9))
+    row = _claim(C.stratify_claims(s), "stratification")
+    assert row["verdict"] == "holds" and "undefined" in row["why"], row["why"]

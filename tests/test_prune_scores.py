@@ -69,6 +69,7 @@ def test_bad_input_is_one_line_user_error():
                 lambda: get_method("jrnp").select(s, Budget("count", 5)),  # would empty a layer
                 lambda: get_method("jrnp").select(s, Budget("count", 3), "per_layer"),  # 3 over 2 layers
                 lambda: get_method("jrnp").select(s, Budget("fraction", 0.9), "per_layer"),
+                lambda: get_method("jrnp").select(s, Budget("fraction", 0.9)),  # 5 of 6 would empty a layer
                 lambda: get_method("jrnp").select(s, Budget("count", 1), "sideways")):
         with pytest.raises(UserError) as e:
             bad()

@@ -121,6 +121,9 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
     L, H = scores.shape
     hb = np.asarray(head_bytes, dtype=np.int64)
     total = L * H
+    if budget.kind == "fraction" and ranking == "global" and int(round(float(budget.value) * total)) > total - L:
+        raise UserError(f"cannot remove {float(budget.value):g} of the heads ({int(round(float(budget.value) * total))}): "
+                        f"the model has {total} value heads in {L} layers and every layer keeps at least one")
     if budget.kind == "count" and int(budget.value) > total - L:
         raise UserError(f"cannot remove {int(budget.value)} heads: the model has {total} value heads in {L} "
                         f"layers and every layer keeps at least one")
