@@ -150,3 +150,13 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
         err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
         assert len(err) == 1 and err[0].startswith("staterank: error:")
         assert not (tmp_path / "x").exists()
+
+
+def test_winner_on_equal_accuracy_takes_the_smaller_budget():
+    """Two points of one curve with the same accuracy: the one using fewer bytes is reported."""
+    from staterank.compress.run import _winner
+
+    pts = [{"curve": "precision", "method": "int8_row", "budget": b, "bytes_fraction": f, "plan": f"p{b}",
+            "accuracy": {"all": {"acc": 0.7}}, "retained": None} for b, f in ((0.75, 0.74), (0.5, 0.49))]
+    (row,) = _winner(pts, 0.75, {})["curves"]
+    assert (row["at_budget"], row["bytes_fraction"]) == (0.5, 0.49)

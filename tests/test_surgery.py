@@ -56,6 +56,24 @@ def test_pruning_nothing_is_identity(family, h_k, h_v, tmp_path):
     torch.testing.assert_close(logits(reload(tmp_path / "m"), ids), before, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_nothing_in_a_checkpoint_dtype_keeps_its_fp32_tensors(family, tmp_path):
+    """A bf16 checkpoint analysed in fp32 and exported in bf16 again: the tensors transformers keeps in
+    fp32 at bf16 (Kimi's dt_bias and router gate) stay fp32, so prune-0 reloads to what a bf16 load of
+    the original gives, exactly."""
+    model = _model(family, *((4, 4) if _tied(family) else (2, 4)))
+    model.save_pretrained(tmp_path / "fp32")
+    reload(tmp_path / "fp32", dtype=torch.bfloat16).save_pretrained(tmp_path / "ckpt")  # as a hub bf16 checkpoint is
+    ids = _ids()
+    ref = logits(reload(tmp_path / "ckpt", dtype=torch.bfloat16), ids)
+    orig = reload(tmp_path / "ckpt", dtype=torch.float32)
+    export(orig, _plan(orig, []), tmp_path / "m", dtype=torch.bfloat16)
+    back = reload(tmp_path / "m", dtype=torch.bfloat16)
+    want = {n: t.dtype for n, t in reload(tmp_path / "ckpt", dtype=torch.bfloat16).state_dict().items()}
+    assert {n: t.dtype for n, t in back.state_dict().items()} == want
+    torch.testing.assert_close(logits(back, ids), ref, atol=0, rtol=0)
+
+
 def _whole_groups(h_k, h_v):
     """Remove the value heads of key head 0 in every layer (all of head 0 for Kimi)."""
     G = h_v // h_k

@@ -253,7 +253,7 @@ def _winner(points: list[dict], budget: float, rows_of: dict) -> dict:
     table = []
     for name, by_b in best.items():
         cands = [(float(np.mean([p["accuracy"]["all"]["acc"] for p in pts])), b, pts) for b, pts in by_b.items()]
-        acc, b, pts = max(cands, key=lambda c: (c[0], c[1]))
+        acc, b, pts = max(cands, key=lambda c: (c[0], -c[1]))  # ties: the smaller budget
         table.append({"curve": name, "acc": acc, "at_budget": b, "bytes_fraction": max(p["bytes_fraction"] for p in pts),
                       "seeds": len(pts), "accuracy": pts[0]["accuracy"]["all"] if len(pts) == 1 else None,
                       "retained": pts[0]["retained"] if len(pts) == 1 else None, "plan": pts[0]["plan"]})

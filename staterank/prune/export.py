@@ -21,6 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,22 @@ def masked(model: nn.Module, plan: Plan) -> Iterator[None]:
         yield
 
 
+def _cast(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)`` except the tensors a model of this class holds in fp32 at that dtype
+    (Kimi's ``dt_bias`` and router gate, OLMo-hybrid's ``A_log``): exporting in a checkpoint's dtype
+    then keeps them fp32, as ``from_pretrained`` does, instead of rounding decays to bf16. The rule
+    is read off the class itself, built at ``dtype`` on the meta device (no memory, no init)."""
+    try:
+        with torch.device("meta"):
+            ref = type(model)._from_config(model.config, dtype=dtype)
+        keep = {n for n, t in chain(ref.named_parameters(), ref.named_buffers()) if t.dtype == torch.float32}
+    except Exception:  # a class transformers cannot build from its config: cast everything, as before
+        keep = set()
+    for name, t in chain(model.named_parameters(), model.named_buffers()):
+        if t.is_floating_point() and t.dtype != dtype and not (t.dtype == torch.float32 and name in keep):
+            t.data = t.data.to(dtype)
+
+
 def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> dict:
     """Prune ``model`` IN PLACE by ``plan`` and save it with an updated config to ``out_dir``, in
     ``dtype`` (the model is cast in place; default: as it is).
@@ -119,8 +136,8 @@ def export(model: nn.Module, plan: Plan, out_dir: str | Path, tokenizer=None, dt
     layouts = prune_heads(model, removed, group=gp)
     assert all((lo.h_k, lo.h_v) == (h_k, h_v) for lo in layouts.values()), layouts
     update_config(model, h_k, h_v)
-    if dtype is not None:  # a no-op when the model already is in it
-        model.to(dtype)  # a bf16 checkpoint analysed in fp32 on a CPU is exported in bf16 again
+    if dtype is not None:  # a bf16 checkpoint analysed in fp32 on a CPU is exported in bf16 again
+        _cast(model, dtype)
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
