@@ -134,7 +134,8 @@ class Trace:
         for name in spectra.stat_names():
             per_layer = [lt.stats[name].value() if lt.stats.get(name) else None for lt in self.layers]
             if any(p is None for p in per_layer):
-                raise UserError("the capture saw no tokens at the scheduled positions")
+                raise UserError("the capture saw no tokens at the scheduled positions" if not self.positions().size
+                                else "the capture took no statistics (stats=False); use states() or capture with stats")
             out[name] = torch.stack(per_layer, dim=1).cpu().numpy()
         pos = self.positions()
         out["positions"] = pos
@@ -154,6 +155,10 @@ class Trace:
                     raise UserError("states were not kept; capture with keep_states=True")
                 return torch.cat(lt.states, dim=2)
         raise UserError(f"layer {layer} is not a linear-attention layer; those are {self.layer_indices}")
+
+
+_PADDED = ("capture got a padded batch: positions and statistics would include the pad tokens; give one "
+           "text per forward, or texts of equal length")
 
 
 class _Capturer:
@@ -180,8 +185,11 @@ class _Capturer:
         after this, legitimately)."""
         lt = self.by_module[id(layer.module)]
         if self.padded:
-            raise UserError("capture got a padded batch: positions and statistics would include the pad "
-                            "tokens; give one text per forward, or texts of equal length")
+            raise UserError(_PADDED)
+        if lt.t == 0 and call.initial_state is not None and bool((call.initial_state != 0).any()):
+            raise UserError("the capture started mid-sequence (the first forward it saw continues a cache): "
+                            "positions and the bound min(t, K, V) count from a sequence's first token; start "
+                            "the capture before the prefill")
         if call.initial_state is None:
             if lt.t > 0:
                 raise UserError("a second sequence started inside one capture (a forward without the cache "
@@ -309,6 +317,10 @@ def capture(
     equal-length texts), a second fresh forward, and a cache whose state is not the one the
     capture saw kept (beam search reorders its rows).
     """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise UserError(f"chunk must be a positive integer, got {chunk!r}")
+    if not eps >= 0:
+        raise UserError(f"eps must be >= 0, got {eps}")
     adapter = adapter or get_adapter(model)
     schedule = schedule or Schedule()
     layers = adapter.linear_layers(model)
@@ -316,5 +328,16 @@ def capture(
         raise UserError(f"{type(model).__name__} has no {adapter.layer_class} layers")
     trace = Trace(layers, adapter, eps, schedule)
     handler = _Capturer(trace, stats, keep_states, max_state_bytes, on_states, verify, chunk)
-    with intercept(model, adapter, handler):
-        yield trace
+
+    def padded(module, args, kwargs):
+        # transformers gives a one-token forward's linear layers no mask at all: read the model's own
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool((mask == 0).any()):
+            raise UserError(_PADDED)
+
+    hook = model.register_forward_pre_hook(padded, with_kwargs=True)
+    try:
+        with intercept(model, adapter, handler):
+            yield trace
+    finally:
+        hook.remove()

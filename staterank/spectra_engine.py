@@ -80,7 +80,11 @@ def _svd_sigma(S: torch.Tensor, with_fro: bool = False) -> torch.Tensor:
         raise ValueError(_NON_FINITE)
     if not with_fro:
         return sigma
-    return torch.cat([sigma, torch.linalg.vector_norm(Sd, dim=(-2, -1))[:, None]], dim=1)
+    # scaled by the largest entry: a plain sum of squares overflows (or underflows) for extreme fp64 states
+    amax = Sd.abs().amax(dim=(-2, -1))
+    unit = torch.where(amax > 0, amax, torch.ones_like(amax))
+    fro = torch.linalg.vector_norm(Sd / unit[..., None, None], dim=(-2, -1)) * unit
+    return torch.cat([sigma, fro[:, None]], dim=1)
 
 
 _TLS = threading.local()

@@ -235,6 +235,21 @@ def test_padded_batch_is_refused(side):
     assert len(trace.positions()) == 10
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_fed_token_by_token_is_refused(family):
+    """transformers hands a one-token forward's linear layers no mask: the model-level mask decides."""
+    model = tiny_model(family)
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    with torch.no_grad(), pytest.raises(UserError, match="padded batch"), capture(model, stats=False):
+        cache = output_cache(model(ids[:, :8], attention_mask=mask[:, :8], use_cache=True))
+        for t in range(8, 12):
+            cache = output_cache(model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1],
+                                       **{cache_kwarg(model): cache}, use_cache=True))
+    assert not model._forward_pre_hooks  # removed on the way out
+
+
 def test_second_fresh_sequence_and_foreign_cache_are_refused():
     model = tiny_model("qwen3_next")
     ids = torch.randint(3, 97, (2, 8))
@@ -334,3 +349,27 @@ def test_threshold_ranks_use_the_capture_eps(family):
         np.testing.assert_array_equal(rank[:, li], ref, err_msg=f"layer {layer}")
         differs |= bool(((sig > 1e-4 * sig[..., :1]).sum(-1).numpy() != ref).any())
     assert differs  # the test tells the two eps apart
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_capture_started_mid_sequence_is_refused(family):
+    """Prefill outside the capture, decode inside: positions would restart at 1 and the bound
+    min(t, K, V) would sit below the ranks; refused in one line."""
+    model = tiny_model(family)
+    ids = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :16], use_cache=True))
+        with pytest.raises(UserError, match="started mid-sequence"), capture(model):
+            model(ids[:, 16:17], **{cache_kwarg(model): cache}, use_cache=True)
+
+
+def test_bad_capture_arguments_and_no_stats_are_one_line_errors():
+    model = tiny_model("qwen3_next")
+    for kw in ({"chunk": 0}, {"chunk": -1}, {"chunk": 2.5}, {"eps": -1.0}):
+        with pytest.raises(UserError) as e, capture(model, **kw):
+            pass
+        assert "\n" not in str(e.value)
+    with torch.no_grad(), capture(model, stats=False) as trace:
+        model(torch.randint(3, 97, (1, 5)))
+    with pytest.raises(UserError, match="no statistics"):
+        trace.dynamics()

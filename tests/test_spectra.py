@@ -469,3 +469,12 @@ def test_host_route_equals_in_place_route(threads, monkeypatch):
         assert torch.equal(sp.singular_values(S, threads=threads), sigma)
     assert ("_svd_sigma", 1) in calls and not any(n == "_gram_sigma" for n, _ in calls)
     assert torch.equal(want[0][1], ref_rank(S32, eps)) and torch.equal(want[1][1], ref_rank(S64, eps))
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e160])
+def test_svd_method_norms_survive_extreme_fp64_states(scale):
+    """The SVD route's Frobenius norm (and stable rank) is scaled like the Gram route's: no inf or 0."""
+    S = torch.randn(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * scale
+    a, b = sp.spectrum_stats(S, method="svd"), sp.spectrum_stats(S)
+    for name in ("frobenius_norm", "stable_rank"):
+        torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=0)
