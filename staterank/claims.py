@@ -358,7 +358,11 @@ def claims(folder: str | Path) -> dict:
     for stage, fn in (("stratify", stratify_claims), ("probe", probe_claims), ("prune", prune_claims)):
         path = folder / stage / f"{stage}.json"
         if path.is_file():
-            rows += fn(runio.read_json(path))
+            data = runio.read_json(path)
+            try:
+                rows += fn(data)
+            except (KeyError, AttributeError, TypeError, IndexError) as e:  # valid JSON of another shape
+                raise UserError(f"{path}: not a staterank {stage} result ({type(e).__name__}: {e})") from None
         else:
             missing.append(stage)
     # issue #23: the optional compress stage (off by default, so never "missing")

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +103,13 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Arrays from ``path``; a torn, foreign or pickled file is a one-line UserError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        "delete it to recompute") from None
 
 
 def git_hash() -> str | None:

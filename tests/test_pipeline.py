@@ -442,3 +442,12 @@ def test_bimodality_claim_knows_the_init_baseline_ran(monkeypatch):
     monkeypatch.setattr(C, "_bc_ci", lambda x: (0.8, 0.7, 0.9))
     row = _claim(C.stratify_claims(s), "stratification")
     assert row["verdict"] == "holds" and "undefined" in row["why"], row["why"]
+
+
+@pytest.mark.parametrize("stage,content", [("prune", "[1, 2]"), ("stratify", "{}"), ("stratify", "null")])
+def test_claims_of_a_stage_file_of_another_shape_is_one_line(tmp_path, stage, content):
+    (tmp_path / stage).mkdir()
+    (tmp_path / stage / f"{stage}.json").write_text(content)
+    with pytest.raises(UserError, match=f"not a staterank {stage} result") as e:
+        C.claims(tmp_path)
+    assert "\n" not in str(e.value)

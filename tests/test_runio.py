@@ -154,3 +154,19 @@ def test_a_folder_holding_only_a_lock_is_not_a_foreign_folder(tmp_path):
     (out / ".lock").write_text("pid 1 on gone")  # a run killed before it wrote its config
     assert new_run_dir(out, {"a": 1}) == out and (out / "config.json").exists()
 
+
+
+def test_a_torn_or_foreign_npz_is_one_line_naming_it(tmp_path):
+    from staterank import runio
+    from staterank.errors import UserError
+
+    good = tmp_path / "a.npz"
+    runio.write_npz(good, x=np.arange(3))
+    for name, data in (("torn.npz", good.read_bytes()[:100]), ("text.npz", b"garbage")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=name) as e:
+            runio.read_npz(tmp_path / name)
+        assert "\n" not in str(e.value)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="obj.npy"):
+        runio.read_npz(tmp_path / "obj.npy")
