@@ -491,3 +491,15 @@ def test_stratify_stats_summary_matrices_labels_and_decay_against_independent_co
     assert dr["spearman"] == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
     y_final = (final_rank.mean(0) / d_bound).ravel()
     assert np.corrcoef(x, y_final)[0, 1] ** 2 != pytest.approx(dr["linear_r2"], abs=1e-3)
+
+
+def test_from_runs_on_a_folder_that_is_no_analyze_run_is_one_line(tmp_path):
+    """The easy mistake: the pipeline's folder (its config.json has other keys, no dynamics.npz)."""
+    from staterank.cli import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"config": {"stages": ["stratify"]}, "config_hash": "x"}')
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text("{}")
+    for f in ("run", "odd"):
+        assert main(["stratify", "--from-runs", str(tmp_path / f), "--quiet", "--out", str(tmp_path / f"s_{f}")]) == 2

@@ -86,6 +86,8 @@ def _from_analyze(folders: list) -> dict:
     ids = []
     for f in folders:
         c = read_json(Path(f) / "config.json")
+        if not (isinstance(c, dict) and isinstance(c.get("config"), dict) and (Path(f) / "dynamics.npz").is_file()):
+            raise UserError(f"{f} is not a finished analyze run (--from-runs takes `staterank analyze` output folders)")
         m = c["config"].get("model") or {}
         ids.append((c.get("weights_fingerprint") or (m.get("spec"), m.get("source")), c["config"].get("eps")))
     if len({i[0] for i in ids}) > 1:
