@@ -75,14 +75,19 @@ def _t_used(sp: dict, which: str) -> str:
     return str(used[0]) if len(used) == 1 else f"{used[0]}–{used[-1]}"
 
 
+def _rho_matrix(sp: dict) -> np.ndarray:
+    """[contexts, layers] Spearman ρ of a spearman_t_early_t_late block, NaN where undefined."""
+    return np.array([[np.nan if v is None else v for v in row] for row in (sp.get("per_context") or {}).values()],
+                    dtype=float)
+
+
 def _weakest_layer(sp: dict) -> tuple[float | None, float | None, float | None, list]:
     """The paper's criterion is per layer: each layer's Spearman values over contexts get a t
     interval, Bonferroni-corrected over layers; the claim stands or falls with the weakest layer.
     Returns (lowest layer mean, lowest CI low — None if a layer has no interval, e.g. one value,
     equal values, or ρ undefined in any context (its order lost, e.g. every head at the bound) —, lowest CI high, per-layer [mean, lo, hi]
     in the order of ``sp["layers"]``, None where undefined)."""
-    per_ctx = sp.get("per_context") or {}
-    P = np.array([[np.nan if v is None else v for v in row] for row in per_ctx.values()], dtype=float)
+    P = _rho_matrix(sp)
     if P.ndim != 2 or P.size == 0:
         return None, None, None, []
     layers = [list(_t_ci(x, level=1 - 0.05 / P.shape[1])) for x in P.T]
@@ -166,8 +171,7 @@ def stratify_claims(s: dict) -> list[dict]:
     shown = layers[weak][1:] if weak is not None else [None, None]
     failing = [f"layer {names[i]} [{_f(l[1])}, {_f(l[2])}]" for i, l in enumerate(layers) if l[2] is not None and l[2] <= 0.90]
     # contexts whose ρ is undefined per layer (the head order lost at a position): named, never silently dropped
-    P = np.array([[np.nan if v is None else v for v in row] for row in (sp.get("per_context") or {}).values()],
-                 dtype=float) if layers else np.zeros((0, 0))
+    P = _rho_matrix(sp) if layers else np.zeros((0, 0))
     lost = [int(np.isnan(P[:, i]).sum()) for i in range(len(layers))]
 
     def _open(i, l):

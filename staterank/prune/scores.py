@@ -121,11 +121,12 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
     L, H = scores.shape
     hb = np.asarray(head_bytes, dtype=np.int64)
     total = L * H
-    if budget.kind == "fraction" and ranking == "global" and int(round(float(budget.value) * total)) > total - L:
-        raise UserError(f"cannot remove {float(budget.value):g} of the heads ({int(round(float(budget.value) * total))}): "
-                        f"the model has {total} value heads in {L} layers and every layer keeps at least one")
-    if budget.kind == "count" and int(budget.value) > total - L:
-        raise UserError(f"cannot remove {int(budget.value)} heads: the model has {total} value heads in {L} "
+    # a head count known up front (per_layer checks its fraction per layer below)
+    n_target = (int(budget.value) if budget.kind == "count" else
+                int(round(float(budget.value) * total)) if budget.kind == "fraction" and ranking == "global" else None)
+    if n_target is not None and n_target > total - L:
+        share = f" ({float(budget.value):g} of them)" if budget.kind == "fraction" else ""
+        raise UserError(f"cannot remove {n_target} heads{share}: the model has {total} value heads in {L} "
                         f"layers and every layer keeps at least one")
     if budget.kind == "bytes" and int(budget.value) > int(hb.sum() * (H - 1)):
         raise UserError(f"cannot free {int(budget.value)} bytes: at most {int(hb.sum() * (H - 1))} can go "
@@ -158,7 +159,6 @@ def select(scores: np.ndarray, budget: Budget, ranking: str, layers: Sequence[in
     # global
     kept = np.full(L, H)
     out: list[tuple[int, int]] = []
-    n_target = int(round(float(budget.value) * total)) if budget.kind == "fraction" else int(budget.value)
     freed = 0
     for idx in _order(scores):
         done = freed >= int(budget.value) if budget.kind == "bytes" else len(out) >= n_target
